@@ -1,0 +1,30 @@
+"""Shared fixtures. ``debug_run`` trains the debug model once per session (2 CPU processes)
+and is reused by the checkpoint, export and observe tests, so the suite trains it once."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.helpers import launch, small_run_overrides
+
+DEBUG_RUN_STEPS = 20
+
+
+@pytest.fixture(scope="session")
+def debug_run(tmp_path_factory):
+    """A finished debug run: checkpoints at steps 10 and 20 (full state), TensorBoard, metrics.jsonl."""
+    dump = tmp_path_factory.mktemp("debug_run")
+    overrides = small_run_overrides(dump, steps=DEBUG_RUN_STEPS, interval=10)
+    overrides = [*overrides, "--validation.enable=True", "--validation.freq", "10", "--validation.steps", "2"]
+    launch(overrides)
+    return dump
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)

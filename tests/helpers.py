@@ -1,0 +1,50 @@
+"""Runs real multi-process CPU training for the tests (no mocks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEBUG_CONFIG = REPO / "train_configs" / "llama3_debug.toml"
+
+
+def small_run_overrides(dump_folder: Path, steps: int, interval: int, *, log_freq: int = 1) -> list[str]:
+    """A few-step debug run: small batches, a checkpoint every `interval` steps."""
+    return [
+        "--job.dump_folder", str(dump_folder),
+        "--training.steps", str(steps),
+        "--training.local_batch_size", "4",
+        "--checkpoint.interval", str(interval),
+        "--checkpoint.keep_latest_k", "0",
+        "--metrics.log_freq", str(log_freq),
+        "--validation.enable=False",
+        "--lr_scheduler.warmup_steps", "2",
+    ]  # fmt: skip
+
+
+def launch(overrides: list[str], *, config: Path = DEBUG_CONFIG, nproc: int = 2, timeout: int = 600,
+           env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m tinytitan.launch`` (what run_llama_train.sh runs), from the repo root."""
+    run_env = {**os.environ, "NGPU": str(nproc), "CONFIG_FILE": str(config), **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinytitan.launch", *overrides],
+        cwd=REPO, env=run_env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def read_metrics(dump_folder: Path) -> list[dict]:
+    """Rows of metrics.jsonl that the training processes wrote (rank 0)."""
+    path = Path(dump_folder) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def train_losses(dump_folder: Path) -> dict[int, float]:
+    """step -> loss; a resumed run's later rows win over a killed run's."""
+    return {row["step"]: row["loss"] for row in read_metrics(dump_folder) if "loss" in row}

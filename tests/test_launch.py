@@ -1,0 +1,84 @@
+"""The launcher refuses bad input before any process starts."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tinytitan import launch
+from tinytitan.errors import TinytitanError
+from tests.helpers import REPO
+
+
+def run_launcher(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, **env_extra}
+    return subprocess.run([sys.executable, "-m", "tinytitan.launch", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+
+
+def test_missing_config_file_is_one_line_and_exit_2():
+    proc = run_launcher({"CONFIG_FILE": "train_configs/nope.toml"})
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "nope.toml does not exist" in err[0] and "llama3_debug.toml" in err[0]
+    assert "torch.distributed.run" not in proc.stdout
+
+
+def test_unknown_toml_key_is_named(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text((REPO / "train_configs/llama3_debug.toml").read_text().replace("[training]", "[training]\nstepz = 3"))
+    proc = run_launcher({"CONFIG_FILE": str(bad)})
+    assert proc.returncode == 2 and "stepz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_missing_tokenizer_folder_names_the_download_command(tmp_path):
+    cfg = tmp_path / "tok.toml"
+    cfg.write_text((REPO / "train_configs/llama3_debug.toml").read_text())
+    proc = run_launcher({"CONFIG_FILE": str(cfg)}, "--model.hf_assets_path", str(tmp_path / "missing"))
+    assert proc.returncode == 2
+    assert "tinytitan download-tokenizer --repo-id meta-llama/Meta-Llama-3-8B" in proc.stderr
+
+
+def test_big_configs_fail_at_start_without_the_llama3_tokenizer():
+    if (REPO / "assets/tokenizer/llama3/tokenizer.json").exists():
+        pytest.skip("the Llama 3 tokenizer is present on this machine")
+    proc = run_launcher({"CONFIG_FILE": "train_configs/llama3_tiny.toml"})
+    assert proc.returncode == 2 and "download-tokenizer" in proc.stderr
+
+
+def test_ngpu_beyond_visible_gpus_is_refused():
+    with pytest.raises(TinytitanError, match="NGPU=9 but this node has 8"):
+        launch.resolve_nproc({"NGPU": "9"}, gpus=8)
+    with pytest.raises(TinytitanError, match="not a number"):
+        launch.resolve_nproc({"NGPU": "eight"}, gpus=8)
+    assert launch.resolve_nproc({}, gpus=8) == 8
+    assert launch.resolve_nproc({}, gpus=0) == 2  # CPU: two processes so FSDP shards
+    assert launch.resolve_nproc({"NGPU": "4"}, gpus=0) == 4
+
+
+def test_single_node_command_is_standalone_torchrun():
+    cmd = launch.torchrun_command(2, ["--job.config_file", "x.toml"], {})
+    assert cmd[1:3] == ["-m", "torch.distributed.run"]
+    assert "--standalone" in cmd and "--nproc_per_node=2" in cmd
+    assert cmd[-4:] == ["-m", "tinytitan.train", "--job.config_file", "x.toml"]
+    assert "--local-ranks-filter=0" in cmd
+
+
+def test_multi_node_command_uses_c10d_rendezvous():
+    env = {"NNODES": "4", "NODE_RANK": "2", "MASTER_ADDR": "node0", "MASTER_PORT": "29511", "LOG_RANK": "0,1"}
+    cmd = launch.torchrun_command(8, [], env)
+    for part in ("--nnodes=4", "--rdzv_backend=c10d", "--rdzv_endpoint=node0:29511", "--node_rank=2",
+                 "--local-ranks-filter=0,1"):  # fmt: skip
+        assert part in cmd
+    assert "--standalone" not in cmd
+    with pytest.raises(TinytitanError, match="MASTER_ADDR"):
+        launch.torchrun_command(8, [], {"NNODES": "2"})
+
+
+def test_config_module_is_added_only_when_the_toml_lacks_it():
+    assert "--job.custom_config_module" in launch.training_args("a.toml", [], {})
+    assert "--job.custom_config_module" not in launch.training_args(
+        "a.toml", [], {"job": {"custom_config_module": "tinytitan.job_config"}}
+    )

@@ -1,0 +1,70 @@
+"""The ``tinytitan`` console script: one table of subcommands.
+
+Each entry names a module with ``configure(parser)`` and ``run(args) -> int``.
+Only the chosen subcommand's module is imported, so ``tinytitan --help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from tinytitan.errors import TinytitanError
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("tinytitan.launch", "train with torchrun (GPU nodes, or CPU processes without a GPU)"),
+    "models": ("tinytitan.models", "list the model flavors: shapes, parameters, FLOPs"),
+    "download-tokenizer": ("tinytitan.tokenizer", "fetch the Llama 3 tokenizer from the Hugging Face Hub"),
+    "data": ("tinytitan.data.cli", "prepare token shards, benchmark the data loader"),
+    "checkpoint": ("tinytitan.checkpoint.cli", "inspect or upgrade DCP checkpoints"),
+    "export": ("tinytitan.export.cli", "convert a checkpoint to Hugging Face / Meta format, verified"),
+    "push": ("tinytitan.hub", "upload an export to a private Hub repo and collection"),
+    "plot": ("tinytitan.observe.plot", "draw loss, learning rate and throughput curves as PNG"),
+    "eval": ("tinytitan.observe.evaluate", "held-out loss and perplexity per source"),
+    "generate": ("tinytitan.observe.generate", "sample text from a checkpoint or an export"),
+    "bench": ("tinytitan.observe.bench", "measure training throughput and MFU per flavor"),
+}
+
+
+def run_guarded(fn: Callable[[], int]) -> int:
+    """Bad input ends in one line on stderr and exit code 2, not a traceback."""
+    try:
+        return fn()
+    except TinytitanError as e:
+        print(f"tinytitan: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tinytitan: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tinytitan", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(module).configure(sub_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(command)
+    if command is None:
+        parser.print_help() if not argv else parser.parse_args(argv)
+        return 0 if not argv else 2
+    module = importlib.import_module(COMMANDS[command][0])
+    if getattr(module, "PASS_THROUGH", False):  # e.g. train: torchtitan overrides follow
+        args, extra = parser.parse_known_args(argv)
+        args.overrides = extra
+    else:
+        args = parser.parse_args(argv)
+    return run_guarded(lambda: module.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

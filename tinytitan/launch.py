@@ -1,0 +1,189 @@
+"""Starts training: checks the config, then runs torchrun with ``-m tinytitan.train``.
+
+Environment (the interface of torchtitan's run_train.sh): ``NGPU`` (default:
+visible GPUs, or 2 processes on a CPU-only machine), ``CONFIG_FILE`` (default:
+the debug config), ``LOG_RANK`` (default 0), and for several nodes ``NNODES``,
+``NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` (c10d rendezvous). Arguments
+after the config pass through to torchtitan as overrides.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from tinytitan.errors import TinytitanError
+
+DEFAULT_CONFIG = "train_configs/llama3_debug.toml"
+CPU_PROCESSES = 2  # FSDP needs at least two ranks to shard anything
+CONFIG_MODULE = "tinytitan.job_config"
+
+
+def visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def resolve_nproc(env: Mapping[str, str], gpus: int) -> int:
+    """Processes per node from NGPU, checked against the GPUs this node has."""
+    raw = env.get("NGPU", "")
+    if not raw:
+        return gpus or CPU_PROCESSES
+    try:
+        nproc = int(raw)
+    except ValueError:
+        raise TinytitanError(f"NGPU={raw!r} is not a number: set NGPU to the processes per node, e.g. NGPU=8") from None
+    if nproc < 1:
+        raise TinytitanError(f"NGPU={nproc} must be at least 1")
+    if gpus and nproc > gpus:
+        raise TinytitanError(f"NGPU={nproc} but this node has {gpus} visible GPU(s): set NGPU<={gpus}")
+    return nproc
+
+
+def _has_arg(args: Sequence[str], *names: str) -> bool:
+    return any(a == n or a.startswith(n + "=") for a in args for n in names)
+
+
+def training_args(config_file: str, overrides: Sequence[str], toml: Mapping) -> list[str]:
+    """The arguments torchtitan's ConfigManager receives."""
+    args = ["--job.config_file", config_file, *overrides]
+    if not toml.get("job", {}).get("custom_config_module") and not _has_arg(
+        overrides, "--job.custom_config_module", "--job.custom-config-module"
+    ):
+        args += ["--job.custom_config_module", CONFIG_MODULE]
+    return args
+
+
+def load_toml(config_file: str) -> dict:
+    import tomllib
+
+    path = Path(config_file)
+    if not path.is_file():
+        raise TinytitanError(
+            f"config file {config_file} does not exist: set CONFIG_FILE to one of "
+            f"{', '.join(sorted(str(p) for p in Path('train_configs').glob('*.toml'))) or 'train_configs/*.toml'}"
+        )
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise TinytitanError(f"config file {config_file} is not valid TOML: {e}") from None
+
+
+def parse_job_config(args: Sequence[str]):
+    """torchtitan's own parsing, with tinytitan's sections; unknown keys become one-line errors."""
+    from torchtitan.config import ConfigManager
+
+    try:
+        return ConfigManager().parse_args(list(args))
+    except ValueError as e:
+        first = str(e).splitlines()[0]
+        raise TinytitanError(f"{first} Fix the TOML key or the --section.key override.") from None
+
+
+def check_job_config(job_config) -> None:
+    """Everything that can be checked before a process starts."""
+    from tinytitan.models import FLAVORS
+    from tinytitan.register import SPEC_NAME
+    from tinytitan.tokenizer import check_tokenizer_dir
+
+    if job_config.model.name == SPEC_NAME and job_config.model.flavor not in FLAVORS:
+        raise TinytitanError(
+            f"[model] flavor = {job_config.model.flavor!r} is unknown: choose one of {', '.join(FLAVORS)} "
+            "(tinytitan/models.py defines them)"
+        )
+    if job_config.model.name == SPEC_NAME:
+        check_tokenizer_dir(job_config.model.hf_assets_path)
+        _check_vocab(job_config)
+    from tinytitan.data.config import validate_data_config
+
+    validate_data_config(job_config)
+
+
+def _check_vocab(job_config) -> None:
+    from tokenizers import Tokenizer
+
+    from tinytitan.models import FLAVORS
+
+    path = Path(job_config.model.hf_assets_path) / "tokenizer.json"
+    vocab = Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
+    model_vocab = FLAVORS[job_config.model.flavor].vocab_size
+    if vocab > model_vocab:
+        raise TinytitanError(
+            f"tokenizer {path} has {vocab} tokens but flavor {job_config.model.flavor!r} embeds {model_vocab}: "
+            "use the tokenizer the flavor was made for"
+        )
+
+
+def torchrun_command(nproc: int, args: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    nnodes = int(env.get("NNODES", "1"))
+    if nnodes > 1:
+        if not env.get("MASTER_ADDR"):
+            raise TinytitanError(f"NNODES={nnodes} needs MASTER_ADDR: set it to the first node's address")
+        endpoint = f"{env['MASTER_ADDR']}:{env.get('MASTER_PORT', '29500')}"
+        cmd += [
+            f"--nnodes={nnodes}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={endpoint}",
+            f"--rdzv_id={env.get('RDZV_ID', 'tinytitan')}",
+        ]
+        if env.get("NODE_RANK"):
+            cmd.append(f"--node_rank={env['NODE_RANK']}")
+    else:
+        cmd.append("--standalone")
+    log_rank = env.get("LOG_RANK", "0")
+    cmd += [f"--local-ranks-filter={log_rank}", "--role=rank", "--tee=3"]
+    return cmd + ["-m", "tinytitan.train", *args]
+
+
+def process_env(env: Mapping[str, str], nproc: int, gpus: int) -> dict[str, str]:
+    out = dict(env)
+    if not gpus and "OMP_NUM_THREADS" not in out:
+        out["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    return out
+
+
+def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    env = dict(os.environ if env is None else env)
+    config_file = config_file or env.get("CONFIG_FILE") or DEFAULT_CONFIG
+    gpus = visible_gpus()
+    nproc = resolve_nproc(env, gpus)
+    args = training_args(config_file, overrides, load_toml(config_file))
+    check_job_config(parse_job_config(args))
+    cmd = torchrun_command(nproc, args, env)
+    where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
+    print(f"tinytitan: training {config_file} on {where}", flush=True)
+    return subprocess.call(cmd, env=process_env(env, nproc, gpus))
+
+
+PASS_THROUGH = True  # unknown arguments are torchtitan overrides
+
+
+def configure(parser) -> None:
+    parser.add_argument("--config", default=None, help=f"TOML job config (default: $CONFIG_FILE or {DEFAULT_CONFIG})")
+    parser.add_argument("--ngpu", type=int, default=None, help="processes per node (default: $NGPU or visible GPUs)")
+    parser.epilog = "Other arguments pass to torchtitan, e.g. --training.steps 20 --job.dump_folder /tmp/run1"
+
+
+def run(args) -> int:
+    env = dict(os.environ)
+    if args.ngpu is not None:
+        env["NGPU"] = str(args.ngpu)
+    return launch(args.config, args.overrides, env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m tinytitan.launch [overrides]``: what run_llama_train.sh runs."""
+    from tinytitan.cli import run_guarded
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return run_guarded(lambda: launch(None, argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

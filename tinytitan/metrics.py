@@ -1,0 +1,107 @@
+"""torchtitan's metrics processor plus what a long run needs: ETA, data mix, a JSONL log.
+
+Every log step also appends one JSON line to ``<dump_folder>/metrics.jsonl``
+(rank 0), with exact float values, so runs can be compared and plotted
+without parsing console output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+import torch.distributed as dist
+from torchtitan.components.metrics import MetricsProcessor
+from torchtitan.tools.logging import logger
+
+from tinytitan import device
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def format_duration(seconds: float) -> str:
+    return str(timedelta(seconds=int(max(seconds, 0))))
+
+
+def sum_over_ranks(stats: dict[str, float]) -> dict[str, float]:
+    """Adds up per-rank counters; ranks may report different keys."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(stats)
+    gathered: list[dict[str, float]] = [{} for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, stats)
+    total: dict[str, float] = {}
+    for part in gathered:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+class TinyMetricsProcessor(MetricsProcessor):
+    def __init__(self, job_config, parallel_dims, tag=None):
+        super().__init__(job_config, parallel_dims, tag)
+        if device.cpu_mode():
+            self.gpu_peak_flops = float("inf")  # no known peak: MFU reads 0 on CPU
+        self.dataloader = None
+        self.total_steps = job_config.training.steps
+        self._first_log: tuple[int, float] | None = None
+        self._is_writer = not dist.is_initialized() or dist.get_rank() == 0
+        self._jsonl_path = os.path.join(job_config.job.dump_folder, METRICS_FILE)
+
+    def _append_jsonl(self, row: dict[str, Any]) -> None:
+        if not self._is_writer:
+            return
+        os.makedirs(os.path.dirname(self._jsonl_path) or ".", exist_ok=True)
+        with open(self._jsonl_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def _progress(self, step: int) -> dict[str, float]:
+        now = time.perf_counter()
+        if self._first_log is None:
+            self._first_log = (step, now)
+        first_step, first_time = self._first_log
+        elapsed = now - first_time
+        done = step - first_step
+        progress = {"time/elapsed_s": elapsed}
+        if done > 0:
+            progress["time/eta_s"] = elapsed / done * (self.total_steps - step)
+        return progress
+
+    def _data_stats(self) -> dict[str, float]:
+        stats_fn = getattr(self.dataloader, "stats", None)
+        if stats_fn is None:
+            return {}
+        return {f"data/{k}": v for k, v in sum_over_ranks(stats_fn()).items()}
+
+    def log(self, step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=None):
+        extra = dict(extra_metrics or {})
+        extra.update(self._data_stats())
+        progress = self._progress(step)
+        extra.update(progress)
+        # The same tokens/s per device that torchtitan prints, kept for the JSONL row.
+        window = time.perf_counter() - self.time_last_log
+        tps = self.ntokens_since_last_log / (window * self.parallel_dims.non_data_parallel_size)
+        super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=extra)
+        eta = progress.get("time/eta_s")
+        logger.info(
+            f"step {step}/{self.total_steps}  elapsed {format_duration(progress['time/elapsed_s'])}  "
+            f"eta {'n/a' if eta is None else format_duration(eta)}"
+        )
+        self._append_jsonl(
+            {
+                "step": step,
+                "loss": global_avg_loss,
+                "max_loss": global_max_loss,
+                "grad_norm": grad_norm,
+                "tps": tps,
+                **{k: v for k, v in extra.items() if isinstance(v, (int, float))},
+            }
+        )
+
+    def log_validation(self, loss, step, extra_metrics=None):
+        super().log_validation(loss, step, extra_metrics=extra_metrics)
+        row = {"step": step, "validation/loss": loss}
+        row.update({k: v for k, v in (extra_metrics or {}).items() if isinstance(v, (int, float))})
+        self._append_jsonl(row)

@@ -1,0 +1,133 @@
+"""Model flavors: the one place where a model size is defined.
+
+Each flavor is a torchtitan ``TransformerModelArgs``; torchtitan builds exactly
+these. To add a size, add one entry to ``FLAVORS`` (and a row to the README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from torchtitan.models.llama3 import TransformerModelArgs
+
+LLAMA3_VOCAB = 128256  # Llama 3 tokenizer, incl. 256 reserved special tokens
+DEBUG_VOCAB = 4096  # the embedded tokenizer in tinytitan/assets/tokenizer
+TRAIN_SEQ_LEN = 2048
+
+
+def _llama3(dim: int, n_layers: int, n_heads: int, vocab_size: int = LLAMA3_VOCAB) -> TransformerModelArgs:
+    # FFN hidden is derived by torchtitan: multiple_of * ceil((8/3 * dim) / multiple_of).
+    return TransformerModelArgs(
+        dim=dim,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=4,
+        vocab_size=vocab_size,
+        multiple_of=256,
+        ffn_dim_multiplier=None,
+        norm_eps=1e-5,
+        rope_theta=500000,
+        max_seq_len=TRAIN_SEQ_LEN,
+    )
+
+
+FLAVORS: dict[str, TransformerModelArgs] = {
+    "tiny": _llama3(dim=2048, n_layers=22, n_heads=32),  # TinyLlama 1.1B shape
+    "micro": _llama3(dim=1024, n_layers=16, n_heads=16),
+    "nano": _llama3(dim=768, n_layers=12, n_heads=12),
+    "debug": _llama3(dim=256, n_layers=4, n_heads=8, vocab_size=DEBUG_VOCAB),  # CPU smoke
+}
+
+
+def flavor_args(flavor: str) -> TransformerModelArgs:
+    """A fresh copy of a flavor's args (torchtitan mutates them in place)."""
+    if flavor not in FLAVORS:
+        raise KeyError(f"unknown flavor {flavor!r}; choose one of {', '.join(FLAVORS)}")
+    return dataclasses.replace(FLAVORS[flavor])
+
+
+@dataclass(frozen=True)
+class FlavorSummary:
+    flavor: str
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_hidden: int
+    vocab_size: int
+    total_params: int
+    non_embedding_params: int  # without the token embedding and the output projection
+    flops_per_token: int  # training FLOPs per token at seq_len, as torchtitan counts them (6N + attention)
+    seq_len: int
+    args: dict
+
+
+def summarize(flavor: str, seq_len: int = TRAIN_SEQ_LEN) -> FlavorSummary:
+    """Counts parameters and FLOPs by building the model on the meta device."""
+    import torch
+    from torchtitan.models.llama3 import Transformer
+
+    args = flavor_args(flavor)
+    with torch.device("meta"):
+        model = Transformer(args)
+    total, flops = args.get_nparams_and_flops(model, seq_len)
+    embeddings = model.tok_embeddings.weight.numel() + model.output.weight.numel()
+    return FlavorSummary(
+        flavor=flavor,
+        dim=args.dim,
+        n_layers=args.n_layers,
+        n_heads=args.n_heads,
+        n_kv_heads=args.n_kv_heads,
+        ffn_hidden=model.layers["0"].feed_forward.w1.weight.shape[0],
+        vocab_size=args.vocab_size,
+        total_params=total,
+        non_embedding_params=total - embeddings,
+        flops_per_token=flops,
+        seq_len=seq_len,
+        args=args_to_dict(args),
+    )
+
+
+def args_to_dict(args: TransformerModelArgs) -> dict:
+    """Every field torchtitan builds with, JSON-ready; ``args_from_dict`` inverts it."""
+    return {k: v for k, v in dataclasses.asdict(args).items() if not k.startswith("_")}
+
+
+def args_from_dict(values: dict) -> TransformerModelArgs:
+    from torchtitan.models.llama3.model.args import RoPEScalingArgs
+
+    values = dict(values)
+    values["rope_scaling_args"] = RoPEScalingArgs(**values.get("rope_scaling_args", {}))
+    return TransformerModelArgs(**values)
+
+
+def _human(n: int) -> str:
+    for unit, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def configure(parser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON, with every TransformerModelArgs field")
+    parser.add_argument("--seq-len", type=int, default=TRAIN_SEQ_LEN, help="sequence length for FLOPs per token")
+
+
+def run(args) -> int:
+    import json
+
+    summaries = [summarize(name, args.seq_len) for name in FLAVORS]
+    if args.json:
+        print(json.dumps([dataclasses.asdict(s) for s in summaries], indent=2))
+        return 0
+    header = ("flavor", "dim", "layers", "heads", "kv_heads", "ffn_hidden", "vocab", "params", "non_emb", f"flops/tok@{args.seq_len}")
+    rows = [
+        (s.flavor, s.dim, s.n_layers, s.n_heads, s.n_kv_heads, s.ffn_hidden, s.vocab_size,
+         _human(s.total_params), _human(s.non_embedding_params), _human(s.flops_per_token))
+        for s in summaries
+    ]
+    widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
+    for row in (header, *rows):
+        print("  ".join(str(v).rjust(w) for v, w in zip(row, widths)))
+    return 0

@@ -1,0 +1,66 @@
+"""Registers tinytitan's TrainSpec with torchtitan (``--experimental.custom_import``).
+
+Everything except the flavors, the data loader, the tokenizer check and the
+CPU hooks is torchtitan's own llama3 machinery, reused as is.
+"""
+
+from __future__ import annotations
+
+from torchtitan.components.loss import build_cross_entropy_loss
+from torchtitan.components.lr_scheduler import build_lr_schedulers
+from torchtitan.components.optimizer import build_optimizers
+from torchtitan.distributed.pipeline_parallel import pipeline_llm
+from torchtitan.models.llama3 import Transformer, parallelize_llama
+from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
+from torchtitan.protocols.train_spec import TrainSpec, _extra_train_specs, register_train_spec
+
+from tinytitan import device
+from tinytitan.models import FLAVORS
+from tinytitan.tokenizer import build_tokenizer
+
+SPEC_NAME = "tinytitan"
+
+
+def parallelize(model, parallel_dims, job_config):
+    model = parallelize_llama(model, parallel_dims, job_config)
+    device.fsdp_sum_reductions(model)
+    return model
+
+
+def build_dataloader(**kwargs):
+    from tinytitan.data.loader import build_dataloader as build
+
+    return build(**kwargs)
+
+
+def build_validator(**kwargs):
+    from tinytitan.data.validate import build_validator as build
+
+    return build(**kwargs)
+
+
+def build_metrics_processor(job_config, parallel_dims, model_args=None, tag=None):
+    from tinytitan.metrics import TinyMetricsProcessor
+
+    return TinyMetricsProcessor(job_config, parallel_dims, tag)
+
+
+def train_spec() -> TrainSpec:
+    return TrainSpec(
+        model_cls=Transformer,
+        model_args=FLAVORS,
+        parallelize_fn=parallelize,
+        pipelining_fn=pipeline_llm,
+        build_optimizers_fn=build_optimizers,
+        build_lr_schedulers_fn=build_lr_schedulers,
+        build_dataloader_fn=build_dataloader,
+        build_tokenizer_fn=build_tokenizer,
+        build_loss_fn=build_cross_entropy_loss,
+        build_validator_fn=build_validator,
+        build_metrics_processor_fn=build_metrics_processor,
+        state_dict_adapter=Llama3StateDictAdapter,
+    )
+
+
+if SPEC_NAME not in _extra_train_specs:
+    register_train_spec(SPEC_NAME, train_spec())
