@@ -16,7 +16,7 @@ def debug_run(tmp_path_factory):
     """A finished debug run: checkpoints at steps 10 and 20 (full state), TensorBoard, metrics.jsonl."""
     dump = tmp_path_factory.mktemp("debug_run")
     overrides = small_run_overrides(dump, steps=DEBUG_RUN_STEPS, interval=10)
-    overrides = [*overrides, "--validation.enable=True", "--validation.freq", "10", "--validation.steps", "2"]
+    overrides = [*overrides, "--validation.enable", "--validation.freq", "10", "--validation.steps", "2"]
     launch(overrides)
     return dump
 

@@ -21,7 +21,7 @@ def small_run_overrides(dump_folder: Path, steps: int, interval: int, *, log_fre
         "--checkpoint.interval", str(interval),
         "--checkpoint.keep_latest_k", "0",
         "--metrics.log_freq", str(log_freq),
-        "--validation.enable=False",
+        "--validation.no-enable",
         "--lr_scheduler.warmup_steps", "2",
     ]  # fmt: skip
 
