@@ -1,4 +1,6 @@
-"""The ``tinytitan`` console script: one table of subcommands.
+"""tinytitan: pretrain small Llama 3 models on torchtitan, then export and publish them.
+
+The console script dispatches from one table of subcommands.
 
 Each entry names a module with ``configure(parser)`` and ``run(args) -> int``.
 Only the chosen subcommand's module is imported, so ``tinytitan --help`` is fast.
@@ -42,6 +44,7 @@ def run_guarded(fn: Callable[[], int]) -> int:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinytitan", description=__doc__.splitlines()[0])
+    parser.epilog = "Run `tinytitan COMMAND --help` for a command's options."
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
