@@ -1,0 +1,121 @@
+"""The streaming loader: packing, mixture, filters, errors, exact resume (in one process)."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+from tests.data.fixtures import BOS, EOS, ID_BASE, doc_ids, loader
+from tinytitan.data.loader import merge_rank_states
+from tinytitan.errors import TinytitanError
+
+
+def take(dl, n):
+    it = iter(dl)
+    return [next(it) for _ in range(n)]
+
+
+def test_batches_are_shifted_windows(corpus):
+    dl = loader(corpus, batch=4, seq_len=64)
+    for inputs, labels in take(dl, 5):
+        x = inputs["input"]
+        assert x.shape == (4, 64) and labels.shape == (4, 64)
+        assert x.dtype == torch.long and labels.dtype == torch.long
+        assert torch.equal(x[:, 1:], labels[:, :-1])
+
+
+def test_documents_are_bos_eos_delimited_and_never_padded(corpus):
+    dl = loader(corpus, batch=8, seq_len=64)
+    for inputs, labels in take(dl, 20):
+        full = torch.cat([inputs["input"], labels[:, -1:]], dim=1)
+        for row in full.tolist():
+            for a, b in zip(row, row[1:], strict=False):
+                if a == EOS:
+                    assert b == BOS  # documents follow each other directly, no filler
+                if b >= ID_BASE:
+                    assert a == BOS  # every document starts with BOS, then its first word
+                if a == BOS:
+                    assert b >= ID_BASE
+            assert 2 not in row  # no unknown/filler token
+
+
+def test_exclude_filter_and_empty_documents(corpus):
+    dl = loader(corpus, batch=8, seq_len=64)
+    seen = set()
+    for inputs, _labels in take(dl, 60):
+        seen.update(doc_ids(inputs["input"]))
+    github = {d.id for d in corpus.docs.values() if d.set_name == "RedPajamaGithub"}
+    assert seen and not seen & github
+    stats = dl.stats()
+    assert stats["docs_excluded/slimpajama"] > 0
+    assert stats["docs_skipped/slimpajama"] >= 1  # the empty document
+    assert stats["docs_excluded/starcoderdata"] == 0
+
+
+def test_corrupt_file_is_skipped_counted_and_named(corpus, caplog):
+    dl = loader(corpus, batch=8, seq_len=64)
+    with caplog.at_level("WARNING", logger="tinytitan.data"):
+        take(dl, 60)  # more than one pass over slimpajama
+    assert dl.stats()["files_skipped"] >= 1
+    assert any(corpus.corrupt_file in f for f in dl.skipped_files())
+    assert corpus.corrupt_file in caplog.text
+
+
+def test_corrupt_file_fails_with_on_error_fail(corpus):
+    dl = loader(corpus, batch=8, seq_len=64, data_overrides={"on_error": "fail"})
+    with pytest.raises(TinytitanError, match="example_train_1.jsonl.zst"):
+        take(dl, 60)
+
+
+def test_exact_resume_same_world_size(corpus):
+    n = 12
+    kw = dict(world=2, batch=4, seq_len=48)
+    ref = [loader(corpus, rank=r, **kw) for r in range(2)]
+    ref_batches = [take(dl, 2 * n) for dl in ref]
+
+    first = [loader(corpus, rank=r, **kw) for r in range(2)]
+    for dl in first:
+        take(dl, n)
+    state = merge_rank_states(first)
+    resumed = [loader(corpus, rank=r, **kw) for r in range(2)]
+    for dl in resumed:
+        dl.load_state_dict(state)
+    for r, dl in enumerate(resumed):
+        for (a_in, a_lab), (b_in, b_lab) in zip(ref_batches[r][n:], take(dl, n), strict=True):
+            assert torch.equal(a_in["input"], b_in["input"])
+            assert torch.equal(a_lab, b_lab)
+        assert dl.stats() == ref[r].stats()
+
+
+def test_token_proportions_follow_weights(corpus):
+    # starcoderdata documents are ~4x longer than slimpajama's: weights must hold for tokens
+    dl = loader(corpus, batch=16, seq_len=256)
+    tokens = collections.Counter()
+    it = iter(dl)
+    while sum(tokens.values()) < 1_000_000:
+        next(it)
+        stats = dl.stats()
+        tokens = collections.Counter({k: v for k, v in stats.items() if k.startswith("tokens/")})
+    total = sum(tokens.values())
+    assert abs(tokens["tokens/slimpajama"] / total - 0.7) < 0.01
+    assert abs(tokens["tokens/starcoderdata"] / total - 0.3) < 0.01
+
+
+def test_a_source_without_usable_documents_is_an_error(corpus):
+    from tests.data.fixtures import sources
+
+    srcs = sources(corpus)
+    srcs[1]["text_field"] = "no_such_column"  # every starcoderdata file lacks it
+    dl = loader(corpus, batch=4, seq_len=64, source_list=srcs)
+    with pytest.raises(TinytitanError, match="'starcoderdata'.*no tokens"):
+        take(dl, 20)
+
+
+def test_tiny_documents_fill_windows_across_passes(corpus):
+    # windows much longer than a lane's share of a pass still fill, over several passes
+    dl = loader(corpus, batch=1, seq_len=4000, data_overrides={"lanes": 8})
+    inputs, _ = take(dl, 3)[-1]
+    assert inputs["input"].shape == (1, 4000)
+    assert dl.stats()["passes/slimpajama"] >= 1

@@ -1,0 +1,198 @@
+"""Prepared token shards: prepare -> train equivalence, reruns, tokenizer check, the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from tests.data.fixtures import Corpus, job_config, loader, make_corpus, tokenizer, write_tokenizer
+from tinytitan.data import cli
+from tinytitan.data.config import validate_data_config
+from tinytitan.data.loader import merge_rank_states
+from tinytitan.data.prepared import load_manifest, plan_from_prepared, prepare
+from tinytitan.errors import TinytitanError
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(job_config(corpus).data, tokenizer(corpus), str(out), workers=2, progress=False)
+    return str(out)
+
+
+def tokens_format(prepared):
+    return {"format": "tokens", "prepared_dir": prepared}
+
+
+def _windows(dl, n):
+    it = iter(dl)
+    out = []
+    for _ in range(n):
+        inputs, labels = next(it)
+        out.append(torch.cat([inputs["input"], labels[:, -1:]], dim=1))
+    return out
+
+
+def test_manifest_counts_and_dtype(corpus: Corpus, prepared):
+    m = load_manifest(prepared)
+    assert m["dtype"] == "uint32"
+    sp = m["sources"]["slimpajama"]
+    kept = corpus.kept("slimpajama")
+    assert sp["docs"] == len(kept)
+    assert sp["tokens"] == sum(corpus.docs[i].words + 2 for i in kept)
+    assert sp["empty"] == 1 and sp["files_with_errors"] == [corpus.corrupt_file]
+    assert len(sp["validation_files"]) == 1
+    sc = m["sources"]["starcoderdata"]
+    assert sc["docs"] == len(corpus.kept("starcoderdata")) == 100
+    rel = sc["files"][0]["rel"]
+    shard = np.memmap(os.path.join(prepared, "starcoderdata", rel + ".tok"), dtype=np.uint32, mode="r")
+    assert shard[0] == 0 and shard.size == sc["files"][0]["tokens"]  # BOS first
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_text_and_tokens_formats_give_the_same_stream(corpus, prepared, world):
+    for rank in range(world):
+        text = _windows(loader(corpus, rank=rank, world=world, batch=4, seq_len=64), 120)
+        toks = _windows(
+            loader(corpus, rank=rank, world=world, batch=4, seq_len=64, data_overrides=tokens_format(prepared)), 120
+        )
+        for a, b in zip(text, toks, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_a_text_run_resumes_on_tokens_exactly(corpus, prepared):
+    kw = dict(world=2, batch=4, seq_len=64)
+    ref = [_windows(loader(corpus, rank=r, **kw), 40) for r in range(2)]
+    first = [loader(corpus, rank=r, **kw) for r in range(2)]
+    for dl in first:
+        _windows(dl, 20)
+    state = merge_rank_states(first)
+    for r in range(2):
+        dl = loader(corpus, rank=r, data_overrides=tokens_format(prepared), **kw)
+        dl.load_state_dict(state)
+        for a, b in zip(ref[r][20:], _windows(dl, 20), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_prepare_rerun_redoes_only_unfinished_files(corpus, tmp_path, caplog):
+    out = str(tmp_path / "p")
+    data = job_config(corpus).data
+    prepare(data, tokenizer(corpus), out, workers=1, progress=False)
+    victim = os.path.join(out, "starcoderdata", "rust", "train-00000-of-00001.parquet")
+    kept = os.path.join(out, "starcoderdata", "python", "train-00000-of-00002.parquet.tok")
+    mtime = os.path.getmtime(kept)
+    os.remove(victim + ".done.json")  # as if interrupted while this file was written
+    os.remove(victim + ".tok")
+    with caplog.at_level("INFO", logger="tinytitan.data"):
+        prepare(data, tokenizer(corpus), out, workers=1, progress=False)
+    assert "1 to tokenize" in caplog.text
+    assert os.path.exists(victim + ".tok") and os.path.getmtime(kept) == mtime
+
+
+def test_shards_of_another_tokenizer_are_refused(corpus, prepared, tmp_path):
+    other = tmp_path / "other-tokenizer"
+    write_tokenizer(other, max_id=len(corpus.docs) + 5)  # another vocabulary
+    from torchtitan.components.tokenizer import HuggingFaceTokenizer
+
+    data = job_config(corpus, data_overrides=tokens_format(prepared)).data
+    with pytest.raises(TinytitanError, match="another tokenizer"):
+        plan_from_prepared(data, HuggingFaceTokenizer(str(other)))
+    jc = job_config(corpus, data_overrides=tokens_format(prepared))
+    jc.model.hf_assets_path = str(other)
+    with pytest.raises(TinytitanError, match="another tokenizer.*rerun `tinytitan data prepare"):
+        validate_data_config(jc)
+    jc.model.hf_assets_path = str(corpus.tokenizer)
+    validate_data_config(jc)
+
+
+def test_missing_or_stale_shards_are_refused(corpus, prepared, tmp_path):
+    with pytest.raises(TinytitanError, match="run `tinytitan data prepare"):
+        validate_data_config(job_config(corpus, data_overrides=tokens_format(str(tmp_path / "none"))))
+    srcs = job_config(corpus).data.sources
+    srcs[0].exclude = {}
+    jc = job_config(corpus, data_overrides=tokens_format(prepared))
+    jc.data.sources[0].exclude = {}
+    with pytest.raises(TinytitanError, match="'slimpajama'.*differ from the prepared shards"):
+        validate_data_config(jc)
+
+
+def _toml(corpus, tmp_path, fmt="text", prepared_dir=""):
+    path = tmp_path / "job.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [job]
+            custom_config_module = "tinytitan.job_config"
+            [model]
+            hf_assets_path = "{corpus.tokenizer}"
+            [training]
+            local_batch_size = 4
+            seq_len = 64
+            [data]
+            format = "{fmt}"
+            lanes = 8
+            prepared_dir = "{prepared_dir or tmp_path / "prepared"}"
+            [[data.sources]]
+            name = "slimpajama"
+            path = "{corpus.slimpajama}"
+            files = "train/chunk*/*.jsonl.zst"
+            weight = 0.7
+            exclude = {{ "meta.redpajama_set_name" = ["RedPajamaGithub"] }}
+            [[data.sources]]
+            name = "starcoderdata"
+            path = "{corpus.starcoderdata}"
+            files = "*/train-*.parquet"
+            text_field = "content"
+            weight = 0.3
+            """
+        )
+    )
+    return str(path)
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    return cli.run(parser.parse_args(argv))
+
+
+def test_cli_prepare_and_bench(corpus, tmp_path, capsys):
+    config = _toml(corpus, tmp_path)
+    assert _cli(["prepare", "--config", config, "--out", str(tmp_path / "prepared"), "--no-progress"]) == 0
+    assert "manifest.json" in capsys.readouterr().out
+    assert _cli(["bench", "--config", config, "--tokens", "50000", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tokens_per_s"] > 0
+    assert set(result["tokens_per_source"]) == {"slimpajama", "starcoderdata"}
+    assert sum(result["tokens_per_source"].values()) >= 50000
+    assert any(corpus.corrupt_file in f for f in result["files_skipped"])
+    assert _cli(["bench", "--config", config, "--tokens", "50000", "--", "--data.format", "tokens"]) == 0
+    out = capsys.readouterr().out
+    assert "tokens/s" in out and "slimpajama" in out
+
+
+def test_cli_help_and_errors(tmp_path, capsys):
+    parser = argparse.ArgumentParser()
+    cli.configure(parser)
+    for action in ("prepare", "bench"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([action, "--help"])
+        assert "--config" in capsys.readouterr().out
+    with pytest.raises(TinytitanError, match="does not exist"):
+        _cli(["bench", "--config", str(tmp_path / "missing.toml")])
+
+
+def test_sample_tokenizer_corpus_roundtrip(tmp_path):
+    """A fresh corpus with another seed: formats agree on it too (guards against fixture luck)."""
+    c = make_corpus(tmp_path / "c", seed=3)
+    out = str(tmp_path / "p")
+    prepare(job_config(c).data, tokenizer(c), out, workers=1, progress=False)
+    a = _windows(loader(c, batch=2, seq_len=100), 60)
+    b = _windows(loader(c, batch=2, seq_len=100, data_overrides=tokens_format(out)), 60)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))

@@ -1,0 +1,453 @@
+"""The training data loader: the configured mixture, packed into ``seq_len + 1`` windows.
+
+``build_dataloader`` is the TrainSpec's ``build_dataloader_fn``. The loader yields
+``({"input": LongTensor[B, S]}, labels LongTensor[B, S])`` forever.
+
+Checkpoints: ``state_dict()`` gathers the state of every dp rank (a collective over the
+default process group when one is initialized, like DCP's own save) and returns one
+JSON document under one key, identical on every rank, so DCP stores it once.
+``load_state_dict`` takes the lanes the new layout gives this rank: a checkpoint written
+by any number of ranks and workers loads on any other (lane ``l`` -> reader
+``l % (dp ranks x workers)``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import multiprocessing as mp
+import os
+import queue
+import time
+import weakref
+from typing import Any
+
+import numpy as np
+import torch
+from torchtitan.components.dataloader import BaseDataLoader
+
+from tinytitan.data.config import Data, data_config, validate_sources
+from tinytitan.data.mixture import Reader, Sampler, fresh_lane_state, lane_stats
+from tinytitan.data.plan import MixturePlan, build_plan
+from tinytitan.data.tok import Encoder
+from tinytitan.data.workers import Schedule, make_backend, worker_main
+from tinytitan.errors import TinytitanError
+
+logger = logging.getLogger("tinytitan.data")
+
+STATE_KEY = "tinytitan_data"
+STATE_VERSION = 1
+
+
+class MixtureDataLoader(BaseDataLoader):
+    """A BaseDataLoader over a MixturePlan for one dp rank."""
+
+    def __init__(
+        self,
+        plan: MixturePlan,
+        backend_spec: dict,
+        *,
+        dp_rank: int,
+        dp_world_size: int,
+        batch_size: int,
+        seq_len: int,
+        num_workers: int = 0,
+        prefetch_factor: int | None = None,
+        pin_memory: bool = False,
+    ):
+        if not 0 <= dp_rank < dp_world_size:
+            raise ValueError(f"dp_rank {dp_rank} outside dp_world_size {dp_world_size}")
+        self.plan = plan
+        self.backend_spec = backend_spec
+        self.dp_rank = dp_rank
+        self.dp_world_size = dp_world_size
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.num_workers = max(0, int(num_workers))
+        self.n_local = max(1, self.num_workers)
+        self.n_readers = dp_world_size * self.n_local
+        self.prefetch = max(1, int(prefetch_factor or 2))
+        self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
+        self.weights = [s.weight for s in plan.sources]
+        self.sampler = Sampler(plan.seed, self.weights)
+        self.windows_base = 0  # global windows consumed before this (re)start
+        self.batches_base = 0  # batches this rank consumed before this (re)start
+        self.b = 0  # batches consumed since this (re)start
+        # lanes state of each local reader as of the last consumed batch
+        self._reader_states: list[dict | None] = [None] * self.n_local
+        self._readers: list[Reader] | None = None  # in-process readers (num_workers == 0)
+        self._procs: list = []
+        self._queues: list = []
+        self._errors: list[str] = []
+        self._loaded_state: dict | None = None
+        self.trace: list[tuple[int, int]] | None = None  # (source, lane) per window, in-process readers only
+        self.process_group = None  # gathered over in state_dict(); None: the default group
+        if self.n_readers > plan.lanes:
+            raise TinytitanError(
+                f"{self.n_readers} data readers ({dp_world_size} dp ranks x {self.n_local} loader workers) but "
+                f"data.lanes = {plan.lanes}; set data.lanes >= {self.n_readers} (a new data stream) or use fewer workers"
+            )
+        _LIVE.add(self)
+
+    # ---------------------------------------------------------- iteration
+    def reader_id(self, local: int) -> int:
+        return self.dp_rank * self.n_local + local
+
+    def _local_for(self, b: int) -> int:
+        return (self.batches_base + b) % self.n_local
+
+    def _schedule(self) -> Schedule:
+        return Schedule(self.windows_base, self.dp_world_size, self.dp_rank, self.batch_size)
+
+    def _initial_lanes(self) -> dict:
+        return self._loaded_state or {}
+
+    def _make_readers(self) -> list[Reader]:
+        backend = make_backend(self.backend_spec)
+        readers = []
+        for k in range(self.n_local):
+            r = Reader(self.plan, backend, self.seq_len, self.reader_id(k), self.n_readers)
+            r.load(self._initial_lanes())
+            r.trace = self.trace
+            readers.append(r)
+        return readers
+
+    def _start_workers(self) -> None:
+        ctx = mp.get_context("spawn")
+        lanes = self._initial_lanes()
+        for k in range(self.n_local):
+            first_b = (k - self.batches_base) % self.n_local
+            q = ctx.Queue(maxsize=self.prefetch)
+            p = ctx.Process(
+                target=worker_main,
+                args=(
+                    self.plan,
+                    self.backend_spec,
+                    self.seq_len,
+                    self.reader_id(k),
+                    self.n_readers,
+                    lanes,
+                    self._schedule(),
+                    first_b,
+                    self.n_local,
+                    self.weights,
+                    q,
+                    os.getpid(),
+                ),
+                daemon=True,
+                name=f"tinytitan-data-{self.dp_rank}-{k}",
+            )
+            p.start()
+            self._procs.append(p)
+            self._queues.append(q)
+
+    def _stop_workers(self) -> None:
+        for p in self._procs:
+            if p.is_alive():
+                p.terminate()
+        for p in self._procs:
+            p.join(timeout=5)
+        for q in self._queues:
+            q.cancel_join_thread()
+            q.close()
+        self._procs, self._queues = [], []
+
+    def _next_array(self) -> np.ndarray:
+        k = self._local_for(self.b)
+        if self.num_workers == 0:
+            if self._readers is None:
+                self._readers = self._make_readers()
+            reader = self._readers[k]
+            n_err = len(reader.errors)
+            arr = reader.batch(self.sampler.sources(self._schedule().windows(self.b)))
+            self._errors.extend(reader.errors[n_err:])
+            self._reader_states[k] = None  # read live from the reader
+            return arr
+        if not self._procs:
+            self._start_workers()
+        q, p = self._queues[k], self._procs[k]
+        while True:
+            try:
+                item = q.get(timeout=1.0)
+                break
+            except queue.Empty:
+                if not p.is_alive():
+                    raise RuntimeError(f"data loader worker {p.name} died (exit code {p.exitcode})") from None
+        if item[0] == "error":
+            self._stop_workers()
+            if item[1] == "TinytitanError":
+                raise TinytitanError(item[2])
+            raise RuntimeError(f"data loader worker failed: {item[1]}: {item[2]}")
+        _, b, arr, state, errors = item
+        if b != self.b:
+            raise AssertionError(f"worker {k} sent batch {b}, expected {self.b}")
+        self._reader_states[k] = state
+        self._errors.extend(errors)
+        return arr
+
+    def next_batch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        arr = self._next_array()
+        self.b += 1
+        t = torch.from_numpy(arr)
+        inputs, labels = t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        if self.pin_memory:
+            inputs, labels = inputs.pin_memory(), labels.pin_memory()
+        return {"input": inputs}, labels
+
+    def __iter__(self):
+        while True:
+            yield self.next_batch()
+
+    # ---------------------------------------------------------- state
+    def _local_lanes(self) -> dict:
+        """Lanes of this rank's readers as of the last consumed batch."""
+        merged: dict[str, dict] = {s.name: {} for s in self.plan.sources}
+        initial = self._initial_lanes()
+        for k in range(self.n_local):
+            if self._readers is not None:
+                st = self._readers[k].state()
+            elif self._reader_states[k] is not None:
+                st = self._reader_states[k]
+            else:  # nothing consumed from this reader yet: its lanes as loaded
+                rid = self.reader_id(k)
+                st = {
+                    s.name: {
+                        str(lid): initial.get(s.name, {}).get(str(lid), fresh_lane_state())
+                        for lid in range(rid, self.plan.lanes, self.n_readers)
+                    }
+                    for s in self.plan.sources
+                }
+            for name, lanes in st.items():
+                merged[name].update(lanes)
+        return merged
+
+    def _local_state(self) -> dict:
+        return {
+            "rank": self.dp_rank,
+            "windows": self.windows_base + self.b * self.dp_world_size * self.batch_size,
+            "batches": self.batches_base + self.b,
+            "lanes": self._local_lanes(),
+            "errors": sorted(set(self._errors)),
+        }
+
+    def _global_state(self) -> dict:
+        local = self._local_state()
+        parts = [local]
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized():
+            n = dist.get_world_size(self.process_group)
+            if n > 1:
+                parts = [None] * n
+                dist.all_gather_object(parts, local, group=self.process_group)
+        return self._merge(parts)
+
+    def _merge(self, parts: list[dict]) -> dict:
+        by_rank: dict[int, dict] = {}
+        for p in parts:
+            by_rank.setdefault(p["rank"], p)  # ranks of the same dp rank (TP/PP) hold the same state
+        if sorted(by_rank) != list(range(self.dp_world_size)):
+            raise RuntimeError(
+                f"data loader state: got dp ranks {sorted(by_rank)} of {self.dp_world_size}; without "
+                "torch.distributed, combine the ranks' local_state_dict() with merge_rank_states()"
+            )
+        windows = {p["windows"] for p in by_rank.values()}
+        if len(windows) != 1:
+            logger.warning("data loader state: dp ranks consumed different numbers of batches: %s", windows)
+        lanes: dict[str, dict] = {s.name: {} for s in self.plan.sources}
+        errors: set[str] = set()
+        for rank in sorted(by_rank):
+            for name, ls in by_rank[rank]["lanes"].items():
+                lanes[name].update(ls)
+            errors.update(by_rank[rank]["errors"])
+        for name in lanes:
+            lanes[name] = {k: lanes[name][k] for k in sorted(lanes[name], key=int)}
+        return {
+            "version": STATE_VERSION,
+            "fingerprint": self.plan.fingerprint(),
+            "layout": {
+                "dp_world_size": self.dp_world_size,
+                "workers": self.n_local,
+                "batch_size": self.batch_size,
+                "seq_len": self.seq_len,
+            },
+            "windows": by_rank[0]["windows"],
+            "batches": by_rank[0]["batches"],
+            "lanes": lanes,
+            "errors": sorted(errors),
+        }
+
+    def local_state_dict(self) -> dict:
+        """This rank's part of the state (no communication); see merge_rank_states."""
+        return self._local_state()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Collective when torch.distributed is initialized: call it on every rank (DCP does)."""
+        return {STATE_KEY: json.dumps(self._global_state(), sort_keys=True, separators=(",", ":"))}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        if STATE_KEY not in state_dict:
+            raise TinytitanError(
+                f"the checkpoint's dataloader state has keys {sorted(state_dict)[:4]}, not tinytitan's data "
+                "loader state; resume with --checkpoint.exclude_from_loading dataloader to restart the data stream"
+            )
+        blob = state_dict[STATE_KEY]
+        st = json.loads(blob.decode() if isinstance(blob, bytes) else blob)
+        if st.get("version") != STATE_VERSION:
+            raise TinytitanError(f"data loader state version {st.get('version')} is not {STATE_VERSION}")
+        self._check_fingerprint(st["fingerprint"])
+        old = st["layout"]
+        self.windows_base = int(st["windows"])
+        self.batches_base = int(st["batches"])
+        self.b = 0
+        self._loaded_state = st["lanes"]
+        self._errors = list(st.get("errors", []))
+        self._reader_states = [None] * self.n_local
+        self._stop_workers()
+        if self._readers is not None:
+            for r in self._readers:
+                r.close()
+            self._readers = None
+        if (old["dp_world_size"], old["workers"]) != (self.dp_world_size, self.n_local):
+            logger.info(
+                "data: resuming a stream written by %d dp ranks x %d loader readers on %d x %d: "
+                "lanes re-dealt (lane l -> reader l mod %d); every lane continues where it stopped",
+                old["dp_world_size"],
+                old["workers"],
+                self.dp_world_size,
+                self.n_local,
+                self.n_readers,
+            )
+
+    def _check_fingerprint(self, saved: dict) -> None:
+        now = self.plan.fingerprint()
+        hint = (
+            "resume with the same [data] config, or restart the data stream with "
+            "--checkpoint.exclude_from_loading dataloader"
+        )
+        if saved["seed"] != now["seed"]:
+            raise TinytitanError(f"data.seed changed since the checkpoint ({saved['seed']} -> {now['seed']}); {hint}")
+        if saved["lanes"] != now["lanes"]:
+            raise TinytitanError(
+                f"data.lanes changed since the checkpoint ({saved['lanes']} -> {now['lanes']}); {hint}"
+            )
+        if set(saved["sources"]) != set(now["sources"]):
+            raise TinytitanError(
+                f"data sources changed since the checkpoint ({sorted(saved['sources'])} -> {sorted(now['sources'])}); "
+                f"{hint}"
+            )
+        for name, fp in now["sources"].items():
+            if saved["sources"][name] != fp:
+                raise TinytitanError(
+                    f"data source {name!r}: its files, filter or held-out split changed since the checkpoint; {hint}"
+                )
+
+    # ---------------------------------------------------------- observability
+    def stats(self) -> dict[str, float]:
+        """Cumulative counters of this rank; sum over ranks for the run's totals.
+
+        tokens/<src>, docs/<src>, docs_skipped/<src> (empty documents), docs_excluded/<src>,
+        passes/<src> (completed passes; the sum over ranks is the run's count),
+        files_skipped (unreadable files met).
+        """
+        return lane_stats(self.plan, self._local_lanes())
+
+    def skipped_files(self) -> list[str]:
+        return sorted(set(self._errors))
+
+    def close(self) -> None:
+        self._stop_workers()
+        if self._readers is not None:
+            for r in self._readers:
+                r.close()
+            self._readers = None
+
+    def __del__(self):
+        try:
+            self._stop_workers()
+        except Exception:
+            pass
+
+
+def merge_rank_states(loaders_or_states: list) -> dict[str, Any]:
+    """The checkpoint state of several single-process loaders that play the dp ranks of one run.
+
+    Takes the loaders (or their ``local_state_dict()``); returns what ``state_dict()`` returns
+    in a real distributed run.
+    """
+    first = loaders_or_states[0]
+    if not isinstance(first, MixtureDataLoader):
+        raise TypeError("pass the loaders; their plan is needed to merge")
+    parts = [x.local_state_dict() for x in loaders_or_states]
+    return {STATE_KEY: json.dumps(first._merge(parts), sort_keys=True, separators=(",", ":"))}
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _report_at_exit() -> None:
+    for loader in list(_LIVE):
+        try:
+            files = loader.skipped_files()
+            if files:
+                logger.warning(
+                    "data: %d unreadable file(s) were skipped on dp rank %d: %s",
+                    len(files),
+                    loader.dp_rank,
+                    "; ".join(files),
+                )
+            loader.close()
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------- builders
+
+
+def backend_spec(data: Data, tokenizer) -> dict:
+    if data.format == "tokens":
+        return {"format": "tokens", "prepared_dir": data.prepared_dir}
+    if tokenizer is None:
+        raise TinytitanError("data.format = 'text' needs a tokenizer; set model.hf_assets_path to a tokenizer folder")
+    return {"format": "text", "encoder": Encoder(tokenizer), "budget": data.encode_batch_bytes}
+
+
+def make_plan(data: Data, tokenizer=None) -> MixturePlan:
+    if data.format == "tokens":
+        from tinytitan.data.prepared import plan_from_prepared
+
+        return plan_from_prepared(data, tokenizer)
+    files = validate_sources(data)
+    return build_plan(data, files)
+
+
+def build_dataloader(*, dp_world_size: int, dp_rank: int, tokenizer, job_config, **kwargs) -> MixtureDataLoader:
+    """TrainSpec.build_dataloader_fn: the [data] mixture for this dp rank."""
+    data = data_config(job_config)
+    training = job_config.training
+    dl = getattr(training, "dataloader", None)
+    plan = make_plan(data, tokenizer)
+    started = time.perf_counter()
+    loader = MixtureDataLoader(
+        plan,
+        backend_spec(data, tokenizer),
+        dp_rank=dp_rank,
+        dp_world_size=dp_world_size,
+        batch_size=training.local_batch_size,
+        seq_len=training.seq_len,
+        num_workers=getattr(dl, "num_workers", 0) if dl is not None else 0,
+        prefetch_factor=getattr(dl, "prefetch_factor", None) if dl is not None else None,
+        pin_memory=getattr(dl, "pin_memory", False) if dl is not None else False,
+    )
+    logger.info(
+        "data: %s format, %s, %d lanes per source, %d readers, planned in %.2fs",
+        data.format,
+        ", ".join(f"{s.name} {s.weight:.3f} ({len(s.files)} files, {len(s.parts)} parts)" for s in plan.sources),
+        plan.lanes,
+        loader.n_readers,
+        time.perf_counter() - started,
+    )
+    return loader

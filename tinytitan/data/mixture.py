@@ -1,0 +1,410 @@
+"""The deterministic core: lanes that pack documents into windows, readers that mix sources.
+
+Vocabulary (see docs/data.md):
+
+* a **lane** is one of ``lanes`` fixed slices of every pass over a source. It reads its
+  parts in order, encodes every kept document as ``BOS ... EOS``, concatenates them and
+  cuts ``seq_len + 1`` windows. Tokens a window did not take stay in the lane.
+* a **reader** (one per dp rank and loader worker) owns lanes ``l`` with
+  ``l % n_readers == reader_id`` of every source. For a window of source ``s`` it uses the
+  lane with the lowest (pass, lane id) among its lanes: it drains one lane's share of a
+  pass before it starts the next lane, and finishes every lane's pass ``p`` before any
+  lane starts pass ``p + 1``.
+* the **sampler** picks the source of global window ``g`` (counted over all ranks) from a
+  golden-ratio (Weyl) sequence: the realized share of every source stays within a few
+  windows of its weight at any point, with no state but ``g``.
+
+The state of a lane is a handful of integers: where the first unused token sits
+(pass, part, document, token offset), how far reading got (for counters), and counters.
+Resuming re-reads and re-tokenizes from that document.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from tinytitan.data.files import ReadError, iter_part
+from tinytitan.data.plan import MixturePlan, SourcePlan, lane_parts, source_seed
+from tinytitan.errors import TinytitanError
+
+logger = logging.getLogger("tinytitan.data")
+
+_INF = 1 << 62
+_GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio, odd
+
+
+# ---------------------------------------------------------------- sampler
+
+
+class Sampler:
+    """Source of every global window index: a low-discrepancy sequence over the weights."""
+
+    def __init__(self, seed: int, weights: list[float]):
+        self.offset = np.uint64(source_seed(seed, "<mixture>") * 0x2545F4914F6CDD1D & (2**64 - 1))
+        cum = np.cumsum(np.asarray(weights, np.float64))
+        cum = cum / cum[-1]
+        self.thresholds = np.array([min(int(c * 2.0**64), 2**64 - 1) for c in cum[:-1]], np.uint64)
+
+    def sources(self, g: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            x = self.offset + g.astype(np.uint64) * np.uint64(_GOLDEN)
+        return np.searchsorted(self.thresholds, x, side="right")
+
+
+# ---------------------------------------------------------------- reading parts
+
+
+@dataclass
+class Fetch:
+    tokens: np.ndarray  # uint32: BOS d0 EOS BOS d1 EOS ...
+    starts: np.ndarray  # int64: start of every document in tokens
+    ts: np.ndarray  # int64: index of every document inside its part
+    next_t: int  # index of the next unread document of the part
+    done: bool  # the part is finished (read to the end, or failed)
+    docs: int = 0
+    empty: int = 0
+    excluded: int = 0
+    error: str | None = None
+    error_t: int = 0
+
+
+_EMPTY_I64 = np.empty(0, np.int64)
+
+
+class TextPartStream:
+    """Reads and tokenizes one part, batch by batch."""
+
+    def __init__(self, src: SourcePlan, part_index: int, start: int, count_from: int, encoder, budget: int):
+        part = src.parts[part_index]
+        self.part = part
+        info = src.files[part.file]
+        self.it = iter_part(src.opener, info, part, start, src.filter())
+        self.next_t = start
+        self.count_from = count_from
+        self.encoder = encoder
+        self.budget = budget
+        self.holdout_t = src.holdout_t(part)
+
+    def fetch(self) -> Fetch:
+        texts: list[str] = []
+        ts: list[int] = []
+        nbytes = empty = excluded = 0
+        done = False
+        error = None
+        error_t = 0
+        count_from, holdout_t = self.count_from, self.holdout_t
+        try:
+            while nbytes < self.budget:
+                try:
+                    t, text = next(self.it)
+                except StopIteration:
+                    done = True
+                    break
+                self.next_t = t + 1
+                if t < holdout_t:
+                    continue
+                if text is None:
+                    excluded += t >= count_from
+                elif not text or text.isspace():
+                    empty += t >= count_from
+                else:
+                    texts.append(text)
+                    ts.append(t)
+                    nbytes += len(text)
+        except ReadError as e:
+            done, error, error_t = True, str(e), self.next_t
+        tokens, starts = self.encoder.encode_docs(texts)
+        ts_arr = np.asarray(ts, np.int64) if ts else _EMPTY_I64
+        docs = int((ts_arr >= count_from).sum()) if ts else 0
+        return Fetch(tokens, starts, ts_arr, self.next_t, done, docs, empty, excluded, error, error_t)
+
+    def close(self):
+        self.it.close()
+
+
+class TextBackend:
+    """Documents come from the source files and are tokenized on the fly."""
+
+    def __init__(self, encoder, budget_bytes: int):
+        self.encoder = encoder
+        self.budget = budget_bytes
+
+    def open(self, src: SourcePlan, part_index: int, start: int, count_from: int):
+        return TextPartStream(src, part_index, start, count_from, self.encoder, self.budget)
+
+
+# ---------------------------------------------------------------- lanes
+
+
+# Lane state layout (a list of ints in checkpoints)
+LANE_FIELDS = (
+    "serving",  # the pass this lane currently serves (lanes are used in (serving, lane) order)
+    "pass",
+    "part",
+    "doc",
+    "offset",  # first unused token: pass, part (in the lane's list), document, token offset
+    "read_pass",
+    "read_part",
+    "read_doc",  # furthest read position (documents before it are already counted)
+    "tokens",
+    "docs",
+    "empty",
+    "excluded",
+    "file_errors",
+)
+
+
+class Lane:
+    __slots__ = (
+        "src",
+        "lid",
+        "seed",
+        "n_lanes",
+        "serving",
+        "rp",
+        "rk",
+        "rt",
+        "hw",
+        "chunks",
+        "head",
+        "avail",
+        "skip",
+        "stream",
+        "tokens",
+        "docs",
+        "empty",
+        "excluded",
+        "file_errors",
+        "_parts",
+    )
+
+    def __init__(self, src: SourcePlan, lid: int, seed: int, n_lanes: int):
+        self.src, self.lid, self.seed, self.n_lanes = src, lid, seed, n_lanes
+        self.serving = 0
+        self.rp = self.rk = self.rt = 0
+        self.hw = (0, 0, 0)
+        self.chunks: list[tuple] = []
+        self.head = self.avail = self.skip = 0
+        self.stream = None
+        self.tokens = self.docs = self.empty = self.excluded = self.file_errors = 0
+        self._parts: tuple[int, np.ndarray] | None = None
+
+    def parts(self, pass_: int) -> np.ndarray:
+        if self._parts is None or self._parts[0] != pass_:
+            self._parts = (pass_, lane_parts(self.seed, self.src, self.n_lanes, self.lid, pass_))
+        return self._parts[1]
+
+    # -- reading
+    def fetch_once(self, backend, on_error: str, errors: list[str]) -> None:
+        parts = self.parts(self.rp)
+        if self.rk >= len(parts):  # no part in this pass
+            self.rp, self.rk, self.rt = self.rp + 1, 0, 0
+            return
+        if self.stream is None:
+            pos = (self.rp, self.rk)
+            count_from = _INF if pos < self.hw[:2] else (self.hw[2] if pos == self.hw[:2] else 0)
+            self.stream = backend.open(self.src, int(parts[self.rk]), self.rt, count_from)
+        f = self.stream.fetch()
+        if f.tokens.size:
+            head = 0
+            if self.skip:
+                head, self.skip = self.skip, 0
+                if self.chunks:
+                    raise AssertionError("resume offset with tokens already buffered")
+                self.head = head
+            self.chunks.append((f.tokens, f.starts, f.ts, self.rp, self.rk))
+            self.avail += int(f.tokens.size) - head
+        self.docs += f.docs
+        self.empty += f.empty
+        self.excluded += f.excluded
+        if f.error is not None:
+            self.skip = 0  # the resume point is gone with the file
+            part = self.src.parts[int(parts[self.rk])]
+            fresh = (self.rp, self.rk, f.error_t) >= self.hw
+            if on_error == "fail":
+                raise TinytitanError(
+                    f"data source {self.src.name!r}: cannot read {f.error}; fix or remove the file, "
+                    "or set data.on_error = 'skip'"
+                )
+            if fresh and part.index == 0:
+                self.file_errors += 1
+                errors.append(f.error)
+                logger.warning("data source %r: skipping unreadable file %s", self.src.name, f.error)
+        self.rt = f.next_t
+        if f.done:
+            self.stream.close()
+            self.stream = None
+            self.rk, self.rt = self.rk + 1, 0
+            if self.rk >= len(parts):
+                self.rp, self.rk = self.rp + 1, 0
+        pos = (self.rp, self.rk, self.rt)
+        if pos > self.hw:
+            self.hw = pos
+
+    def take(self, out: np.ndarray, need: int) -> None:
+        pos = 0
+        chunks = self.chunks
+        while pos < need:
+            tokens = chunks[0][0]
+            n = min(tokens.size - self.head, need - pos)
+            out[pos : pos + n] = tokens[self.head : self.head + n]
+            pos += n
+            self.head += n
+            if self.head == tokens.size:
+                chunks.pop(0)
+                self.head = 0
+        self.avail -= need
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+    # -- state
+    def cursor(self) -> tuple[int, int, int, int]:
+        if self.chunks:
+            _, starts, ts, p, k = self.chunks[0]
+            i = int(np.searchsorted(starts, self.head, side="right")) - 1
+            return p, k, int(ts[i]), self.head - int(starts[i])
+        return self.rp, self.rk, self.rt, self.skip
+
+    def state(self) -> list[int]:
+        return [
+            self.serving,
+            *self.cursor(),
+            *self.hw,
+            self.tokens,
+            self.docs,
+            self.empty,
+            self.excluded,
+            self.file_errors,
+        ]
+
+    def load(self, st: list[int]) -> None:
+        self.close()
+        (self.serving, self.rp, self.rk, self.rt, self.skip, hp, hk, ht) = (int(x) for x in st[:8])
+        self.hw = (hp, hk, ht)
+        self.tokens, self.docs, self.empty, self.excluded, self.file_errors = (int(x) for x in st[8:13])
+        self.chunks, self.head, self.avail = [], 0, 0
+
+
+def fresh_lane_state() -> list[int]:
+    return [0] * len(LANE_FIELDS)
+
+
+# ---------------------------------------------------------------- readers
+
+
+class Reader:
+    """Produces windows for one (dp rank, loader worker)."""
+
+    def __init__(self, plan: MixturePlan, backend, seq_len: int, reader_id: int, n_readers: int):
+        if n_readers > plan.lanes:
+            raise TinytitanError(
+                f"{n_readers} data readers (dp ranks x loader workers) but data.lanes = {plan.lanes}; "
+                f"set data.lanes >= {n_readers} (this restarts the data stream) or use fewer loader workers"
+            )
+        self.plan = plan
+        self.backend = backend
+        self.seq_len = seq_len
+        self.need = seq_len + 1
+        self.reader_id = reader_id
+        self.n_readers = n_readers
+        self.lanes: list[dict[int, Lane]] = [
+            {lid: Lane(src, lid, plan.seed, plan.lanes) for lid in range(reader_id, plan.lanes, n_readers)}
+            for src in plan.sources
+        ]
+        self.errors: list[str] = []  # unreadable files met by this reader
+        self.trace: list[tuple[int, int]] | None = None  # (source, lane) of every window, when a list
+        self._rebuild_heaps()
+
+    def _rebuild_heaps(self) -> None:
+        self.heaps = [[(lane.serving, lid) for lid, lane in lanes.items()] for lanes in self.lanes]
+        for h in self.heaps:
+            heapq.heapify(h)
+        self.logged_pass = [h[0][0] for h in self.heaps]
+
+    def window(self, s: int, out: np.ndarray) -> None:
+        lanes, heap, need = self.lanes[s], self.heaps[s], self.need
+        idle = 0
+        while True:
+            lane = lanes[heap[0][1]]
+            if lane.avail >= need:
+                lane.take(out, need)
+                lane.tokens += self.seq_len
+                if self.trace is not None:
+                    self.trace.append((s, lane.lid))
+                return
+            if lane.rp <= lane.serving:
+                before = lane.avail
+                lane.fetch_once(self.backend, self.plan.on_error, self.errors)
+                if lane.avail > before:
+                    idle = 0
+                continue
+            # this lane has served its share of the pass: the next lane in (pass, id) order
+            lane.serving = lane.rp
+            heapq.heapreplace(heap, (lane.serving, lane.lid))
+            idle += 1
+            if idle > 2 * len(lanes) + 2:
+                src = self.plan.sources[s]
+                raise TinytitanError(
+                    f"data source {src.name!r} (path {src.path!r}) gives reader {self.reader_id} no tokens in "
+                    f"two passes over its {len(lanes)} lanes: every document is empty, excluded or unreadable "
+                    "(check text_field, exclude and files), or the source has fewer documents than data.lanes"
+                )
+            if heap[0][0] > self.logged_pass[s]:
+                self.logged_pass[s] = heap[0][0]
+                logger.info(
+                    "data source %r: reader %d finished pass %d, starting pass %d (reshuffled)",
+                    self.plan.sources[s].name,
+                    self.reader_id,
+                    heap[0][0] - 1,
+                    heap[0][0],
+                )
+
+    def batch(self, sources: np.ndarray) -> np.ndarray:
+        out = np.empty((len(sources), self.need), np.int64)
+        for i, s in enumerate(sources.tolist()):
+            self.window(s, out[i])
+        return out
+
+    # -- state
+    def state(self) -> dict:
+        return {
+            src.name: {str(lid): lane.state() for lid, lane in lanes.items()}
+            for src, lanes in zip(self.plan.sources, self.lanes, strict=True)
+        }
+
+    def load(self, lanes_state: dict) -> None:
+        for src, lanes in zip(self.plan.sources, self.lanes, strict=True):
+            saved = lanes_state.get(src.name, {})
+            for lid, lane in lanes.items():
+                lane.load(saved.get(str(lid), fresh_lane_state()))
+        self._rebuild_heaps()
+
+    def close(self) -> None:
+        for lanes in self.lanes:
+            for lane in lanes.values():
+                lane.close()
+
+
+def lane_stats(plan: MixturePlan, lanes_state: dict) -> dict[str, float]:
+    """Counters summed over the given lanes (see loader.stats)."""
+    out: dict[str, float] = {}
+    files = 0
+    for src in plan.sources:
+        rows = list(lanes_state.get(src.name, {}).values())
+        arr = np.asarray(rows, np.int64).reshape(-1, len(LANE_FIELDS))
+        col = {f: i for i, f in enumerate(LANE_FIELDS)}
+        out[f"tokens/{src.name}"] = float(arr[:, col["tokens"]].sum())
+        out[f"docs/{src.name}"] = float(arr[:, col["docs"]].sum())
+        out[f"docs_skipped/{src.name}"] = float(arr[:, col["empty"]].sum())
+        out[f"docs_excluded/{src.name}"] = float(arr[:, col["excluded"]].sum())
+        out[f"passes/{src.name}"] = float(arr[:, col["serving"]].sum()) / plan.lanes
+        files += int(arr[:, col["file_errors"]].sum())
+    out["files_skipped"] = float(files)
+    return out
