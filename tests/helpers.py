@@ -26,8 +26,15 @@ def small_run_overrides(dump_folder: Path, steps: int, interval: int, *, log_fre
     ]  # fmt: skip
 
 
-def launch(overrides: list[str], *, config: Path = DEBUG_CONFIG, nproc: int = 2, timeout: int = 600,
-           env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+def launch(
+    overrides: list[str],
+    *,
+    config: Path = DEBUG_CONFIG,
+    nproc: int = 2,
+    timeout: int = 600,
+    env: dict | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess:
     """``python -m tinytitan.launch`` (what run_llama_train.sh runs), from the repo root."""
     run_env = {**os.environ, "NGPU": str(nproc), "CONFIG_FILE": str(config), **(env or {})}
     proc = subprocess.run(

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import REPO
 from tinytitan import launch
 from tinytitan.models import FLAVORS
-from tests.helpers import REPO
 
 CONFIGS = sorted((REPO / "train_configs").glob("*.toml"))
 
@@ -35,7 +35,12 @@ def test_h100_configs_follow_the_tinyllama_recipe(flavor):
     cfg = parse(REPO / f"train_configs/llama3_{flavor}.toml")
     assert cfg.training.mixed_precision_param == "bfloat16" and cfg.compile.enable
     assert cfg.training.seq_len == 2048 and cfg.training.max_norm == 1.0
-    assert (cfg.optimizer.lr, cfg.optimizer.beta1, cfg.optimizer.beta2, cfg.optimizer.weight_decay) == (4e-4, 0.9, 0.95, 0.1)
+    assert (cfg.optimizer.lr, cfg.optimizer.beta1, cfg.optimizer.beta2, cfg.optimizer.weight_decay) == (
+        4e-4,
+        0.9,
+        0.95,
+        0.1,
+    )
     assert cfg.lr_scheduler.warmup_steps == 2000 and cfg.lr_scheduler.decay_type == "cosine"
     assert cfg.lr_scheduler.min_lr_factor == 0.1
     assert cfg.model.hf_assets_path == "assets/tokenizer/llama3"

@@ -53,6 +53,8 @@ def test_inactive_without_activate():
     from tinytitan import device
 
     if not torch.accelerator.is_available():
-        out = run_python("from tinytitan import device; import torchtitan.tools.utils as u; print(device.cpu_mode(), u.device_type)")
+        out = run_python(
+            "from tinytitan import device; import torchtitan.tools.utils as u; print(device.cpu_mode(), u.device_type)"
+        )
         assert out.split() == ["False", "cuda"]  # torchtitan's own fallback, which activate() exists to fix
     assert device.has_accelerator() == torch.accelerator.is_available()

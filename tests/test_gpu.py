@@ -9,7 +9,13 @@ from tests.helpers import launch, small_run_overrides, train_losses
 @pytest.mark.gpu
 def test_debug_model_trains_in_bf16_with_compile_on_one_gpu(tmp_path):
     overrides = small_run_overrides(tmp_path, steps=30, interval=30)
-    overrides += ["--training.mixed_precision_param", "bfloat16", "--compile.enable", "--optimizer.implementation", "fused"]
+    overrides += [
+        "--training.mixed_precision_param",
+        "bfloat16",
+        "--compile.enable",
+        "--optimizer.implementation",
+        "fused",
+    ]
     proc = launch(overrides, nproc=1)
     assert "CPU mode" not in proc.stdout + proc.stderr
     losses = train_losses(tmp_path)

@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
+from tests.helpers import REPO
 from tinytitan import launch
 from tinytitan.errors import TinytitanError
-from tests.helpers import REPO
 
 
 def run_launcher(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
@@ -28,7 +28,9 @@ def test_missing_config_file_is_one_line_and_exit_2():
 
 def test_unknown_toml_key_is_named(tmp_path):
     bad = tmp_path / "bad.toml"
-    bad.write_text((REPO / "train_configs/llama3_debug.toml").read_text().replace("[training]", "[training]\nstepz = 3"))
+    bad.write_text(
+        (REPO / "train_configs/llama3_debug.toml").read_text().replace("[training]", "[training]\nstepz = 3")
+    )
     proc = run_launcher({"CONFIG_FILE": str(bad)})
     assert proc.returncode == 2 and "stepz" in proc.stderr and "Traceback" not in proc.stderr
 

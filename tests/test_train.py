@@ -66,7 +66,9 @@ def kill_after_checkpoint(overrides: list[str], checkpoint: Path, timeout: float
 
 def test_every_checkpoint_holds_the_full_training_state(uninterrupted):
     for step in (N, 2 * N):  # the last checkpoint too (last_save_model_only = false)
-        keys = set(FileSystemReader(str(uninterrupted / "checkpoint" / f"step-{step}")).read_metadata().state_dict_metadata)
+        keys = set(
+            FileSystemReader(str(uninterrupted / "checkpoint" / f"step-{step}")).read_metadata().state_dict_metadata
+        )
         assert "tok_embeddings.weight" in keys and "output.weight" in keys
         for prefix in ("optimizer.", "lr_scheduler.", "dataloader.", "train_state.step", "train_state.ntokens_seen"):
             assert any(k.startswith(prefix) for k in keys), (step, prefix)
@@ -88,7 +90,9 @@ def test_resume_after_sigkill_is_exact(uninterrupted, tmp_path):
     for step in range(N + 1, 2 * N + 1):
         assert resumed[step] == expected[step], (step, resumed[step], expected[step])
     rows = [r for r in read_metrics(tmp_path) if r["step"] == 2 * N]
-    assert rows[-1]["n_tokens_seen"] == [r for r in read_metrics(uninterrupted) if r["step"] == 2 * N][0]["n_tokens_seen"]
+    assert (
+        rows[-1]["n_tokens_seen"] == [r for r in read_metrics(uninterrupted) if r["step"] == 2 * N][0]["n_tokens_seen"]
+    )
 
 
 def test_killed_during_save_resumes_from_last_complete_checkpoint(uninterrupted, tmp_path):

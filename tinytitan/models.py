@@ -121,13 +121,34 @@ def run(args) -> int:
     if args.json:
         print(json.dumps([dataclasses.asdict(s) for s in summaries], indent=2))
         return 0
-    header = ("flavor", "dim", "layers", "heads", "kv_heads", "ffn_hidden", "vocab", "params", "non_emb", f"flops/tok@{args.seq_len}")
+    header = (
+        "flavor",
+        "dim",
+        "layers",
+        "heads",
+        "kv_heads",
+        "ffn_hidden",
+        "vocab",
+        "params",
+        "non_emb",
+        f"flops/tok@{args.seq_len}",
+    )
     rows = [
-        (s.flavor, s.dim, s.n_layers, s.n_heads, s.n_kv_heads, s.ffn_hidden, s.vocab_size,
-         _human(s.total_params), _human(s.non_embedding_params), _human(s.flops_per_token))
+        (
+            s.flavor,
+            s.dim,
+            s.n_layers,
+            s.n_heads,
+            s.n_kv_heads,
+            s.ffn_hidden,
+            s.vocab_size,
+            _human(s.total_params),
+            _human(s.non_embedding_params),
+            _human(s.flops_per_token),
+        )
         for s in summaries
     ]
     widths = [max(len(str(r[i])) for r in (header, *rows)) for i in range(len(header))]
     for row in (header, *rows):
-        print("  ".join(str(v).rjust(w) for v, w in zip(row, widths)))
+        print("  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)))
     return 0

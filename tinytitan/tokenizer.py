@@ -57,7 +57,9 @@ def download_tokenizer(repo_id: str, out: Path, token: str | None = None, client
             raise TinytitanError(f"repo {repo_id} not found or not visible without a token: {hint}") from None
         except (LocalEntryNotFoundError, ConnectionError, OSError) as e:
             if isinstance(e, HfHubHTTPError):
-                raise TinytitanError(f"download of {filename} from {repo_id} failed ({type(e).__name__}): retry later") from None
+                raise TinytitanError(
+                    f"download of {filename} from {repo_id} failed ({type(e).__name__}): retry later"
+                ) from None
             raise TinytitanError(
                 f"cannot reach the Hugging Face Hub to fetch {repo_id}/{filename}: check the network "
                 "(or copy the tokenizer folder from a machine that has it)"

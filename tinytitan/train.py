@@ -9,9 +9,9 @@ from tinytitan import device
 
 def main() -> None:
     device.activate()
-    import tinytitan.register  # noqa: F401  (registers the TrainSpec)
     from torchtitan.train import main as torchtitan_main
 
+    import tinytitan.register  # noqa: F401  (registers the TrainSpec)
     from tinytitan.trainer import TinyTrainer
 
     torchtitan_main(TinyTrainer)
