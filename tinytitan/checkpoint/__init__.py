@@ -1,0 +1,1 @@
+"""Reading, inspecting and upgrading torchtitan DCP checkpoints (``tinytitan checkpoint``)."""

@@ -1,0 +1,240 @@
+"""Reads torchtitan DCP checkpoints one tensor at a time, in either layout.
+
+A full training checkpoint is about three times the model (weights plus two
+AdamW moments), so exporting through a ``torch.save`` of the whole state needs
+that much memory. Here the ``.metadata`` file lists every key with its shape and
+dtype, and each tensor is then loaded on its own with ``dcp.load`` of a one-entry
+state dict: peak memory stays near the largest single tensor.
+
+Two layouts exist. torchtitan 0.2.2 saves model keys at the top level
+(``tok_embeddings.weight``) next to ``optimizer``, ``lr_scheduler``,
+``dataloader`` and ``train_state``; older torchtitan saved them under a
+``model.`` prefix and also persisted the RoPE table ``freqs_cis``. Both read the
+same here: names are always the flat torchtitan names, ``freqs_cis`` is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tinytitan.errors import TinytitanError
+
+METADATA_FILE = ".metadata"
+MODEL_PREFIX = "model."
+FREQS_CIS = "freqs_cis"
+STATE_ROOTS = ("optimizer", "lr_scheduler", "dataloader", "train_state")
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """One model tensor as stored: its checkpoint key and its flat torchtitan name."""
+
+    key: str
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+
+def _reader_class():
+    from torch.distributed.checkpoint import FileSystemReader
+
+    class CachedReader(FileSystemReader):
+        """Unpickles ``.metadata`` once, not once per tensor."""
+
+        _cached = None
+
+        def read_metadata(self, *args, **kwargs):
+            if args or kwargs:
+                return super().read_metadata(*args, **kwargs)
+            if self._cached is None:
+                self._cached = super().read_metadata()
+            return self._cached
+
+    return CachedReader
+
+
+def _load(state: dict, reader) -> None:
+    """``dcp.load`` in this process only (no process group needed), without its warning saying so."""
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        dcp.load(state, storage_reader=reader, no_dist=True)
+
+
+def step_folders(folder: Path) -> dict[int, Path]:
+    """``step-N`` sub-folders that hold a DCP checkpoint, by step."""
+    found = {}
+    if folder.is_dir():
+        for child in folder.iterdir():
+            m = STEP_DIR.match(child.name)
+            if m and (child / METADATA_FILE).is_file():
+                found[int(m.group(1))] = child
+    return found
+
+
+def resolve_checkpoint(path: str | os.PathLike, step: int | str | None = None) -> Path:
+    """A step folder, or a checkpoint folder (or the run folder above it) plus ``step``."""
+    path = Path(path)
+    if not path.exists():
+        raise TinytitanError(
+            f"checkpoint {path} does not exist: pass a step folder such as outputs/debug/checkpoint/step-20"
+        )
+    if (path / METADATA_FILE).is_file():
+        if (
+            step not in (None, "latest")
+            and STEP_DIR.match(path.name)
+            and int(STEP_DIR.match(path.name).group(1)) != int(step)
+        ):
+            raise TinytitanError(f"{path} is the checkpoint of one step; --step {step} applies to a checkpoint folder")
+        return path
+    steps = step_folders(path) or step_folders(path / "checkpoint")
+    if not steps:
+        raise TinytitanError(
+            f"{path} is not a DCP checkpoint (no {METADATA_FILE}) and has no step-N checkpoints: "
+            "pass a step folder such as outputs/debug/checkpoint/step-20"
+        )
+    listed = ", ".join(str(s) for s in sorted(steps))
+    if step is None:
+        raise TinytitanError(f"{path} holds the checkpoints of steps {listed}: add --step N or --step latest")
+    if step == "latest":
+        return steps[max(steps)]
+    try:
+        return steps[int(step)]
+    except (KeyError, ValueError):
+        raise TinytitanError(f"{path} has no checkpoint for step {step}: it has steps {listed}") from None
+
+
+@dataclass
+class Checkpoint:
+    """The listing of a DCP checkpoint, and tensor-by-tensor access to its model."""
+
+    path: Path
+    metadata: object
+    layout: str  # "flat" (torchtitan >= 0.2) or "prefixed" (model keys under "model.")
+    freqs_cis_key: str | None
+    model: dict[str, TensorEntry]  # flat torchtitan name -> entry, in checkpoint order
+    other_keys: list[str] = field(default_factory=list)
+    _reader: object = None
+
+    # -- listing -------------------------------------------------------------------------
+    def has_state(self, root: str) -> bool:
+        return any(k == root or k.startswith(root + ".") for k in self.other_keys)
+
+    @property
+    def resumable(self) -> bool:
+        """What torchtitan needs to continue training rather than start from these weights."""
+        return self.has_state("optimizer") and self.has_state("dataloader") and self.has_state("train_state")
+
+    @property
+    def model_bytes(self) -> int:
+        return sum(e.nbytes for e in self.model.values())
+
+    @property
+    def size_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: e.shape for name, e in self.model.items()}
+
+    def dtypes(self) -> dict[str, int]:
+        """Model dtypes, e.g. {"float32": 38}."""
+        return dict(Counter(str(e.dtype).removeprefix("torch.") for e in self.model.values()))
+
+    # -- reading -------------------------------------------------------------------------
+    def load_tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One whole model tensor (all shards joined), optionally cast."""
+        entry = self.model[name]
+        target = torch.empty(entry.shape, dtype=entry.dtype)
+        _load({entry.key: target}, self._reader)
+        return target if dtype is None or dtype == target.dtype else target.to(dtype)
+
+    def iter_tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in self.model:
+            yield name, self.load_tensor(name, dtype)
+
+    def read_value(self, key: str, default=None):
+        """A non-tensor entry such as ``train_state.step``; ``default`` when absent."""
+        meta = self.metadata.state_dict_metadata.get(key)
+        if meta is None:
+            return default
+        if hasattr(meta, "size"):  # stored as a tensor (older torchtitan kept the step as one)
+            value = torch.empty(meta.size, dtype=meta.properties.dtype)
+        else:
+            value = None
+        box = {key: value}
+        _load(box, self._reader)
+        return box[key]
+
+    def train_state(self) -> dict:
+        """``{"step": int | None, "ntokens_seen": int | None}`` from the checkpoint or its folder name."""
+        out = {}
+        for k in ("step", "ntokens_seen"):
+            v = self.read_value(f"train_state.{k}")
+            out[k] = int(v.item() if isinstance(v, torch.Tensor) else v) if v is not None else None
+        if out["step"] is None and STEP_DIR.match(self.path.name):
+            out["step"] = int(STEP_DIR.match(self.path.name).group(1))
+        return out
+
+
+def open_checkpoint(path: str | os.PathLike, step: int | str | None = None) -> Checkpoint:
+    """Reads only ``.metadata``; tensors are loaded later, one at a time."""
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    folder = resolve_checkpoint(path, step)
+    reader = _reader_class()(str(folder))
+    try:
+        metadata = reader.read_metadata()
+    except Exception as e:  # a truncated or foreign file
+        raise TinytitanError(
+            f"cannot read {folder / METADATA_FILE} ({type(e).__name__}): the checkpoint is damaged"
+        ) from None
+    keys = metadata.state_dict_metadata
+    prefixed = any(k.startswith(MODEL_PREFIX) for k in keys)
+    model: dict[str, TensorEntry] = {}
+    other: list[str] = []
+    freqs_key = None
+    for key, meta in keys.items():
+        root = key.split(".", 1)[0]
+        if root in STATE_ROOTS or (prefixed and not key.startswith(MODEL_PREFIX)):
+            other.append(key)
+            continue
+        name = key[len(MODEL_PREFIX) :] if prefixed else key
+        if name == FREQS_CIS:
+            freqs_key = key
+            continue
+        if not isinstance(meta, TensorStorageMetadata):
+            other.append(key)
+            continue
+        model[name] = TensorEntry(key, name, tuple(meta.size), meta.properties.dtype)
+    if not model:
+        raise TinytitanError(f"checkpoint {folder} holds no model tensors: is it a torchtitan checkpoint?")
+    return Checkpoint(folder, metadata, "prefixed" if prefixed else "flat", freqs_key, model, other, reader)
+
+
+def load_model_state(
+    checkpoint_dir: str | os.PathLike, step: int | str | None = None, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
+    """All model tensors under their flat torchtitan names (``freqs_cis`` left out), loaded one by one."""
+    ckpt = open_checkpoint(checkpoint_dir, step)
+    return dict(ckpt.iter_tensors(dtype))

@@ -1,0 +1,1 @@
+"""Checkpoint -> verified Hugging Face / Meta folders (``tinytitan export``)."""

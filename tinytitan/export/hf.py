@@ -1,0 +1,188 @@
+"""The Hugging Face ``LlamaForCausalLM`` format: names, the q/k row order, config.json.
+
+Two things differ from torchtitan beyond the names:
+
+* RoPE layout. torchtitan rotates adjacent pairs of a head's dimensions (it
+  views them as complex numbers); transformers' ``rotate_half`` pairs dimension
+  ``i`` with ``i + head_dim/2``. Reordering the rows of ``wq`` and ``wk`` within
+  each head (evens first, then odds) makes the two compute the same thing.
+* RoPE scaling. torchtitan's llama3 model always applies Llama-3.1 scaling
+  (factor 8, low 1, high 4, original context 8192). A config.json without the
+  matching ``rope_parameters`` loads fine and gives different logits, so the
+  config is derived from the flavor's args, never written by hand.
+
+``max_position_embeddings`` is ``original_max_position_embeddings * factor``
+(65536), the context the scaling is designed for. transformers warns when it is
+not larger than the original context, and the RoPE frequencies do not depend on
+it, so logits are the same whatever it is; the trained sequence length is
+stated in the model card and ``tinytitan.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import torch
+
+HF_ARCHITECTURE = "LlamaForCausalLM"
+_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
+_LAYER_NAMES = {
+    "attention.wq.weight": "self_attn.q_proj.weight",
+    "attention.wk.weight": "self_attn.k_proj.weight",
+    "attention.wv.weight": "self_attn.v_proj.weight",
+    "attention.wo.weight": "self_attn.o_proj.weight",
+    "feed_forward.w1.weight": "mlp.gate_proj.weight",
+    "feed_forward.w3.weight": "mlp.up_proj.weight",
+    "feed_forward.w2.weight": "mlp.down_proj.weight",
+    "attention_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+_TOP_NAMES = {
+    "tok_embeddings.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_FROM_LAYER = {v: k for k, v in _LAYER_NAMES.items()}
+_FROM_TOP = {v: k for k, v in _TOP_NAMES.items()}
+_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def hf_name(name: str) -> str:
+    """torchtitan name -> transformers name."""
+    if name in _TOP_NAMES:
+        return _TOP_NAMES[name]
+    m = _LAYER.match(name)
+    if not m or m.group(2) not in _LAYER_NAMES:
+        raise KeyError(f"no Hugging Face name for tensor {name}")
+    return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+
+
+def tt_name(name: str) -> str:
+    """transformers name -> torchtitan name."""
+    if name in _FROM_TOP:
+        return _FROM_TOP[name]
+    m = _HF_LAYER.match(name)
+    if not m or m.group(2) not in _FROM_LAYER:
+        raise KeyError(f"tensor {name} is not part of a Llama model")
+    return f"layers.{m.group(1)}.{_FROM_LAYER[m.group(2)]}"
+
+
+def _heads_for(name: str, args) -> int | None:
+    if name.endswith("attention.wq.weight"):
+        return args.n_heads
+    if name.endswith("attention.wk.weight"):
+        return args.n_kv_heads or args.n_heads
+    return None
+
+
+def to_hf_tensor(name: str, tensor: torch.Tensor, args) -> torch.Tensor:
+    """Reorders q/k rows per head from interleaved pairs to halves; other tensors pass through."""
+    heads = _heads_for(name, args)
+    if heads is None:
+        return tensor
+    rows, cols = tensor.shape
+    return tensor.reshape(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def from_hf_tensor(name: str, tensor: torch.Tensor, args) -> torch.Tensor:
+    """Inverse of ``to_hf_tensor`` (``name`` is the torchtitan name)."""
+    heads = _heads_for(name, args)
+    if heads is None:
+        return tensor
+    rows, cols = tensor.shape
+    return tensor.reshape(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def ffn_hidden(args) -> int:
+    """The FFN width torchtitan builds (its FeedForward rounds 2/3 * 4 * dim up to multiple_of)."""
+    hidden = int(2 * 4 * args.dim / 3)
+    if args.ffn_dim_multiplier is not None:
+        hidden = int(args.ffn_dim_multiplier * hidden)
+    return args.multiple_of * ((hidden + args.multiple_of - 1) // args.multiple_of)
+
+
+def rope_parameters(args) -> dict:
+    scaling = args.rope_scaling_args
+    return {
+        "rope_type": "llama3",
+        "rope_theta": float(args.rope_theta),
+        "factor": float(scaling.scaling_factor),
+        "low_freq_factor": float(scaling.low_freq_factor),
+        "high_freq_factor": float(scaling.high_freq_factor),
+        "original_max_position_embeddings": int(scaling.original_max_position_embeddings),
+    }
+
+
+def hf_config(args, *, bos_id: int | None, eos_id: int | None, dtype: torch.dtype) -> dict:
+    """config.json for ``LlamaForCausalLM``, every value derived from the flavor's args.
+
+    RoPE is written twice: ``rope_parameters`` (transformers >= 5) and
+    ``rope_scaling`` + ``rope_theta`` (transformers 4.x and tools that read it,
+    such as vLLM), so no reader falls back to unscaled RoPE.
+    """
+    import transformers
+
+    rope = rope_parameters(args)
+    dtype_name = str(dtype).removeprefix("torch.")
+    return {
+        "architectures": [HF_ARCHITECTURE],
+        "model_type": "llama",
+        "vocab_size": args.vocab_size,
+        "hidden_size": args.dim,
+        "intermediate_size": ffn_hidden(args),
+        "num_hidden_layers": args.n_layers,
+        "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.n_kv_heads or args.n_heads,
+        "head_dim": args.dim // args.n_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": int(rope["original_max_position_embeddings"] * rope["factor"]),
+        "rms_norm_eps": float(args.norm_eps),
+        "rope_parameters": rope,
+        "rope_theta": rope["rope_theta"],
+        "rope_scaling": {k: v for k, v in rope.items() if k != "rope_theta"},
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "mlp_bias": False,
+        "initializer_range": 0.02,
+        "pretraining_tp": 1,
+        "use_cache": True,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "pad_token_id": None,
+        "dtype": dtype_name,
+        "torch_dtype": dtype_name,
+        "transformers_version": transformers.__version__,
+    }
+
+
+def generation_config(*, bos_id: int | None, eos_id: int | None) -> dict:
+    import transformers
+
+    return {"bos_token_id": bos_id, "eos_token_id": eos_id, "transformers_version": transformers.__version__}
+
+
+def export_hf(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    config: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    step: int | str | None = None,
+    flavor: str | None = None,
+    dtype: str = "float32",
+    verify: bool = True,
+    force: bool = False,
+    progress: bool = False,
+):
+    """Checkpoint -> verified Hugging Face folder at ``out``; returns an ``ExportResult``.
+
+    See ``tinytitan.export.pipeline.export`` for the arguments (this is it with ``fmt="hf"``).
+    """
+    from tinytitan.export.pipeline import export
+
+    return export(
+        checkpoint, out, fmt="hf", config=config, tokenizer=tokenizer, step=step, flavor=flavor,
+        dtype=dtype, verify=verify, force=force, progress=progress,
+    )  # fmt: skip

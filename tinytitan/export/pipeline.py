@@ -1,0 +1,255 @@
+"""``tinytitan export``: checkpoint -> verified HF and/or Meta folder, all or nothing.
+
+Everything is written into a temporary folder next to ``--out``, verified
+there, and renamed into place at the end: a failed or interrupted export leaves
+``--out`` exactly as it was, and a folder at ``--out`` is always a checked one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tinytitan.errors import TinytitanError
+
+FORMATS = ("hf", "meta", "both")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+META_SUBFOLDER = "original"  # with --format both, as in Meta's own Hub repos
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    fmt: str
+    flavor: str
+    dtype: str
+    source: str
+    files: list[Path] = field(default_factory=list)
+    verification: object = None  # tinytitan.export.verify.Verification, for the HF part
+
+
+def check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise TinytitanError(f"--out {out} is a file: choose a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise TinytitanError(f"--out {out} is not empty: pass --force to replace it, or choose another folder")
+
+
+def make_temp_dir(out: Path) -> Path:
+    """An empty folder next to ``out`` (same file system, so the final rename is atomic), mode as umask says."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the export is an ordinary folder
+    return tmp
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Puts ``tmp`` at ``out``; an old ``out`` is moved aside first and removed only after."""
+    old = None
+    if out.is_dir():
+        if any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rmdir(old)
+            out.rename(old)
+        else:
+            out.rmdir()
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="tensor", desc="export", disable=not enabled, leave=False)
+
+
+class Prefetch:
+    """Calls ``fn`` for the next name on a worker thread while the caller writes the current one.
+
+    Reading a tensor (DCP load, cast, q/k reorder) and writing the previous one
+    overlap, so an export takes about max(read, write) rather than their sum; at
+    most two tensors are in memory.
+    """
+
+    def __init__(self, order: list[str], fn: Callable[[str], torch.Tensor]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.order, self.fn = order, fn
+        self.next_of = {name: order[i + 1] for i, name in enumerate(order[:-1])}
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-read")
+        self.pending: dict = {}
+
+    def __call__(self, name: str) -> torch.Tensor:
+        future = self.pending.pop(name, None) or self.pool.submit(self.fn, name)
+        nxt = self.next_of.get(name)
+        if nxt is not None and nxt not in self.pending:
+            self.pending[nxt] = self.pool.submit(self.fn, nxt)
+        return future.result()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pending.clear()
+
+
+def _write_hf(folder: Path, source, args, dtype, tok, bar) -> list[Path]:
+    from tinytitan.export import safetensors_io
+    from tinytitan.export.hf import generation_config, hf_config, hf_name, to_hf_tensor
+    from tinytitan.export.safetensors_io import Planned, write_safetensors
+    from tinytitan.export.settings import write_tokenizer
+
+    shapes = source.shapes()
+    by_hf = {hf_name(n): n for n in source.names()}
+    planned = [Planned(h, shapes[n], dtype) for h, n in by_hf.items()]
+
+    def produce(hf: str) -> torch.Tensor:
+        name = by_hf[hf]
+        return to_hf_tensor(name, source.load(name, dtype), args)
+
+    with Prefetch([p.name for p in planned], produce) as prefetched:
+        files = write_safetensors(
+            folder,
+            planned,
+            prefetched,
+            max_shard_bytes=safetensors_io.MAX_SHARD_BYTES,
+            on_tensor=lambda _: bar.update(),
+        )
+    for name, content in (
+        ("config.json", hf_config(args, bos_id=tok.bos_id, eos_id=tok.eos_id, dtype=dtype)),
+        ("generation_config.json", generation_config(bos_id=tok.bos_id, eos_id=tok.eos_id)),
+    ):
+        (folder / name).write_text(json.dumps(content, indent=2) + "\n")
+        files.append(folder / name)
+    files += write_tokenizer(tok, folder)
+    return files
+
+
+def export(
+    checkpoint: str | os.PathLike | None,
+    out: str | os.PathLike,
+    *,
+    fmt: str = "hf",
+    config: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    step: int | str | None = None,
+    flavor: str | None = None,
+    dtype: str = "float32",
+    verify: bool = True,
+    force: bool = False,
+    progress: bool = False,
+    source=None,
+    repo_id: str | None = None,
+    license: str | None = None,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Exports ``checkpoint`` (a step folder, or a checkpoint folder plus ``step``) to ``out``.
+
+    ``config`` (a training TOML) gives the flavor, the tokenizer folder and the
+    sequence length verification runs at; ``tokenizer`` and ``flavor`` override
+    it. ``source`` replaces the checkpoint by another weight source (see
+    ``tinytitan.export.source``). Raises ``TinytitanError`` for bad input and
+    failed verification, leaving ``out`` untouched.
+    """
+    from tinytitan.checkpoint.flavors import require_flavor
+    from tinytitan.checkpoint.reader import open_checkpoint
+    from tinytitan.export import card
+    from tinytitan.export.settings import read_tokenizer, read_training_config
+    from tinytitan.export.source import DcpSource
+    from tinytitan.models import flavor_args, summarize
+
+    if fmt not in FORMATS:
+        raise TinytitanError(f"--format {fmt} is unknown: choose one of {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise TinytitanError(f"--dtype {dtype} is unknown: choose one of {', '.join(DTYPES)}")
+    out = Path(out)
+    check_out(out, force)
+    settings = read_training_config(config)
+    tok_dir = tokenizer or settings.tokenizer_dir
+    if tok_dir is None and fmt != "meta":
+        raise TinytitanError("no tokenizer folder: pass --config TOML (its [model] hf_assets_path) or --tokenizer DIR")
+    tok = read_tokenizer(tok_dir) if tok_dir is not None else None
+    if source is None:
+        source = DcpSource(open_checkpoint(checkpoint, step))
+    flavor = require_flavor(source.shapes(), flavor or settings.flavor, source.description)
+    args = flavor_args(flavor)
+    if tok is not None and tok.vocab_size > args.vocab_size:
+        raise TinytitanError(
+            f"tokenizer {tok.folder} has {tok.vocab_size} tokens but flavor {flavor!r} embeds {args.vocab_size}: pass the tokenizer it was trained with"
+        )
+    torch_dtype = DTYPES[dtype]
+    stats = source.run_stats()
+    log(f"exporting {source.description} (flavor {flavor}, step {stats.step}) as {fmt}, {dtype}")
+
+    tmp = make_temp_dir(out)
+    result = ExportResult(out, fmt, flavor, dtype, source.description)
+    try:
+        meta_dir = tmp if fmt == "meta" else tmp / META_SUBFOLDER
+        n_tensors = len(source.names()) * (2 if fmt == "both" else 1)
+        with _progress(n_tensors, progress) as bar:
+            if fmt in ("hf", "both"):
+                result.files += _write_hf(tmp, source, args, torch_dtype, tok, bar)
+            if fmt in ("meta", "both"):
+                from tinytitan.export.meta import write_meta
+
+                meta_dir.mkdir(exist_ok=True)
+                result.files += write_meta(meta_dir, source, args, torch_dtype, tok, on_tensor=lambda _: bar.update())
+        summary = summarize(flavor, settings.seq_len)
+        name = repo_id or out.name
+
+        def write_card() -> None:
+            if fmt == "meta":
+                return
+            text = card.model_card(
+                repo_name=name, flavor=flavor, summary=summary, stats=stats, settings=settings, dtype=dtype,
+                verification=result.verification, license=license or card.DEFAULT_LICENSE,
+            )  # fmt: skip
+            (tmp / "README.md").write_text(text)
+            record = card.provenance(
+                flavor=flavor,
+                settings=settings,
+                stats=stats,
+                dtype=dtype,
+                source=source.description,
+                verification=result.verification,
+                fmt=fmt,
+            )
+            (tmp / "tinytitan.json").write_text(record)
+
+        write_card()
+        if verify:
+            _verify(tmp, meta_dir, fmt, source, args, settings.seq_len, torch_dtype, tok, result, log)
+            write_card()
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result.files = sorted(p for p in out.rglob("*") if p.is_file())
+    return result
+
+
+def _verify(tmp, meta_dir, fmt, source, args, seq_len, dtype, tok, result, log) -> None:
+    from tinytitan.export.checks import check_hf_folder
+    from tinytitan.export.verify import verify_hf_folder, verify_meta_folder
+
+    reference = {name: source.load(name, torch.float32) for name in source.names()}
+    if fmt in ("meta", "both"):
+        verify_meta_folder(meta_dir, args, reference, dtype)
+        log(
+            f"verified Meta format: {len(reference)} tensors equal the checkpoint's ({str(dtype).removeprefix('torch.')})"
+        )
+    if fmt in ("hf", "both"):
+        check_hf_folder(tmp)
+        result.verification = verify_hf_folder(tmp, args, reference, seq_len=seq_len, dtype=dtype, eos_id=tok.eos_id)
+        log(f"verified with transformers: {result.verification.describe()}")

@@ -1,0 +1,140 @@
+"""What an export needs from the training config and the tokenizer folder.
+
+The TOML is read with ``tomllib`` rather than torchtitan's ConfigManager: an
+export needs four values (flavor, tokenizer folder, sequence length, data
+sources) and must work on a machine that cannot import the training stack's
+optional parts. Defaults are torchtitan's (``training.seq_len`` 2048).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_SEQ_LEN = 2048  # torchtitan's default training.seq_len
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Folder names of the sample/full corpora -> their Hub ids, for the model card's `datasets`.
+KNOWN_DATASETS = {
+    "slimpajama-627b": "cerebras/SlimPajama-627B",
+    "slimpajama": "cerebras/SlimPajama-627B",
+    "starcoderdata": "bigcode/starcoderdata",
+}
+
+
+@dataclass
+class TrainingConfig:
+    path: Path | None = None
+    text: str = ""
+    flavor: str | None = None
+    tokenizer_dir: Path | None = None
+    seq_len: int = DEFAULT_SEQ_LEN
+    description: str = ""
+    datasets: list[str] = field(default_factory=list)
+
+
+def _resolve(raw: str, config_path: Path) -> Path:
+    """A relative path in a config is relative to where training ran: the repo root, usually."""
+    candidate = Path(raw)
+    if candidate.is_absolute():
+        return candidate
+    for base in (Path.cwd(), config_path.parent.parent, config_path.parent):
+        if (base / candidate).exists():
+            return base / candidate
+    return candidate
+
+
+def read_training_config(path: str | os.PathLike | None) -> TrainingConfig:
+    if path is None:
+        return TrainingConfig()
+    from tinytitan.launch import load_toml
+
+    path = Path(path)
+    toml = load_toml(str(path))
+    model = toml.get("model", {})
+    training = toml.get("training", {})
+    datasets = []
+    for source in toml.get("data", {}).get("sources", []) or []:
+        key = Path(str(source.get("path", ""))).name.lower() or str(source.get("name", "")).lower()
+        hub_id = KNOWN_DATASETS.get(key) or KNOWN_DATASETS.get(str(source.get("name", "")).lower())
+        if hub_id and hub_id not in datasets:
+            datasets.append(hub_id)
+    assets = model.get("hf_assets_path")
+    return TrainingConfig(
+        path=path,
+        text=path.read_text(),
+        flavor=model.get("flavor"),
+        tokenizer_dir=_resolve(assets, path) if assets else None,
+        seq_len=int(training.get("seq_len", DEFAULT_SEQ_LEN)),
+        description=toml.get("job", {}).get("description", ""),
+        datasets=datasets,
+    )
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    folder: Path
+    bos_id: int | None
+    eos_id: int | None
+    vocab_size: int
+    files: tuple[Path, ...]  # copied into an HF export
+    sentencepiece: Path | None  # tokenizer.model, for the Meta format
+
+
+def read_tokenizer(folder: str | os.PathLike) -> TokenizerInfo:
+    """bos/eos ids as the tokenizer defines them, so config.json never guesses them."""
+    from tokenizers import Tokenizer
+
+    from tinytitan.tokenizer import check_tokenizer_dir
+
+    folder = check_tokenizer_dir(folder)
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+
+    def token_id(kind: str) -> int | None:
+        value = config.get(f"{kind}_token")
+        if isinstance(value, dict):
+            value = value.get("content")
+        return tok.token_to_id(value) if value else None
+
+    files = tuple(folder / f for f in TOKENIZER_FILES if (folder / f).is_file())
+    spm = next((p for p in (folder / "tokenizer.model", folder / "original" / "tokenizer.model") if p.is_file()), None)
+    return TokenizerInfo(
+        folder, token_id("bos"), token_id("eos"), tok.get_vocab_size(with_added_tokens=True), files, spm
+    )
+
+
+def write_tokenizer(tok: TokenizerInfo, folder: Path) -> list[Path]:
+    """Copies the tokenizer files; makes ``tokenizer.json`` start every text with bos, as training did.
+
+    tinytitan's data loader puts bos before (and eos after) every document, and
+    torchtitan's tokenizer adds bos itself when tokenizer.json does not. A
+    tokenizer.json without that post-processor would make transformers users
+    feed the model text without the bos it was trained with, so the export adds
+    Llama 3's template (``<bos> $A``) in that case; the Llama 3 tokenizer
+    already has it and is copied unchanged.
+    """
+    import shutil
+
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    written = [Path(shutil.copy2(f, folder / f.name)) for f in tok.files]
+    if tok.bos_id is None:
+        return written
+    hf_tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    if hf_tok.encode("a").ids[:1] == [tok.bos_id]:
+        return written
+    bos = hf_tok.id_to_token(tok.bos_id)
+    hf_tok.post_processor = TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, tok.bos_id)]
+    )
+    hf_tok.save(str(folder / "tokenizer.json"))
+    config_path = folder / "tokenizer_config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text())
+        config["add_bos_token"] = True
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return written

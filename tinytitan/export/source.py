@@ -1,0 +1,134 @@
+"""Where exported weights come from: a DCP checkpoint, or a Meta-format folder.
+
+Both give flat torchtitan names (which are also Meta's names) and load one
+tensor at a time, so the writers never hold more than one tensor beyond what
+they write. The Meta source exists for ``util/2-convert_llama_weights_to_hf.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tinytitan.errors import TinytitanError
+
+METRICS_FILE = "metrics.jsonl"
+META_WEIGHTS = "consolidated.00.pth"
+META_PARAMS = "params.json"
+
+
+@dataclass
+class RunStats:
+    """What the model card reports about training; any field may be unknown.
+
+    torchtitan's ``train_state.ntokens_seen`` counts the tokens of one
+    data-parallel rank; the global count is the ``n_tokens_seen`` that the
+    metrics log (summed over ranks) recorded at the checkpoint's step.
+    """
+
+    step: int | None = None
+    ntokens_seen: int | None = None  # global, from metrics.jsonl
+    ntokens_per_rank: int | None = None  # train_state.ntokens_seen
+    last_loss: float | None = None
+    loss_step: int | None = None
+
+
+def read_metrics_at(metrics_path: Path, step: int | None) -> dict:
+    """``last_loss``/``loss_step`` of the last logged step at or before ``step``, ``ntokens_seen`` at ``step``."""
+    found: dict = {}
+    if not metrics_path.is_file():
+        return found
+    for line in metrics_path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        at = row.get("step")
+        if at is None or (step is not None and at > step):
+            continue
+        if row.get("loss") is not None and at >= found.get("loss_step", -1):  # a resumed run's later rows win
+            found.update(last_loss=float(row["loss"]), loss_step=int(at))
+        if at == step and row.get("n_tokens_seen") is not None:
+            found["ntokens_seen"] = int(row["n_tokens_seen"])
+    return found
+
+
+def checkpoint_stats(checkpoint) -> RunStats:
+    """Step and tokens from the checkpoint, loss and global tokens from ``<dump>/metrics.jsonl`` next to it."""
+    state = checkpoint.train_state()
+    dump = checkpoint.path.parent.parent  # <dump>/checkpoint/step-N
+    logged = read_metrics_at(dump / METRICS_FILE, state["step"])
+    return RunStats(step=state["step"], ntokens_per_rank=state["ntokens_seen"], **logged)
+
+
+class DcpSource:
+    def __init__(self, checkpoint):
+        self.checkpoint = checkpoint
+        self.description = f"checkpoint {checkpoint.path}"
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return self.checkpoint.shapes()
+
+    def names(self) -> list[str]:
+        return list(self.checkpoint.model)
+
+    def nbytes(self, name: str, dtype: torch.dtype) -> int:
+        return self.checkpoint.model[name].numel * dtype.itemsize
+
+    def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self.checkpoint.load_tensor(name, dtype)
+
+    def run_stats(self) -> RunStats:
+        return checkpoint_stats(self.checkpoint)
+
+
+class MetaSource:
+    """``consolidated.00.pth`` + ``params.json``; the weights are memory-mapped, not read up front."""
+
+    def __init__(self, folder: str | os.PathLike):
+        folder = Path(folder)
+        weights = folder / META_WEIGHTS
+        if not weights.is_file():
+            raise TinytitanError(f"{folder} has no {META_WEIGHTS}: pass the folder that `--format meta` wrote")
+        try:
+            self.state = torch.load(weights, mmap=True, weights_only=True, map_location="cpu")
+        except Exception as e:
+            raise TinytitanError(f"cannot read {weights} ({type(e).__name__}): the file is damaged") from None
+        params = folder / META_PARAMS
+        self.params = json.loads(params.read_text()) if params.is_file() else {}
+        self.description = f"Meta-format folder {folder}"
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape) for k, v in self.state.items()}
+
+    def names(self) -> list[str]:
+        return list(self.state)
+
+    def nbytes(self, name: str, dtype: torch.dtype) -> int:
+        return self.state[name].numel() * dtype.itemsize
+
+    def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        t = self.state[name]
+        return t.to(dtype) if dtype is not None and dtype != t.dtype else t
+
+    def run_stats(self) -> RunStats:
+        return RunStats()
+
+
+class StateSource:
+    """Tensors already in memory (tests, and callers that hold a state dict)."""
+
+    def __init__(self, state: dict[str, torch.Tensor], description: str = "state dict", stats: RunStats | None = None):
+        self.state, self.description, self._stats = state, description, stats or RunStats()
+
+    shapes = MetaSource.shapes
+    names = MetaSource.names
+    nbytes = MetaSource.nbytes
+    load = MetaSource.load
+
+    def run_stats(self) -> RunStats:
+        return self._stats
