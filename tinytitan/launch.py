@@ -143,7 +143,9 @@ def torchrun_command(nproc: int, args: Sequence[str], env: Mapping[str, str]) ->
 
 def process_env(env: Mapping[str, str], nproc: int, gpus: int) -> dict[str, str]:
     out = dict(env)
-    if not gpus and "OMP_NUM_THREADS" not in out:
+    if gpus:  # as torchtitan's run_train.sh: less fragmentation with varying batch shapes
+        out.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
+    elif "OMP_NUM_THREADS" not in out:
         out["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     return out
 

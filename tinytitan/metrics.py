@@ -39,9 +39,32 @@ def sum_over_ranks(stats: dict[str, float]) -> dict[str, float]:
     return total
 
 
+class _KeepLast:
+    """Wraps torchtitan's metric logger (TensorBoard or none), keeping the last dict it got."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.last: dict[str, Any] = {}
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        self.last = dict(metrics)
+        self.inner.log(metrics, step)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
 class TinyMetricsProcessor(MetricsProcessor):
+    """Each JSONL row holds every number torchtitan logged (loss, tps, mfu(%), memory/*,
+    time_metrics/*, lr, ...) plus short aliases: loss, max_loss, grad_norm, tps."""
+
     def __init__(self, job_config, parallel_dims, tag=None):
         super().__init__(job_config, parallel_dims, tag)
+        self.logger = _KeepLast(self.logger)
         if device.cpu_mode():
             self.gpu_peak_flops = float("inf")  # no known peak: MFU reads 0 on CPU
         self.dataloader = None
@@ -96,12 +119,10 @@ class TinyMetricsProcessor(MetricsProcessor):
                 "max_loss": global_max_loss,
                 "grad_norm": grad_norm,
                 "tps": tps,
-                **{k: v for k, v in extra.items() if isinstance(v, (int, float))},
+                **_numbers(self.logger.last),
             }
         )
 
     def log_validation(self, loss, step, extra_metrics=None):
         super().log_validation(loss, step, extra_metrics=extra_metrics)
-        row = {"step": step, "validation/loss": loss}
-        row.update({k: v for k, v in (extra_metrics or {}).items() if isinstance(v, (int, float))})
-        self._append_jsonl(row)
+        self._append_jsonl({"step": step, "validation/loss": loss, **_numbers(self.logger.last)})

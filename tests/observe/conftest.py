@@ -1,0 +1,22 @@
+"""Fixtures of the observe tests: an HF export of the shared debug run (made once per session)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.helpers import DEBUG_CONFIG
+
+
+@pytest.fixture(scope="session")
+def debug_checkpoint(debug_run):
+    return debug_run / "checkpoint" / "step-20"
+
+
+@pytest.fixture(scope="session")
+def debug_export(debug_checkpoint, tmp_path_factory):
+    """The step-20 checkpoint exported to Hugging Face format by the export package (verified there)."""
+    from tinytitan.export.hf import export_hf
+
+    out = tmp_path_factory.mktemp("observe") / "debug-hf"
+    export_hf(debug_checkpoint, out, config=DEBUG_CONFIG)
+    return out

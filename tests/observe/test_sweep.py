@@ -1,0 +1,89 @@
+"""The sweep: its search order (with scripted outcomes) and the GPU script's CPU smoke mode (real runs)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+from argparse import Namespace
+
+from tests.helpers import REPO
+from tinytitan.observe import sweep
+from tinytitan.observe.bench import Machine, Settings, make_schedule
+
+
+class ScriptedRunner(sweep.Runner):
+    """Answers runs from a rule instead of training: the search logic is what is under test."""
+
+    def __init__(self, outcome, machine):
+        args = Namespace(budget_s=1e9, timeout_s=1, out=None, profile=False)  # out=None: print only
+        super().__init__(make_schedule(1, 1, 1), machine, REPO, args)
+        self.outcome = outcome
+        self.order: list[Settings] = []
+
+    def execute(self, s, timeout_s):
+        self.order.append(s)
+        status, tps = self.outcome(s)
+        return {"status": status, "tokens_per_s_per_gpu": tps, "wall_s": 1.0}
+
+
+def test_batch_doubles_and_oom_falls_back_to_selective_ac():
+    def outcome(s):
+        if s.local_batch_size >= 16 and s.ac == "none":
+            return "oom", None
+        return "ok", 1000.0 * s.local_batch_size - (100 if s.ac == "selective" else 0)
+
+    runner = ScriptedRunner(outcome, Machine(1, 1, "NVIDIA H100 80GB HBM3"))
+    base = Settings("tiny", 2048, 8)
+    runner.run(base)
+    sweep._batches(runner, base)
+    assert runner.order == [base, dataclasses.replace(base, local_batch_size=16),
+                            Settings("tiny", 2048, 16, ac="selective")]  # fmt: skip
+    best, record = runner.best("tiny", float8=False)
+    assert best == Settings("tiny", 2048, 16, ac="selective")
+
+
+def test_oom_at_the_config_batch_tries_selective_then_half():
+    runner = ScriptedRunner(lambda s: ("oom", None), Machine(1, 1, "NVIDIA H100 80GB HBM3"))
+    base = Settings("tiny", 2048, 8)
+    runner.run(base)
+    sweep._batches(runner, base)
+    assert [(s.local_batch_size, s.ac) for s in runner.order] == [(8, "none"), (8, "selective"), (4, "none")]
+    assert runner.best("tiny", float8=False) is None
+
+
+def test_budget_skips_runs_that_would_not_finish():
+    runner = ScriptedRunner(lambda s: ("ok", 1.0), Machine(1, 1, "NVIDIA H100 80GB HBM3"))
+    runner.deadline = 0  # already past
+    assert runner.run(Settings("nano", 2048, 16)) is None
+
+
+def test_markdown_table_row():
+    record = {"flavor": "nano", "device": "NVIDIA H100 80GB HBM3", "gpus": 1, "seq_len": 2048, "local_batch_size": 16,
+              "compile": True, "ac": "none", "float8": False, "tokens_per_s_per_gpu": 123456.7, "mfu": 51.234,
+              "peak_memory_gib": 40.26, "step_time_s": 0.2654}  # fmt: skip
+    table = sweep.markdown_table([record]).splitlines()
+    assert table[0].count("|") == table[1].count("|") == table[2].count("|")
+    assert (
+        table[2]
+        == "| nano | NVIDIA H100 80GB HBM3 | 1 | 2048 | 16 | on | none | off | 123,457 | 51.2% | 40.3 | 0.265 |"
+    )
+
+
+def test_gpu_sweep_script_smoke_on_cpu(tmp_path):
+    """benchmarks/gpu_sweep.sh --smoke: the script the GPU machine runs, through real CPU training runs."""
+    out = subprocess.run(
+        ["bash", "benchmarks/gpu_sweep.sh", "--smoke"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OUT": str(tmp_path), "NGPU": "2", "BUDGET_S": "900"},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(x) for x in (tmp_path / "sweep.jsonl").read_text().splitlines()]
+    runs = [r for r in lines if not r.get("best")]
+    best = [r for r in lines if r.get("best")]
+    assert [(r["local_batch_size"], r["ac"], r["status"]) for r in runs] == [(2, "none", "ok"), (4, "none", "ok")]
+    assert len(best) == 1 and best[0]["flavor"] == "debug"
+    assert best[0]["tokens_per_s_per_gpu"] == max(r["tokens_per_s_per_gpu"] for r in runs)
+    assert out.stdout.splitlines() == [json.dumps(r) for r in lines]  # stdout carries exactly the JSON lines
+    assert "| debug |" in (tmp_path / "sweep.log").read_text()
+    assert "torch" in (tmp_path / "env.txt").read_text()

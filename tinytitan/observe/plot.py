@@ -1,0 +1,119 @@
+"""``tinytitan plot RUN_DIR [RUN_DIR ...] --out curves.png``: a run's curves as one PNG.
+
+Three panels share the x axis (step, or tokens seen): loss (train as a line,
+validation as markers, per source where the validator logs it), learning rate,
+and tokens/s per device. Several runs are overlaid, one colour each, so runs of
+different settings compare at a glance. Reads the TensorBoard event files, so it
+works on a run that is still going and needs no GPU or browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from tinytitan.errors import TinytitanError
+from tinytitan.observe.events import LR, TOKENS_SEEN, TPS, TRAIN_LOSS, Series, read_scalars, validation_loss_tags
+
+DEFAULT_SIZE = (1200, 900)
+DPI = 100
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: write WIDTHxHEIGHT in pixels, e.g. 1200x900") from None
+    if width < 200 or height < 200:
+        raise argparse.ArgumentTypeError(f"--size {text!r}: at least 200x200 pixels")
+    return width, height
+
+
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """The folder names, or the full paths where two runs share a name."""
+    names = [p.resolve().name for p in run_dirs]
+    return [str(p) if names.count(n) > 1 else n for p, n in zip(run_dirs, names, strict=True)]
+
+
+def smooth(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's exponential moving average (0: raw)."""
+    out, last = [], None
+    for v in values:
+        last = v if last is None else weight * last + (1 - weight) * v
+        out.append(last)
+    return out
+
+
+def to_x(series: Series, x_axis: str, tokens: dict[int, float]) -> tuple[list[float], list[float]]:
+    """Steps, or tokens seen at those steps (validation steps use the nearest logged step before)."""
+    if x_axis == "step":
+        return [s for s, _ in series], [v for _, v in series]
+    logged = sorted(tokens)
+    xs, ys = [], []
+    for step, value in series:
+        before = [s for s in logged if s <= step]
+        if before:
+            xs.append(tokens[before[-1]])
+            ys.append(value)
+    return xs, ys
+
+
+def draw(runs: dict[str, dict[str, Series]], out: Path, size=DEFAULT_SIZE, x_axis="step", smoothing=0.0) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training nodes
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_lr, ax_tps) = plt.subplots(3, 1, figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, sharex=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    drawn = 0
+    markers = "osD^v<>"
+    for i, (label, scalars) in enumerate(runs.items()):
+        colour = colours[i % len(colours)]
+        tokens = dict(scalars.get(TOKENS_SEEN, []))
+        xs, ys = to_x(scalars.get(TRAIN_LOSS, []), x_axis, tokens)
+        if xs:
+            ax_loss.plot(xs, smooth(ys, smoothing), color=colour, label=f"{label} train")
+            drawn += 1
+        for j, (name, tag) in enumerate(validation_loss_tags(scalars).items()):
+            ax_loss.plot(*to_x(scalars[tag], x_axis, tokens), color=colour, marker=markers[j % len(markers)],
+                         linestyle="--", label=f"{label} {name}")  # fmt: skip
+        ax_lr.plot(*to_x(scalars.get(LR, []), x_axis, tokens), color=colour, label=label)
+        ax_tps.plot(*to_x(scalars.get(TPS, []), x_axis, tokens), color=colour, label=label)
+    if not drawn:
+        raise TinytitanError(f"no training loss ({TRAIN_LOSS}) in the event files: nothing to plot")
+    ax_loss.set_ylabel("loss")
+    ax_loss.legend(fontsize="small")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax_tps.set_ylabel("tokens/s per device")
+    ax_tps.set_xlabel("tokens seen" if x_axis == "tokens" else "step")
+    ax_tps.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in (ax_loss, ax_lr, ax_tps):
+        ax.grid(True, alpha=0.3)
+    if len(runs) > 1:
+        ax_tps.legend(fontsize="small")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)  # no bbox_inches="tight": the PNG keeps the requested size
+    plt.close(fig)
+    return out
+
+
+def configure(parser) -> None:
+    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="dump folder(s) of training runs")
+    parser.add_argument("--out", type=Path, default=Path("curves.png"), help="PNG to write (default curves.png)")
+    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT in pixels (1200x900)")
+    parser.add_argument("--x", choices=("step", "tokens"), default="step", help="x axis: step or tokens seen")
+    parser.add_argument("--smooth", type=float, default=0.0, help="EMA weight for the train loss, 0-0.99 (0: raw)")
+
+
+def run(args) -> int:
+    if not 0 <= args.smooth < 1:
+        raise TinytitanError(f"--smooth {args.smooth}: use a weight in [0, 1), e.g. 0.9")
+    labels = run_labels(args.run_dirs)
+    runs = {label: read_scalars(d) for label, d in zip(labels, args.run_dirs, strict=True)}
+    out = draw(runs, args.out, size=args.size, x_axis=args.x, smoothing=args.smooth)
+    print(f"wrote {out} ({args.size[0]}x{args.size[1]}, {len(runs)} run(s))")
+    return 0
