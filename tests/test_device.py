@@ -42,11 +42,13 @@ def test_adapt_job_config_forces_fp32_and_no_compile_on_cpu():
         cfg = JobConfig()
         cfg.training.mixed_precision_param = "bfloat16"
         cfg.compile.enable = True
+        cfg.profiling.enable_profiling = True
         device.adapt_job_config(cfg)
-        print(cfg.training.mixed_precision_param, cfg.compile.enable, cfg.optimizer.implementation)
+        print(cfg.training.mixed_precision_param, cfg.compile.enable, cfg.optimizer.implementation,
+              cfg.profiling.enable_profiling)
         """
     )
-    assert out.split() == ["float32", "False", "foreach"]
+    assert out.split() == ["float32", "False", "foreach", "False"]
 
 
 def test_inactive_without_activate():

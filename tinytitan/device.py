@@ -127,6 +127,9 @@ def adapt_job_config(job_config) -> None:
     if job_config.compile.enable:
         changes.append("compile off")
         job_config.compile.enable = False
+    if job_config.profiling.enable_profiling:  # torchtitan 0.2.2 hands the profiler a None activity
+        changes.append("profiling off: torchtitan's profiler needs a GPU")
+        job_config.profiling.enable_profiling = False
     if job_config.optimizer.implementation == "fused":
         changes.append("optimizer fused->foreach")
         job_config.optimizer.implementation = "foreach"
