@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(REPO))
     from torchtitan.components.tokenizer import HuggingFaceTokenizer
 
-    from tinytitan.data.prepared import prepare
+    from tinytitan.data.prepare import prepare
 
     tok = HuggingFaceTokenizer(args.tokenizer)
     tmp = None

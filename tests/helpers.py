@@ -36,7 +36,9 @@ def launch(
     check: bool = True,
 ) -> subprocess.CompletedProcess:
     """``python -m tinytitan.launch`` (what run_llama_train.sh runs), from the repo root."""
-    run_env = {**os.environ, "NGPU": str(nproc), "CONFIG_FILE": str(config), **(env or {})}
+    # Every rank's output, so a failure on any rank shows its own message.
+    ranks = ",".join(str(r) for r in range(nproc))
+    run_env = {**os.environ, "NGPU": str(nproc), "CONFIG_FILE": str(config), "LOG_RANK": ranks, **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "tinytitan.launch", *overrides],
         cwd=REPO, env=run_env, capture_output=True, text=True, timeout=timeout,

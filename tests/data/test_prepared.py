@@ -15,7 +15,8 @@ from tests.data.fixtures import Corpus, job_config, loader, make_corpus, tokeniz
 from tinytitan.data import cli
 from tinytitan.data.config import validate_data_config
 from tinytitan.data.loader import merge_rank_states
-from tinytitan.data.prepared import load_manifest, plan_from_prepared, prepare
+from tinytitan.data.prepare import prepare
+from tinytitan.data.shards import load_manifest, plan_from_prepared
 from tinytitan.errors import TinytitanError
 
 

@@ -10,7 +10,7 @@ from torchtitan.components.loss import build_cross_entropy_loss
 from torchtitan.distributed import ParallelDims
 
 from tests.data.fixtures import ID_BASE, doc_ids, job_config, loader, mark_holdout, sources, tokenizer
-from tinytitan.data.prepared import prepare
+from tinytitan.data.prepare import prepare
 from tinytitan.data.validate import build_validator
 
 

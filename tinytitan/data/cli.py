@@ -81,7 +81,8 @@ def load_tokenizer(job_config):
 
 def _prepare(args) -> int:
     from tinytitan.data.config import validate_sources
-    from tinytitan.data.prepared import prepare, summary
+    from tinytitan.data.prepare import prepare
+    from tinytitan.data.shards import summary
 
     cfg = load_job_config(args.config, _overrides(args))
     validate_sources(cfg.data)

@@ -256,6 +256,6 @@ def validate_data_config(job_config) -> None:
     if training is not None and training.seq_len < 1:
         raise TinytitanError(f"training.seq_len = {training.seq_len}; it must be positive")
     if data.format == "tokens":
-        from tinytitan.data.prepared import check_prepared
+        from tinytitan.data.shards import check_prepared
 
         check_prepared(job_config)

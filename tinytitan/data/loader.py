@@ -8,13 +8,13 @@ default process group when one is initialized, like DCP's own save) and returns 
 JSON document under one key, identical on every rank, so DCP stores it once.
 ``load_state_dict`` takes the lanes the new layout gives this rank: a checkpoint written
 by any number of ranks and workers loads on any other (lane ``l`` -> reader
-``l % (dp ranks x workers)``).
+``l % (dp ranks x workers)``). The document itself, the merge of the ranks' parts and the
+checks before a resume are in ``tinytitan.data.loader_state``; this module produces batches.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -28,6 +28,7 @@ import torch
 from torchtitan.components.dataloader import BaseDataLoader
 
 from tinytitan.data.config import Data, data_config, validate_sources
+from tinytitan.data.loader_state import check_fingerprint, dump_state, load_state, merge_states
 from tinytitan.data.mixture import Reader, Sampler, fresh_lane_state, lane_stats
 from tinytitan.data.plan import MixturePlan, build_plan
 from tinytitan.data.tok import Encoder
@@ -35,9 +36,6 @@ from tinytitan.data.workers import Schedule, make_backend, worker_main
 from tinytitan.errors import TinytitanError
 
 logger = logging.getLogger("tinytitan.data")
-
-STATE_KEY = "tinytitan_data"
-STATE_VERSION = 1
 
 
 class MixtureDataLoader(BaseDataLoader):
@@ -243,39 +241,13 @@ class MixtureDataLoader(BaseDataLoader):
         return self._merge(parts)
 
     def _merge(self, parts: list[dict]) -> dict:
-        by_rank: dict[int, dict] = {}
-        for p in parts:
-            by_rank.setdefault(p["rank"], p)  # ranks of the same dp rank (TP/PP) hold the same state
-        if sorted(by_rank) != list(range(self.dp_world_size)):
-            raise RuntimeError(
-                f"data loader state: got dp ranks {sorted(by_rank)} of {self.dp_world_size}; without "
-                "torch.distributed, combine the ranks' local_state_dict() with merge_rank_states()"
-            )
-        windows = {p["windows"] for p in by_rank.values()}
-        if len(windows) != 1:
-            logger.warning("data loader state: dp ranks consumed different numbers of batches: %s", windows)
-        lanes: dict[str, dict] = {s.name: {} for s in self.plan.sources}
-        errors: set[str] = set()
-        for rank in sorted(by_rank):
-            for name, ls in by_rank[rank]["lanes"].items():
-                lanes[name].update(ls)
-            errors.update(by_rank[rank]["errors"])
-        for name in lanes:
-            lanes[name] = {k: lanes[name][k] for k in sorted(lanes[name], key=int)}
-        return {
-            "version": STATE_VERSION,
-            "fingerprint": self.plan.fingerprint(),
-            "layout": {
-                "dp_world_size": self.dp_world_size,
-                "workers": self.n_local,
-                "batch_size": self.batch_size,
-                "seq_len": self.seq_len,
-            },
-            "windows": by_rank[0]["windows"],
-            "batches": by_rank[0]["batches"],
-            "lanes": lanes,
-            "errors": sorted(errors),
+        layout = {
+            "dp_world_size": self.dp_world_size,
+            "workers": self.n_local,
+            "batch_size": self.batch_size,
+            "seq_len": self.seq_len,
         }
+        return merge_states(self.plan, layout, parts)
 
     def local_state_dict(self) -> dict:
         """This rank's part of the state (no communication); see merge_rank_states."""
@@ -283,21 +255,13 @@ class MixtureDataLoader(BaseDataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         """Collective when torch.distributed is initialized: call it on every rank (DCP does)."""
-        return {STATE_KEY: json.dumps(self._global_state(), sort_keys=True, separators=(",", ":"))}
+        return dump_state(self._global_state())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
-        if STATE_KEY not in state_dict:
-            raise TinytitanError(
-                f"the checkpoint's dataloader state has keys {sorted(state_dict)[:4]}, not tinytitan's data "
-                "loader state; resume with --checkpoint.exclude_from_loading dataloader to restart the data stream"
-            )
-        blob = state_dict[STATE_KEY]
-        st = json.loads(blob.decode() if isinstance(blob, bytes) else blob)
-        if st.get("version") != STATE_VERSION:
-            raise TinytitanError(f"data loader state version {st.get('version')} is not {STATE_VERSION}")
-        self._check_fingerprint(st["fingerprint"])
+        st = load_state(state_dict)
+        check_fingerprint(st["fingerprint"], self.plan.fingerprint())
         old = st["layout"]
         self.windows_base = int(st["windows"])
         self.batches_base = int(st["batches"])
@@ -320,29 +284,6 @@ class MixtureDataLoader(BaseDataLoader):
                 self.n_local,
                 self.n_readers,
             )
-
-    def _check_fingerprint(self, saved: dict) -> None:
-        now = self.plan.fingerprint()
-        hint = (
-            "resume with the same [data] config, or restart the data stream with "
-            "--checkpoint.exclude_from_loading dataloader"
-        )
-        if saved["seed"] != now["seed"]:
-            raise TinytitanError(f"data.seed changed since the checkpoint ({saved['seed']} -> {now['seed']}); {hint}")
-        if saved["lanes"] != now["lanes"]:
-            raise TinytitanError(
-                f"data.lanes changed since the checkpoint ({saved['lanes']} -> {now['lanes']}); {hint}"
-            )
-        if set(saved["sources"]) != set(now["sources"]):
-            raise TinytitanError(
-                f"data sources changed since the checkpoint ({sorted(saved['sources'])} -> {sorted(now['sources'])}); "
-                f"{hint}"
-            )
-        for name, fp in now["sources"].items():
-            if saved["sources"][name] != fp:
-                raise TinytitanError(
-                    f"data source {name!r}: its files, filter or held-out split changed since the checkpoint; {hint}"
-                )
 
     # ---------------------------------------------------------- observability
     def stats(self) -> dict[str, float]:
@@ -381,7 +322,7 @@ def merge_rank_states(loaders_or_states: list) -> dict[str, Any]:
     if not isinstance(first, MixtureDataLoader):
         raise TypeError("pass the loaders; their plan is needed to merge")
     parts = [x.local_state_dict() for x in loaders_or_states]
-    return {STATE_KEY: json.dumps(first._merge(parts), sort_keys=True, separators=(",", ":"))}
+    return dump_state(first._merge(parts))
 
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
@@ -417,7 +358,7 @@ def backend_spec(data: Data, tokenizer) -> dict:
 
 def make_plan(data: Data, tokenizer=None) -> MixturePlan:
     if data.format == "tokens":
-        from tinytitan.data.prepared import plan_from_prepared
+        from tinytitan.data.shards import plan_from_prepared
 
         return plan_from_prepared(data, tokenizer)
     files = validate_sources(data)

@@ -80,7 +80,7 @@ def _token_chunks_text(src: SourcePlan, validation_files: str, encoder: Encoder,
 
 
 def _token_chunks_prepared(src: SourcePlan, validation_files: str, prepared_dir: str) -> Iterator[np.ndarray]:
-    from tinytitan.data.prepared import Shard, load_manifest, shard_base
+    from tinytitan.data.shards import Shard, load_manifest, shard_base
 
     if validation_files:
         entry = load_manifest(prepared_dir)["sources"][src.name]
@@ -155,7 +155,7 @@ class MixtureValidator(Validator):
         self.batch_size, self.seq_len, self.steps = v.local_batch_size, v.seq_len, v.steps
         self.encoder = Encoder(tokenizer) if self.data.format == "text" else None
         if self.data.format == "tokens":
-            from tinytitan.data.prepared import plan_from_prepared
+            from tinytitan.data.shards import plan_from_prepared
 
             self.plan = plan_from_prepared(self.data, tokenizer)
         else:

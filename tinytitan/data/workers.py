@@ -32,7 +32,7 @@ class Schedule:
 
 def make_backend(spec: dict):
     if spec["format"] == "tokens":
-        from tinytitan.data.prepared import TokensBackend
+        from tinytitan.data.shards import TokensBackend
 
         return TokensBackend(spec["prepared_dir"])
     from tinytitan.data.mixture import TextBackend

@@ -41,7 +41,7 @@ def held_out(data, tokenizer, seq_len: int, max_windows: int) -> Iterator[tuple[
     from tinytitan.data.validate import heldout_windows
 
     if data.format == "tokens":
-        from tinytitan.data.prepared import plan_from_prepared
+        from tinytitan.data.shards import plan_from_prepared
 
         plan, encoder = plan_from_prepared(data, tokenizer), None  # checks the shards' tokenizer
     else:
