@@ -1,21 +1,17 @@
 """The launcher refuses bad input before any process starts."""
 
 import subprocess
-import sys
 
 import pytest
 
 from tests.helpers import REPO
+from tests.helpers import launch as run_training
 from tinytitan import launch
 from tinytitan.errors import TinytitanError
 
 
 def run_launcher(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
-    import os
-
-    env = {**os.environ, **env_extra}
-    return subprocess.run([sys.executable, "-m", "tinytitan.launch", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    return run_training(list(args), env=env_extra, check=False, timeout=120)
 
 
 def test_missing_config_file_is_one_line_and_exit_2():

@@ -95,7 +95,7 @@ def activate() -> bool:
     global _active
     if _active:
         return True
-    if has_accelerator() or os.environ.get("TINYTITAN_FORCE_DEVICE", "") not in ("", "cpu"):
+    if has_accelerator():
         return False
     import torchtitan.tools.utils as tt_utils
 

@@ -64,7 +64,7 @@ def load_toml(config_file: str) -> dict:
     path = Path(config_file)
     if not path.is_file():
         raise TinytitanError(
-            f"config file {config_file} does not exist: set CONFIG_FILE to one of "
+            f"config file {config_file} does not exist: use one of (CONFIG_FILE or --config) "
             f"{', '.join(sorted(str(p) for p in Path('train_configs').glob('*.toml'))) or 'train_configs/*.toml'}"
         )
     try:

@@ -9,6 +9,7 @@ import sys
 import time
 
 from tinytitan.errors import TinytitanError
+from tinytitan.tokenizer import build_tokenizer
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -55,28 +56,10 @@ def _overrides(args) -> list[str]:
 
 
 def load_job_config(path: str, overrides: list[str] | None = None):
-    if not os.path.isfile(path):
-        raise TinytitanError(f"config file {path} does not exist; pass --config train_configs/<name>.toml")
-    from torchtitan.config import ConfigManager
+    """The job config as training sees it (the launcher's parsing, with tinytitan's sections)."""
+    from tinytitan.launch import load_toml, parse_job_config, training_args
 
-    cfg = ConfigManager().parse_args(["--job.config_file", path, *(overrides or [])])
-    if not hasattr(cfg, "data"):
-        raise TinytitanError(
-            f"{path} has no [data] section support; add [job] custom_config_module = 'tinytitan.job_config'"
-        )
-    return cfg
-
-
-def load_tokenizer(job_config):
-    path = job_config.model.hf_assets_path
-    if not path or not os.path.isfile(os.path.join(path, "tokenizer.json")):
-        raise TinytitanError(
-            f"no tokenizer.json in model.hf_assets_path = {path!r}; run `tinytitan download-tokenizer` "
-            "or point it at tinytitan/assets/tokenizer"
-        )
-    from torchtitan.components.tokenizer import HuggingFaceTokenizer
-
-    return HuggingFaceTokenizer(path)
+    return parse_job_config(training_args(path, overrides or [], load_toml(path)))
 
 
 def _prepare(args) -> int:
@@ -87,7 +70,7 @@ def _prepare(args) -> int:
     cfg = load_job_config(args.config, _overrides(args))
     validate_sources(cfg.data)
     out = args.out or cfg.data.prepared_dir
-    manifest = prepare(cfg.data, load_tokenizer(cfg), out, workers=max(1, args.workers), progress=not args.no_progress)
+    manifest = prepare(cfg.data, build_tokenizer(cfg), out, workers=max(1, args.workers), progress=not args.no_progress)
     print(summary(manifest))
     print(f"wrote {os.path.join(out, 'manifest.json')}; train with data.format = 'tokens', data.prepared_dir = '{out}'")
     return 0
@@ -100,7 +83,7 @@ def bench(job_config, tokens: int, *, dp_world_size: int = 1, dp_rank: int = 0, 
 
     validate_data_config(job_config)
     if tokenizer is None and job_config.data.format == "text":
-        tokenizer = load_tokenizer(job_config)
+        tokenizer = build_tokenizer(job_config)
     t0 = time.perf_counter()
     dl = build_dataloader(dp_world_size=dp_world_size, dp_rank=dp_rank, tokenizer=tokenizer, job_config=job_config)
     it = iter(dl)
@@ -168,11 +151,7 @@ def run(args) -> int:
     raise TinytitanError(f"unknown data action {args.data_command!r}; use prepare or bench")
 
 
-if __name__ == "__main__":  # python -m tinytitan.data.cli ...
-    parser = argparse.ArgumentParser(prog="tinytitan data")
-    configure(parser)
-    try:
-        sys.exit(run(parser.parse_args()))
-    except TinytitanError as e:
-        print(f"tinytitan: error: {e}", file=sys.stderr)
-        sys.exit(2)
+if __name__ == "__main__":  # python -m tinytitan.data.cli ... (same as `tinytitan data ...`)
+    from tinytitan.cli import main
+
+    sys.exit(main(["data", *sys.argv[1:]]))

@@ -255,7 +255,6 @@ def run_once(
     shutil.rmtree(dump, ignore_errors=True)
     dump.mkdir(parents=True)
     env = process_env(os.environ, machine.nproc, machine.gpus)
-    env.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")  # as torchtitan's run_train.sh
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     cmd = torchrun_command(machine.nproc, training_overrides(s, schedule, dump, machine, profile), env)
     record = {
