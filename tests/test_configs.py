@@ -6,13 +6,14 @@ import pytest
 
 from tests.helpers import REPO
 from tinytitan import launch
+from tinytitan.config import load_job_config
 from tinytitan.models import FLAVORS
 
 CONFIGS = sorted((REPO / "train_configs").glob("*.toml"))
 
 
 def parse(path: Path, *overrides: str):
-    return launch.parse_job_config(launch.training_args(str(path), list(overrides), launch.load_toml(str(path))))
+    return load_job_config(path, overrides)
 
 
 def test_there_are_configs_for_every_flavor():

@@ -75,8 +75,9 @@ def test_multi_node_command_uses_c10d_rendezvous():
         launch.torchrun_command(8, [], {"NNODES": "2"})
 
 
-def test_config_module_is_added_only_when_the_toml_lacks_it():
-    assert "--job.custom_config_module" in launch.training_args("a.toml", [], {})
-    assert "--job.custom_config_module" not in launch.training_args(
-        "a.toml", [], {"job": {"custom_config_module": "tinytitan.job_config"}}
-    )
+def test_config_module_is_added_unless_an_override_names_one():
+    from tinytitan.config import training_args
+
+    assert training_args("a.toml", [])[-2:] == ["--job.custom_config_module", "tinytitan.job_config"]
+    own = training_args("a.toml", ["--job.custom_config_module=my.module"])
+    assert own.count("--job.custom_config_module") == 0 and own[-1] == "--job.custom_config_module=my.module"

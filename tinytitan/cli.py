@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from tinytitan.errors import TinytitanError
+from tinytitan.errors import run_guarded
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("tinytitan.launch", "train with torchrun (GPU nodes, or CPU processes without a GPU)"),
@@ -28,18 +28,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("tinytitan.observe.generate", "sample text from a checkpoint or an export"),
     "bench": ("tinytitan.observe.bench", "measure training throughput and MFU per flavor"),
 }
-
-
-def run_guarded(fn: Callable[[], int]) -> int:
-    """Bad input ends in one line on stderr and exit code 2, not a traceback."""
-    try:
-        return fn()
-    except TinytitanError as e:
-        print(f"tinytitan: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tinytitan: interrupted", file=sys.stderr)
-        return 130
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -15,11 +15,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tinytitan.errors import TinytitanError
+from tinytitan.config import DEFAULT_CONFIG, find_config, parse_args, resolve_job_paths, training_args
+from tinytitan.errors import TinytitanError, run_guarded
 
-DEFAULT_CONFIG = "train_configs/llama3_debug.toml"
 CPU_PROCESSES = 2  # FSDP needs at least two ranks to shard anything
-CONFIG_MODULE = "tinytitan.job_config"
 
 
 def visible_gpus() -> int:
@@ -42,47 +41,6 @@ def resolve_nproc(env: Mapping[str, str], gpus: int) -> int:
     if gpus and nproc > gpus:
         raise TinytitanError(f"NGPU={nproc} but this node has {gpus} visible GPU(s): set NGPU<={gpus}")
     return nproc
-
-
-def _has_arg(args: Sequence[str], *names: str) -> bool:
-    return any(a == n or a.startswith(n + "=") for a in args for n in names)
-
-
-def training_args(config_file: str, overrides: Sequence[str], toml: Mapping) -> list[str]:
-    """The arguments torchtitan's ConfigManager receives."""
-    args = ["--job.config_file", config_file, *overrides]
-    if not toml.get("job", {}).get("custom_config_module") and not _has_arg(
-        overrides, "--job.custom_config_module", "--job.custom-config-module"
-    ):
-        args += ["--job.custom_config_module", CONFIG_MODULE]
-    return args
-
-
-def load_toml(config_file: str) -> dict:
-    import tomllib
-
-    path = Path(config_file)
-    if not path.is_file():
-        raise TinytitanError(
-            f"config file {config_file} does not exist: use one of (CONFIG_FILE or --config) "
-            f"{', '.join(sorted(str(p) for p in Path('train_configs').glob('*.toml'))) or 'train_configs/*.toml'}"
-        )
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise TinytitanError(f"config file {config_file} is not valid TOML: {e}") from None
-
-
-def parse_job_config(args: Sequence[str]):
-    """torchtitan's own parsing, with tinytitan's sections; unknown keys become one-line errors."""
-    from torchtitan.config import ConfigManager
-
-    try:
-        return ConfigManager().parse_args(list(args))
-    except ValueError as e:
-        first = str(e).splitlines()[0]
-        raise TinytitanError(f"{first} Fix the TOML key or the --section.key override.") from None
 
 
 def check_job_config(job_config) -> None:
@@ -152,11 +110,13 @@ def process_env(env: Mapping[str, str], nproc: int, gpus: int) -> dict[str, str]
 
 def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
-    config_file = config_file or env.get("CONFIG_FILE") or DEFAULT_CONFIG
+    config_file = str(find_config(config_file or env.get("CONFIG_FILE")))
     gpus = visible_gpus()
     nproc = resolve_nproc(env, gpus)
-    args = training_args(config_file, overrides, load_toml(config_file))
-    check_job_config(parse_job_config(args))
+    args = training_args(config_file, overrides)
+    job_config = parse_args(args)
+    resolve_job_paths(job_config)
+    check_job_config(job_config)
     cmd = torchrun_command(nproc, args, env)
     where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
     print(f"tinytitan: training {config_file} on {where}", flush=True)
@@ -181,8 +141,6 @@ def run(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m tinytitan.launch [overrides]``: what run_llama_train.sh runs."""
-    from tinytitan.cli import run_guarded
-
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_guarded(lambda: launch(None, argv))
 

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 def main(argv=None) -> int:
     import argparse
 
-    from tinytitan.cli import run_guarded
+    from tinytitan.errors import run_guarded
     from tinytitan.export import cli
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

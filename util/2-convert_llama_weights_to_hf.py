@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 def main(argv=None) -> int:
     import argparse
 
-    from tinytitan.cli import run_guarded
+    from tinytitan.errors import run_guarded
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(

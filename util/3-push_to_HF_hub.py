@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     import argparse
 
     from tinytitan import hub
-    from tinytitan.cli import run_guarded
+    from tinytitan.errors import run_guarded
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     hub.configure(parser)

@@ -60,7 +60,7 @@ def test_schedule_rounds_to_whole_log_windows():
 )
 def test_overrides_are_keys_torchtitan_accepts(settings, tmp_path):
     """Every override parses with torchtitan's own ConfigManager (a typo or a wrong boolean spelling fails here)."""
-    from tinytitan.launch import parse_job_config
+    from tinytitan.config import parse_args as parse_job_config
 
     machine = Machine(gpus=8, nproc=8, device="NVIDIA H100 80GB HBM3")
     job = parse_job_config(training_overrides(settings, make_schedule(5, 15, 5), tmp_path, machine, profile=True))

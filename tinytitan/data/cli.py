@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from tinytitan.config import load_job_config
 from tinytitan.errors import TinytitanError
 from tinytitan.tokenizer import build_tokenizer
 
@@ -53,13 +54,6 @@ def _overrides(args) -> list[str]:
     if extra and extra[0] == "--":
         extra = extra[1:]
     return extra
-
-
-def load_job_config(path: str, overrides: list[str] | None = None):
-    """The job config as training sees it (the launcher's parsing, with tinytitan's sections)."""
-    from tinytitan.launch import load_toml, parse_job_config, training_args
-
-    return parse_job_config(training_args(path, overrides or [], load_toml(path)))
 
 
 def _prepare(args) -> int:

@@ -1,9 +1,8 @@
 """What an export needs from the training config and the tokenizer folder.
 
-The TOML is read with ``tomllib`` rather than torchtitan's ConfigManager: an
-export needs four values (flavor, tokenizer folder, sequence length, data
-sources) and must work on a machine that cannot import the training stack's
-optional parts. Defaults are torchtitan's (``training.seq_len`` 2048).
+The config is read as training read it (``tinytitan.config.load_job_config``);
+an export needs four values from it: flavor, tokenizer folder, sequence length,
+data sources.
 """
 
 from __future__ import annotations
@@ -34,40 +33,26 @@ class TrainingConfig:
     datasets: list[str] = field(default_factory=list)
 
 
-def _resolve(raw: str, config_path: Path) -> Path:
-    """A relative path in a config is relative to where training ran: the repo root, usually."""
-    candidate = Path(raw)
-    if candidate.is_absolute():
-        return candidate
-    for base in (Path.cwd(), config_path.parent.parent, config_path.parent):
-        if (base / candidate).exists():
-            return base / candidate
-    return candidate
-
-
 def read_training_config(path: str | os.PathLike | None) -> TrainingConfig:
     if path is None:
         return TrainingConfig()
-    from tinytitan.launch import load_toml
+    from tinytitan.config import load_job_config
 
-    path = Path(path)
-    toml = load_toml(str(path))
-    model = toml.get("model", {})
-    training = toml.get("training", {})
+    job = load_job_config(path)
+    path = Path(job.job.config_file)
     datasets = []
-    for source in toml.get("data", {}).get("sources", []) or []:
-        key = Path(str(source.get("path", ""))).name.lower() or str(source.get("name", "")).lower()
-        hub_id = KNOWN_DATASETS.get(key) or KNOWN_DATASETS.get(str(source.get("name", "")).lower())
+    for source in job.data.sources:
+        hub_id = KNOWN_DATASETS.get(Path(source.path).name.lower()) or KNOWN_DATASETS.get(source.name.lower())
         if hub_id and hub_id not in datasets:
             datasets.append(hub_id)
-    assets = model.get("hf_assets_path")
+    assets = job.model.hf_assets_path
     return TrainingConfig(
         path=path,
         text=path.read_text(),
-        flavor=model.get("flavor"),
-        tokenizer_dir=_resolve(assets, path) if assets else None,
-        seq_len=int(training.get("seq_len", DEFAULT_SEQ_LEN)),
-        description=toml.get("job", {}).get("description", ""),
+        flavor=job.model.flavor,
+        tokenizer_dir=Path(assets) if assets else None,
+        seq_len=job.training.seq_len,
+        description=job.job.description,
         datasets=datasets,
     )
 

@@ -32,10 +32,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinytitan.config import SOURCE_ROOT
 from tinytitan.errors import TinytitanError
 from tinytitan.observe.profile import TRACE_FOLDER, profile_overrides, read_profile
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = SOURCE_ROOT  # cwd and PYTHONPATH of the benchmarked training processes
 AC_MODES = ("none", "selective", "full")
 RESHARD_POLICIES = ("default", "always", "never")
 FLOAT8_CONVERTER = "quantize.linear.float8"
@@ -366,7 +367,7 @@ def run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tinytitan.cli import run_guarded
+    from tinytitan.errors import run_guarded
 
     parser = argparse.ArgumentParser(prog="train_throughput", description=__doc__.splitlines()[0])
     configure(parser)

@@ -78,10 +78,10 @@ def score(
 def evaluate(lm: LanguageModel, config, seq_len: int | None, batch_size: int | None, max_batches: int,
              progress: bool = True) -> list[SourceResult]:  # fmt: skip
     """Loss and perplexity per source of ``config``'s held-out split, then over all of them."""
+    from tinytitan.config import load_job_config
     from tinytitan.data.config import data_config
-    from tinytitan.launch import load_toml, parse_job_config, training_args
 
-    job = parse_job_config(training_args(str(config), [], load_toml(str(config))))
+    job = load_job_config(config)
     seq_len = seq_len or job.validation.seq_len
     batch_size = batch_size or job.validation.local_batch_size
     if seq_len > lm.max_seq_len:

@@ -37,12 +37,9 @@ def default_batch(flavor: str, on_gpu: bool) -> int:
     """On GPU the flavor config's local batch size (what training uses); a small one on CPU."""
     if not on_gpu:
         return CPU_BATCH
-    import tomllib
+    from tinytitan.config import load_job_config
 
-    from tinytitan.observe.bench import base_config
-
-    with base_config(flavor).open("rb") as f:
-        return tomllib.load(f)["training"]["local_batch_size"]
+    return load_job_config(f"train_configs/llama3_{flavor}.toml").training.local_batch_size
 
 
 class Runner:
