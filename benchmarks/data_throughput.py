@@ -181,11 +181,10 @@ def main(argv=None) -> int:
     if not args.threads:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
     sys.path.insert(0, str(REPO))
-    from torchtitan.components.tokenizer import HuggingFaceTokenizer
-
     from tinytitan.data.prepare import prepare
+    from tinytitan.tokenizer import load_tokenizer
 
-    tok = HuggingFaceTokenizer(args.tokenizer)
+    tok = load_tokenizer(args.tokenizer)
     tmp = None
     if args.keep:
         root = Path(args.keep)

@@ -47,7 +47,7 @@ def check_job_config(job_config) -> None:
     """Everything that can be checked before a process starts."""
     from tinytitan.models import FLAVORS
     from tinytitan.register import SPEC_NAME
-    from tinytitan.tokenizer import check_tokenizer_dir
+    from tinytitan.tokenizer import load_tokenizer
 
     if job_config.model.name == SPEC_NAME and job_config.model.flavor not in FLAVORS:
         raise TinytitanError(
@@ -55,20 +55,16 @@ def check_job_config(job_config) -> None:
             "(tinytitan/models.py defines them)"
         )
     if job_config.model.name == SPEC_NAME:
-        check_tokenizer_dir(job_config.model.hf_assets_path)
-        _check_vocab(job_config)
+        _check_vocab(job_config, load_tokenizer(job_config.model.hf_assets_path).vocab_size)
     from tinytitan.data.config import validate_data_config
 
     validate_data_config(job_config)
 
 
-def _check_vocab(job_config) -> None:
-    from tokenizers import Tokenizer
-
+def _check_vocab(job_config, vocab: int) -> None:
     from tinytitan.models import FLAVORS
 
     path = Path(job_config.model.hf_assets_path) / "tokenizer.json"
-    vocab = Tokenizer.from_file(str(path)).get_vocab_size(with_added_tokens=True)
     model_vocab = FLAVORS[job_config.model.flavor].vocab_size
     if vocab > model_vocab:
         raise TinytitanError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from torchtitan.components.loss import build_cross_entropy_loss
 from torchtitan.components.lr_scheduler import build_lr_schedulers
 from torchtitan.components.optimizer import build_optimizers
+from torchtitan.components.tokenizer import BaseTokenizer
 from torchtitan.distributed.pipeline_parallel import pipeline_llm
 from torchtitan.models.llama3 import Transformer, parallelize_llama
 from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
@@ -16,9 +17,34 @@ from torchtitan.protocols.train_spec import TrainSpec, _extra_train_specs, regis
 
 from tinytitan import device
 from tinytitan.models import FLAVORS
-from tinytitan.tokenizer import build_tokenizer
+from tinytitan.tokenizer import LoadedTokenizer, load_tokenizer
 
 SPEC_NAME = "tinytitan"
+
+
+class TrainingTokenizer(BaseTokenizer):
+    """torchtitan's tokenizer interface over ``load_tokenizer``: the trainer, the data loader and
+    the validator see the same ``tokenizers`` object and BOS/EOS ids as every other command."""
+
+    def __init__(self, loaded: LoadedTokenizer):
+        super().__init__()
+        self.loaded = loaded
+        self.tokenizer = loaded.tokenizer
+        self.bos_id, self.eos_id = loaded.bos_id, loaded.eos_id
+
+    def encode(self, text: str, add_bos: bool = True, add_eos: bool = False) -> list[int]:
+        ids = self.loaded.encode(text)
+        return [self.bos_id] * add_bos + ids + [self.eos_id] * add_eos
+
+    def decode(self, ids: list[int]) -> str:
+        return self.loaded.decode(ids)
+
+    def get_vocab_size(self) -> int:
+        return self.loaded.vocab_size
+
+
+def build_tokenizer(job_config) -> TrainingTokenizer:
+    return TrainingTokenizer(load_tokenizer(job_config.model.hf_assets_path))
 
 
 def parallelize(model, parallel_dims, job_config):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tinytitan.errors import TinytitanError
 
@@ -23,15 +26,67 @@ def check_tokenizer_dir(path: str | os.PathLike) -> Path:
     return folder
 
 
-def build_tokenizer(job_config):
-    """TrainSpec hook: torchtitan's HF tokenizer, after checking the folder exists."""
-    from torchtitan.components.tokenizer import HuggingFaceTokenizer
+@dataclass(frozen=True)
+class LoadedTokenizer:
+    """A tokenizer folder, loaded once: the ``tokenizers`` object, its BOS/EOS ids and vocabulary size.
 
-    folder = check_tokenizer_dir(job_config.model.hf_assets_path)
-    return HuggingFaceTokenizer(str(folder))
+    Training, the data loader, prepared shards, export, evaluation and generation all
+    take this, so a folder means the same ids everywhere.
+    """
+
+    folder: Path
+    tokenizer: Any  # tokenizers.Tokenizer
+    bos_id: int
+    eos_id: int
+    vocab_size: int  # with the added (special) tokens: the embedding rows it needs
+
+    def encode(self, text: str) -> list[int]:
+        """Ids without special tokens, as the data loader encodes a document's body."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "original/tokenizer.model")
+def _special_id(tok, config: dict, kind: str, default: str) -> int | None:
+    value = config.get(f"{kind}_token") or default
+    if isinstance(value, dict):
+        value = value.get("content")
+    return tok.token_to_id(value)
+
+
+def load_tokenizer(path: str | os.PathLike) -> LoadedTokenizer:
+    """The one loader of a tokenizer folder (``tokenizer.json`` + ``tokenizer_config.json``).
+
+    BOS/EOS are the ``bos_token``/``eos_token`` of ``tokenizer_config.json`` (Llama 3's
+    ``<|begin_of_text|>``/``<|end_of_text|>`` when it names none).
+    """
+    from tokenizers import Tokenizer
+
+    folder = check_tokenizer_dir(path)
+    try:
+        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    except Exception as e:  # the Rust parser raises a plain Exception on a corrupt file
+        raise TinytitanError(
+            f"{folder / 'tokenizer.json'} is not a valid tokenizer ({str(e).splitlines()[0][:120]}): "
+            f"download it again with `tinytitan download-tokenizer --out {folder} --force`"
+        ) from None
+    config_path = folder / "tokenizer_config.json"
+    try:
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    except json.JSONDecodeError as e:
+        raise TinytitanError(f"{config_path} is not valid JSON ({e}): fix or download it again") from None
+    bos = _special_id(tok, config, "bos", "<|begin_of_text|>")
+    eos = _special_id(tok, config, "eos", "<|end_of_text|>")
+    if bos is None or eos is None:
+        raise TinytitanError(
+            f"tokenizer {folder} has no BOS/EOS token: give it a tokenizer_config.json with "
+            "bos_token '<|begin_of_text|>' and eos_token '<|end_of_text|>'"
+        )
+    return LoadedTokenizer(folder, tok, bos, eos, tok.get_vocab_size(with_added_tokens=True))
+
+
+HUB_FILES = ("tokenizer.json", "tokenizer_config.json", "original/tokenizer.model")
 
 
 def download_tokenizer(repo_id: str, out: Path, token: str | None = None, client=None) -> list[Path]:
@@ -41,7 +96,7 @@ def download_tokenizer(repo_id: str, out: Path, token: str | None = None, client
 
     download = client or hf_hub_download
     written = []
-    for filename in TOKENIZER_FILES:
+    for filename in HUB_FILES:
         try:
             path = download(repo_id=repo_id, filename=filename, local_dir=str(out), token=token)
         except GatedRepoError:

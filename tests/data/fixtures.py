@@ -192,9 +192,9 @@ def job_config(c: Corpus, *, batch=4, seq_len=64, workers=0, data_overrides=None
 
 
 def tokenizer(c: Corpus):
-    from torchtitan.components.tokenizer import HuggingFaceTokenizer
+    from tinytitan.tokenizer import load_tokenizer
 
-    return HuggingFaceTokenizer(str(c.tokenizer))
+    return load_tokenizer(c.tokenizer)
 
 
 def loader(c: Corpus, rank=0, world=1, **kw):

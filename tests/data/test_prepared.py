@@ -99,11 +99,11 @@ def test_prepare_rerun_redoes_only_unfinished_files(corpus, tmp_path, caplog):
 def test_shards_of_another_tokenizer_are_refused(corpus, prepared, tmp_path):
     other = tmp_path / "other-tokenizer"
     write_tokenizer(other, max_id=len(corpus.docs) + 5)  # another vocabulary
-    from torchtitan.components.tokenizer import HuggingFaceTokenizer
+    from tinytitan.tokenizer import load_tokenizer
 
     data = job_config(corpus, data_overrides=tokens_format(prepared)).data
     with pytest.raises(TinytitanError, match="another tokenizer"):
-        plan_from_prepared(data, HuggingFaceTokenizer(str(other)))
+        plan_from_prepared(data, load_tokenizer(other))
     jc = job_config(corpus, data_overrides=tokens_format(prepared))
     jc.model.hf_assets_path = str(other)
     with pytest.raises(TinytitanError, match="another tokenizer.*rerun `tinytitan data prepare"):

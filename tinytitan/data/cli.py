@@ -10,7 +10,7 @@ import time
 
 from tinytitan.config import load_job_config
 from tinytitan.errors import TinytitanError
-from tinytitan.tokenizer import build_tokenizer
+from tinytitan.tokenizer import load_tokenizer
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +64,13 @@ def _prepare(args) -> int:
     cfg = load_job_config(args.config, _overrides(args))
     validate_sources(cfg.data)
     out = args.out or cfg.data.prepared_dir
-    manifest = prepare(cfg.data, build_tokenizer(cfg), out, workers=max(1, args.workers), progress=not args.no_progress)
+    manifest = prepare(
+        cfg.data,
+        load_tokenizer(cfg.model.hf_assets_path),
+        out,
+        workers=max(1, args.workers),
+        progress=not args.no_progress,
+    )
     print(summary(manifest))
     print(f"wrote {os.path.join(out, 'manifest.json')}; train with data.format = 'tokens', data.prepared_dir = '{out}'")
     return 0
@@ -77,7 +83,7 @@ def bench(job_config, tokens: int, *, dp_world_size: int = 1, dp_rank: int = 0, 
 
     validate_data_config(job_config)
     if tokenizer is None and job_config.data.format == "text":
-        tokenizer = build_tokenizer(job_config)
+        tokenizer = load_tokenizer(job_config.model.hf_assets_path)
     t0 = time.perf_counter()
     dl = build_dataloader(dp_world_size=dp_world_size, dp_rank=dp_rank, tokenizer=tokenizer, job_config=job_config)
     it = iter(dl)

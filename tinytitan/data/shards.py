@@ -92,13 +92,12 @@ def _check_manifest(data: Data, manifest: dict, tokenizer_hash: str | None) -> N
 
 
 def _tokenizer_hash_from_config(job_config) -> str | None:
-    model = getattr(job_config, "model", None)
-    path = getattr(model, "hf_assets_path", None) if model is not None else None
+    path = job_config.model.hf_assets_path
     if not path or not os.path.isdir(path):
         return None
-    from torchtitan.components.tokenizer import HuggingFaceTokenizer
+    from tinytitan.tokenizer import load_tokenizer
 
-    return Encoder(HuggingFaceTokenizer(path)).fingerprint()
+    return Encoder(load_tokenizer(path)).fingerprint()
 
 
 def check_prepared(job_config, tokenizer=None) -> None:

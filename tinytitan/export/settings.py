@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_SEQ_LEN = 2048  # torchtitan's default training.seq_len
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+EXPORT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # copied into an export
 # Folder names of the sample/full corpora -> their Hub ids, for the model card's `datasets`.
 KNOWN_DATASETS = {
     "slimpajama-627b": "cerebras/SlimPajama-627B",
@@ -69,26 +69,13 @@ class TokenizerInfo:
 
 def read_tokenizer(folder: str | os.PathLike) -> TokenizerInfo:
     """bos/eos ids as the tokenizer defines them, so config.json never guesses them."""
-    from tokenizers import Tokenizer
+    from tinytitan.tokenizer import load_tokenizer
 
-    from tinytitan.tokenizer import check_tokenizer_dir
-
-    folder = check_tokenizer_dir(folder)
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    config_path = folder / "tokenizer_config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-
-    def token_id(kind: str) -> int | None:
-        value = config.get(f"{kind}_token")
-        if isinstance(value, dict):
-            value = value.get("content")
-        return tok.token_to_id(value) if value else None
-
-    files = tuple(folder / f for f in TOKENIZER_FILES if (folder / f).is_file())
+    loaded = load_tokenizer(folder)
+    folder = loaded.folder
+    files = tuple(folder / f for f in EXPORT_FILES if (folder / f).is_file())
     spm = next((p for p in (folder / "tokenizer.model", folder / "original" / "tokenizer.model") if p.is_file()), None)
-    return TokenizerInfo(
-        folder, token_id("bos"), token_id("eos"), tok.get_vocab_size(with_added_tokens=True), files, spm
-    )
+    return TokenizerInfo(folder, loaded.bos_id, loaded.eos_id, loaded.vocab_size, files, spm)
 
 
 def write_tokenizer(tok: TokenizerInfo, folder: Path) -> list[Path]:

@@ -25,8 +25,8 @@ from tinytitan.errors import TinytitanError
 class LanguageModel:
     """Logits and a tokenizer, whichever format the weights came from.
 
-    The tokenizer is torchtitan's ``HuggingFaceTokenizer`` in both cases (an export ships
-    ``tokenizer.json``), the class training and the data loader use, so text becomes the
+    The tokenizer comes from ``tinytitan.tokenizer.load_tokenizer`` in both cases (an export
+    ships ``tokenizer.json``), the loader training and the data loader use, so text becomes the
     same ids whichever way the model was loaded.
     """
 
@@ -38,12 +38,8 @@ class LanguageModel:
     device: torch.device
 
     def encode(self, text: str) -> list[int]:
-        """Ids without special tokens, as the data loader encodes a document's text.
-
-        Not ``HuggingFaceTokenizer.encode(add_bos=False)``: an export's tokenizer.json adds BOS in
-        its post-processor (as Llama 3's does), which that method does not turn off.
-        """
-        return self.tokenizer.tokenizer.encode(text, add_special_tokens=False).ids
+        """Ids without special tokens, as the data loader encodes a document's text."""
+        return self.tokenizer.encode(text)
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
@@ -85,7 +81,6 @@ def pick_device(name: str | None) -> torch.device:
 def from_checkpoint(
     checkpoint: str | os.PathLike, config: str | os.PathLike | None, step: int | str | None = "latest", device=None
 ) -> LanguageModel:
-    from torchtitan.components.tokenizer import HuggingFaceTokenizer
     from torchtitan.models.llama3 import Transformer
     from torchtitan.models.llama3.model.model import precompute_freqs_cis
 
@@ -93,14 +88,14 @@ def from_checkpoint(
     from tinytitan.checkpoint.reader import open_checkpoint
     from tinytitan.export.settings import read_training_config
     from tinytitan.models import flavor_args
-    from tinytitan.tokenizer import check_tokenizer_dir
+    from tinytitan.tokenizer import load_tokenizer
 
     if config is None:
         raise TinytitanError("--checkpoint needs --config TOML (the training config: flavor and tokenizer)")
     settings = read_training_config(config)
     if settings.tokenizer_dir is None:
         raise TinytitanError(f"{config} has no [model] hf_assets_path: set it to the tokenizer folder training used")
-    tokenizer = HuggingFaceTokenizer(str(check_tokenizer_dir(settings.tokenizer_dir)))
+    tokenizer = load_tokenizer(settings.tokenizer_dir)
     ckpt = open_checkpoint(checkpoint, step)
     flavor = require_flavor(ckpt.shapes(), settings.flavor, str(ckpt.path))
     args = flavor_args(flavor)
@@ -122,15 +117,14 @@ def from_checkpoint(
 
 
 def from_hf(folder: str | os.PathLike, device=None) -> LanguageModel:
-    from torchtitan.components.tokenizer import HuggingFaceTokenizer
     from transformers import AutoModelForCausalLM
 
-    from tinytitan.tokenizer import check_tokenizer_dir
+    from tinytitan.tokenizer import load_tokenizer
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise TinytitanError(f"{folder} has no config.json: pass the folder written by `tinytitan export --format hf`")
-    tokenizer = HuggingFaceTokenizer(str(check_tokenizer_dir(folder)))
+    tokenizer = load_tokenizer(folder)
     device = pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
     return LanguageModel(
