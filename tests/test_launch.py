@@ -1,5 +1,6 @@
 """The launcher refuses bad input before any process starts."""
 
+import os
 import subprocess
 
 import pytest
@@ -53,7 +54,8 @@ def test_ngpu_beyond_visible_gpus_is_refused():
         launch.resolve_nproc({"NGPU": "eight"}, gpus=8)
     assert launch.resolve_nproc({}, gpus=8) == 8
     assert launch.resolve_nproc({}, gpus=0) == 2  # CPU: two processes so FSDP shards
-    assert launch.resolve_nproc({"NGPU": "4"}, gpus=0) == 4
+    cores = max(os.cpu_count() or 1, 2)
+    assert launch.resolve_nproc({"NGPU": str(cores)}, gpus=0) == cores  # up to one process per core
 
 
 def test_single_node_command_is_standalone_torchrun():
@@ -81,3 +83,28 @@ def test_config_module_is_added_unless_an_override_names_one():
     assert training_args("a.toml", [])[-2:] == ["--job.custom_config_module", "tinytitan.job_config"]
     own = training_args("a.toml", ["--job.custom_config_module=my.module"])
     assert own.count("--job.custom_config_module") == 0 and own[-1] == "--job.custom_config_module=my.module"
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"NNODES": "0"}, "NNODES=0 is out of range"),
+        ({"NNODES": "two"}, "NNODES='two' is not a number"),
+        ({"MASTER_PORT": "abc"}, "MASTER_PORT='abc' is not a number"),
+        ({"MASTER_PORT": "70000"}, "MASTER_PORT=70000 is out of range"),
+        ({"NNODES": "2", "NODE_RANK": "2"}, "NODE_RANK=2 is out of range"),
+        ({"LOG_RANK": "0,x"}, "LOG_RANK='0,x'"),
+        ({"LOG_RANK": "5"}, "local ranks below NGPU=2"),
+    ],
+)
+def test_launcher_variables_are_checked(env, message):
+    with pytest.raises(TinytitanError, match=message):
+        launch.check_launch_env(env, nproc=2)
+    launch.check_launch_env({"NNODES": "2", "NODE_RANK": "1", "MASTER_PORT": "29511", "LOG_RANK": "0,1"}, nproc=2)
+
+
+def test_more_cpu_processes_than_cores_is_refused_before_any_process_starts():
+    proc = run_launcher({"NGPU": "64"})
+    assert proc.returncode == 2 and "torch.distributed.run" not in proc.stdout
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and "NGPU=64 but there is no GPU" in err[0] and "CPU cores" in err[0]

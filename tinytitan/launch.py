@@ -40,7 +40,39 @@ def resolve_nproc(env: Mapping[str, str], gpus: int) -> int:
         raise TinytitanError(f"NGPU={nproc} must be at least 1")
     if gpus and nproc > gpus:
         raise TinytitanError(f"NGPU={nproc} but this node has {gpus} visible GPU(s): set NGPU<={gpus}")
+    cores = os.cpu_count() or 1
+    if not gpus and nproc > max(cores, CPU_PROCESSES):
+        # Refused rather than capped: a silently different world size changes the run's batch and data order.
+        raise TinytitanError(
+            f"NGPU={nproc} but there is no GPU and this machine has {cores} CPU cores: set NGPU<={max(cores, 2)} "
+            "(each CPU process needs a core; more would only crawl)"
+        )
     return nproc
+
+
+def env_int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """A numeric launcher variable, checked before torchrun sees it."""
+    raw = env.get(name, "") or str(default)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise TinytitanError(f"{name}={raw!r} is not a number: set it to an integer in [{low}, {high}]") from None
+    if not low <= value <= high:
+        raise TinytitanError(f"{name}={value} is out of range: set it to an integer in [{low}, {high}]")
+    return value
+
+
+def check_launch_env(env: Mapping[str, str], nproc: int) -> None:
+    """NNODES, NODE_RANK, MASTER_PORT and LOG_RANK as torchrun needs them (it accepted 0 and 'abc')."""
+    nnodes = env_int(env, "NNODES", 1, 1, 100_000)
+    if env.get("NODE_RANK"):
+        env_int(env, "NODE_RANK", 0, 0, nnodes - 1)
+    env_int(env, "MASTER_PORT", 29500, 1, 65535)
+    for part in (env.get("LOG_RANK") or "0").split(","):
+        if not part.strip().isdigit() or int(part) >= nproc:
+            raise TinytitanError(
+                f"LOG_RANK={env.get('LOG_RANK')!r}: list local ranks below NGPU={nproc}, comma-separated, e.g. LOG_RANK=0,1"
+            )
 
 
 def check_job_config(job_config) -> None:
@@ -109,6 +141,7 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     config_file = str(find_config(config_file or env.get("CONFIG_FILE")))
     gpus = visible_gpus()
     nproc = resolve_nproc(env, gpus)
+    check_launch_env(env, nproc)
     args = training_args(config_file, overrides)
     job_config = parse_args(args)
     resolve_job_paths(job_config)

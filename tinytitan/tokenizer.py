@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,49 +90,83 @@ def load_tokenizer(path: str | os.PathLike) -> LoadedTokenizer:
 HUB_FILES = ("tokenizer.json", "tokenizer_config.json", "original/tokenizer.model")
 
 
-def download_tokenizer(repo_id: str, out: Path, token: str | None = None, client=None) -> list[Path]:
-    """Fetch the tokenizer files of a (gated) Hub repo; one-line errors for the usual failures."""
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+def _http_status(e: BaseException) -> int | None:
+    """The HTTP status behind a Hub error (or the error it wraps), if the server answered."""
+    while e is not None:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status is not None:
+            return status
+        e = e.__cause__ or e.__context__
+    return None
 
+
+def _download_error(e: BaseException, repo_id: str, filename: str, token: str | None) -> TinytitanError:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    if isinstance(e, GatedRepoError):
+        if not token:
+            return TinytitanError(
+                f"{repo_id} is gated and no Hugging Face token was found: set HF_TOKEN or run `hf auth login`"
+            )
+        return TinytitanError(
+            f"{repo_id} is gated and this token has no access: request access on https://huggingface.co/{repo_id}"
+        )
+    if isinstance(e, RepositoryNotFoundError):
+        hint = "set HF_TOKEN or run `hf auth login`" if not token else "check the repo id and the token's access"
+        return TinytitanError(f"repo {repo_id} not found or not visible without a token: {hint}")
+    status = _http_status(e)
+    if status is not None:
+        return TinytitanError(
+            f"the Hub answered HTTP {status} for {repo_id}/{filename}: "
+            + ("retry later (a server error)" if status >= 500 else "check the repo id and that the file exists")
+        )
+    return TinytitanError(
+        f"cannot reach the Hugging Face Hub to fetch {repo_id}/{filename}: check the network "
+        "(or copy the tokenizer folder from a machine that has it)"
+    )
+
+
+def download_tokenizer(
+    repo_id: str, out: Path, token: str | None = None, client=None, force: bool = False
+) -> list[Path]:
+    """Fetches the tokenizer files of a (gated) Hub repo into ``out``, all or nothing.
+
+    The files land in a temporary folder beside ``out``, are loaded once (BOS/EOS
+    must be found), and only then renamed into place: a failed download leaves
+    ``out`` as it was. ``client`` replaces ``hf_hub_download`` (same keywords).
+    """
+    from huggingface_hub import hf_hub_download
+
+    from tinytitan.folders import check_output_folder, make_temp_dir, replace_folder
+
+    out = Path(out)
+    check_output_folder(out, [], force)
     download = client or hf_hub_download
-    written = []
-    for filename in HUB_FILES:
-        try:
-            path = download(repo_id=repo_id, filename=filename, local_dir=str(out), token=token)
-        except GatedRepoError:
-            if not token:
-                raise TinytitanError(
-                    f"{repo_id} is gated and no Hugging Face token was found: set HF_TOKEN or run `hf auth login`"
-                ) from None
-            raise TinytitanError(
-                f"{repo_id} is gated and this token has no access: request access on https://huggingface.co/{repo_id}"
-            ) from None
-        except RepositoryNotFoundError:
-            hint = "set HF_TOKEN or run `hf auth login`" if not token else "check the repo id and the token's access"
-            raise TinytitanError(f"repo {repo_id} not found or not visible without a token: {hint}") from None
-        except (LocalEntryNotFoundError, ConnectionError, OSError) as e:
-            if isinstance(e, HfHubHTTPError):
-                raise TinytitanError(
-                    f"download of {filename} from {repo_id} failed ({type(e).__name__}): retry later"
-                ) from None
-            raise TinytitanError(
-                f"cannot reach the Hugging Face Hub to fetch {repo_id}/{filename}: check the network "
-                "(or copy the tokenizer folder from a machine that has it)"
-            ) from None
-        written.append(Path(path))
-    return written
+    tmp = make_temp_dir(out)
+    try:
+        for filename in HUB_FILES:
+            try:
+                download(repo_id=repo_id, filename=filename, local_dir=str(tmp), token=token)
+            except (OSError, ConnectionError) as e:  # HfHubHTTPError and the entry errors are OSErrors
+                raise _download_error(e, repo_id, filename, token) from None
+        load_tokenizer(tmp)
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return [out / f for f in HUB_FILES]
 
 
 def configure(parser) -> None:
     parser.add_argument("--repo-id", default=LLAMA3_REPO_ID, help=f"Hub model repo (default {LLAMA3_REPO_ID})")
     parser.add_argument("--out", type=Path, default=Path("assets/tokenizer/llama3"), help="folder to write")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
 
 def run(args) -> int:
     from huggingface_hub import get_token
 
     token = get_token()  # HF_TOKEN or the saved login; never printed
-    for path in download_tokenizer(args.repo_id, args.out, token=token):
+    for path in download_tokenizer(args.repo_id, args.out, token=token, force=args.force):
         print(f"wrote {path}")
     return 0

@@ -124,4 +124,14 @@ def test_upgrade_refusals(step10, old_layout, tmp_path, capsys):
     rc, _, err = _run(capsys, "checkpoint", "upgrade", old_layout, occupied)
     assert rc == 2 and "pass --force" in err and [p.name for p in occupied.iterdir()] == ["keep.txt"]
     rc, _, err = _run(capsys, "checkpoint", "upgrade", old_layout, old_layout / "inside")
-    assert rc == 2 and "must be outside OLD" in err
+    assert rc == 2 and "overlaps OLD" in err
+
+
+def test_upgrade_force_never_replaces_a_folder_holding_old(old_layout, capsys):
+    """NEW = an ancestor of OLD with --force once deleted OLD and its siblings; now it is refused."""
+    parent = old_layout.parent
+    (parent / "sibling.txt").write_text("unrelated")
+    before = {p: p.read_bytes() for p in parent.rglob("*") if p.is_file()}
+    rc, out, err = _run(capsys, "checkpoint", "upgrade", old_layout, parent, "--force")
+    assert rc == 2 and "overlaps OLD" in err and "even with --force" in err and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in parent.rglob("*") if p.is_file()} == before

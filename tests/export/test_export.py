@@ -258,3 +258,19 @@ def test_tokenizer_is_required_for_hf(step20, tmp_path, capsys):
     # without --config: the flavor comes from the shapes, the tokenizer from --tokenizer
     assert _export(capsys, step20, "--out", tmp_path / "y", "--tokenizer", TOKENIZER, "--no-verify")[0] == 0
     assert json.loads((tmp_path / "y" / "tinytitan.json").read_text())["flavor"] == "debug"
+
+
+@pytest.mark.parametrize("target", ["run folder", "step folder", "checkpoint folder", "tokenizer folder"])
+def test_force_never_writes_over_an_input(debug_run, tmp_path, capsys, target):
+    """--out = the run, the step being read, the checkpoint folder or the tokenizer: refused even with --force,
+    every file byte-identical afterwards (a forced export into the run folder once deleted the whole run)."""
+    run, tokenizer = tmp_path / "run", tmp_path / "tokenizer"
+    shutil.copytree(debug_run, run)
+    shutil.copytree(TOKENIZER, tokenizer)
+    step = run / "checkpoint" / "step-20"
+    out = {"run folder": run, "step folder": step, "checkpoint folder": run / "checkpoint",
+           "tokenizer folder": tokenizer}[target]  # fmt: skip
+    before = _snapshot(tmp_path)
+    rc, err = _export(capsys, step, "--out", out, "--config", DEBUG_CONFIG, "--tokenizer", tokenizer, "--force")
+    assert rc == 2 and "overlaps" in err and "even with --force" in err and err.count("\n") == 1, err
+    assert _snapshot(tmp_path) == before

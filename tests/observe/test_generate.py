@@ -84,3 +84,10 @@ def test_generate_errors_are_one_line(debug_checkpoint, capsys):
     assert "--config" in capsys.readouterr().err
     assert main(["generate", "--prompt", "x"]) == 2
     assert "either --checkpoint" in capsys.readouterr().err
+
+
+def test_negative_temperature_is_refused_not_greedy(debug_checkpoint, capsys):
+    args = ["generate", "--checkpoint", str(debug_checkpoint), "--config", str(DEBUG_CONFIG), "--prompt", "x"]
+    assert main([*args, "--temperature", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert "--temperature -1.0 is negative" in err and err.count("\n") == 1

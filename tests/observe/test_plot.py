@@ -78,3 +78,15 @@ def test_plot_errors_are_one_line(tmp_path, capsys):
     assert main(["plot", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     assert "no TensorBoard event files" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_never_overwrites_without_force(debug_run, tmp_path, capsys):
+    out = tmp_path / "mine.png"
+    out.write_bytes(b"a picture I made")
+    assert main(["plot", str(debug_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "exists: pass --force" in err and err.count("\n") == 1 and out.read_bytes() == b"a picture I made"
+    assert main(["plot", str(debug_run), "--out", str(tmp_path / "notes.txt")]) == 2
+    assert "is not a .png file" in capsys.readouterr().err and not (tmp_path / "notes.txt").exists()
+    assert main(["plot", str(debug_run), "--out", str(out), "--force"]) == 0
+    assert png_pixels(out).shape[:2] == (900, 1200)

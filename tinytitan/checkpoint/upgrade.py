@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tinytitan.checkpoint.reader import METADATA_FILE, MODEL_PREFIX, open_checkpoint
 from tinytitan.errors import TinytitanError
+from tinytitan.folders import check_output_folder, make_temp_dir, replace_folder
 
 
 def _rename(key: str, prefixed: bool) -> str:
@@ -77,14 +78,9 @@ def upgrade_checkpoint(old: str | os.PathLike, new: str | os.PathLike, *, step=N
     if ckpt.layout == "flat" and ckpt.freqs_cis_key is None:
         raise TinytitanError(f"{ckpt.path} is already in the layout torchtitan 0.2.2 resumes from: use it as it is")
     new = Path(new)
-    if new.resolve() == ckpt.path.resolve() or ckpt.path.resolve() in new.resolve().parents:
-        raise TinytitanError(f"NEW {new} must be outside OLD {ckpt.path}: the old checkpoint is kept as it is")
-    if new.exists() and (not new.is_dir() or any(new.iterdir())) and not force:
-        raise TinytitanError(f"NEW {new} exists and is not empty: pass --force to replace it, or choose another folder")
+    check_output_folder(new, [("OLD", ckpt.path)], force, flag="NEW")  # NEW may sit in the same run
     metadata = upgraded_metadata(ckpt)
     data_files = sorted({info.relative_path for info in metadata.storage_data.values()})
-    from tinytitan.export.pipeline import make_temp_dir, replace_folder
-
     tmp = make_temp_dir(new)
     try:
         for name in data_files:
@@ -94,8 +90,6 @@ def upgrade_checkpoint(old: str | os.PathLike, new: str | os.PathLike, *, step=N
         check = open_checkpoint(tmp)
         if check.layout != "flat" or check.freqs_cis_key or check.shapes() != ckpt.shapes():
             raise TinytitanError(f"upgrading {ckpt.path} produced an unexpected layout; please report it")
-        if new.exists() and not new.is_dir():
-            new.unlink()
         replace_folder(tmp, new)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 import torch
 
 from tinytitan.errors import TinytitanError
+from tinytitan.folders import check_output_folder, make_temp_dir, replace_folder
 
 FORMATS = ("hf", "meta", "both")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -33,38 +33,6 @@ class ExportResult:
     source: str
     files: list[Path] = field(default_factory=list)
     verification: object = None  # tinytitan.export.verify.Verification, for the HF part
-
-
-def check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise TinytitanError(f"--out {out} is a file: choose a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise TinytitanError(f"--out {out} is not empty: pass --force to replace it, or choose another folder")
-
-
-def make_temp_dir(out: Path) -> Path:
-    """An empty folder next to ``out`` (same file system, so the final rename is atomic), mode as umask says."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the export is an ordinary folder
-    return tmp
-
-
-def replace_folder(tmp: Path, out: Path) -> None:
-    """Puts ``tmp`` at ``out``; an old ``out`` is moved aside first and removed only after."""
-    old = None
-    if out.is_dir():
-        if any(out.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.rmdir(old)
-            out.rename(old)
-        else:
-            out.rmdir()
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _progress(total: int, enabled: bool):
@@ -174,9 +142,10 @@ def export(
     if dtype not in DTYPES:
         raise TinytitanError(f"--dtype {dtype} is unknown: choose one of {', '.join(DTYPES)}")
     out = Path(out)
-    check_out(out, force)
     settings = read_training_config(config)
     tok_dir = tokenizer or settings.tokenizer_dir
+    inputs = [("the checkpoint", checkpoint), ("the tokenizer folder", tok_dir), ("the config", settings.path)]
+    check_output_folder(out, [(what, Path(p)) for what, p in inputs if p is not None], force)
     if tok_dir is None and fmt != "meta":
         raise TinytitanError("no tokenizer folder: pass --config TOML (its [model] hf_assets_path) or --tokenizer DIR")
     tok = read_tokenizer(tok_dir) if tok_dir is not None else None

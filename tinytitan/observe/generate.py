@@ -85,6 +85,8 @@ def configure(parser) -> None:
 def run(args) -> int:
     if args.max_new_tokens < 1:
         raise TinytitanError("--max-new-tokens must be at least 1")
+    if args.temperature < 0:
+        raise TinytitanError(f"--temperature {args.temperature} is negative: use 0 for greedy decoding, or a value > 0")
     if not 0 < args.top_p <= 1:
         raise TinytitanError(f"--top-p {args.top_p}: use a value in (0, 1]")
     lm = load(args)

@@ -107,11 +107,16 @@ def configure(parser) -> None:
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT in pixels (1200x900)")
     parser.add_argument("--x", choices=("step", "tokens"), default="step", help="x axis: step or tokens seen")
     parser.add_argument("--smooth", type=float, default=0.0, help="EMA weight for the train loss, 0-0.99 (0: raw)")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
 
 
 def run(args) -> int:
     if not 0 <= args.smooth < 1:
         raise TinytitanError(f"--smooth {args.smooth}: use a weight in [0, 1), e.g. 0.9")
+    if args.out.suffix.lower() != ".png":
+        raise TinytitanError(f"--out {args.out} is not a .png file: name the picture e.g. curves.png")
+    if args.out.exists() and not args.force:
+        raise TinytitanError(f"--out {args.out} exists: pass --force to replace it, or choose another name")
     labels = run_labels(args.run_dirs)
     runs = {label: read_scalars(d) for label, d in zip(labels, args.run_dirs, strict=True)}
     out = draw(runs, args.out, size=args.size, x_axis=args.x, smoothing=args.smooth)

@@ -1,0 +1,65 @@
+"""Writing an output folder without ever losing an input: checks, a temp folder, one rename.
+
+Every command that writes a folder (export, checkpoint upgrade) checks it here
+first. ``--force`` may replace a previous output; it may never replace, or
+write inside, a folder the command reads, nor a folder that contains one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from tinytitan.errors import TinytitanError
+
+
+def _overlaps(a: Path, b: Path) -> bool:
+    """Same folder, or one inside the other (after resolving links and ``..``)."""
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_output_folder(out: Path, inputs: Iterable[tuple[str, Path]], force: bool, flag: str = "--out") -> None:
+    """Refuses an ``out`` that overlaps an input (even with ``force``), is a file, or holds files without ``force``.
+
+    ``inputs`` are ``(what, path)`` pairs, e.g. ``("the checkpoint", ckpt)``, named in the error. A run
+    folder needs no entry of its own: it contains the checkpoint, so ``--out RUN`` already overlaps.
+    """
+    for what, path in inputs:
+        if path is not None and _overlaps(out, Path(path)):
+            raise TinytitanError(
+                f"{flag} {out} overlaps {what} {path}: writing there could destroy an input, "
+                f"even with --force; choose a folder outside it"
+            )
+    if out.exists() and not out.is_dir():
+        raise TinytitanError(f"{flag} {out} is a file: choose a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise TinytitanError(f"{flag} {out} is not empty: pass --force to replace it, or choose another folder")
+
+
+def make_temp_dir(out: Path) -> Path:
+    """An empty folder next to ``out`` (same file system, so the final rename is atomic), mode as umask says."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the output is an ordinary folder
+    return tmp
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Puts ``tmp`` at ``out``; an old ``out`` is moved aside first and removed only after."""
+    old = None
+    if out.is_dir():
+        if any(out.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.rmdir(old)
+            out.rename(old)
+        else:
+            out.rmdir()
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
