@@ -38,3 +38,25 @@ def test_a_sibling_is_fine_and_force_only_replaces_previous_outputs(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(TinytitanError, match="is a file"):
         check_output_folder(tmp_path / "file", [], force=True)
+
+
+def test_a_killed_runs_temp_folder_is_removed_and_named_a_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from tinytitan.folders import make_temp_dir
+
+    out = tmp_path / "export"
+    live = make_temp_dir(out, log=lambda line: None)  # this process: alive
+    # a process that makes its temp folder and is gone before finishing, as a killed export is
+    code = "import sys; from pathlib import Path; from tinytitan.folders import make_temp_dir; print(make_temp_dir(Path(sys.argv[1])))"
+    dead = Path(
+        subprocess.run(
+            [sys.executable, "-c", code, str(out)], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    (dead / "model.safetensors").write_bytes(b"x" * 1000)
+    said = []
+    mine = make_temp_dir(out, log=said.append)
+    assert not dead.exists() and live.is_dir() and mine.is_dir()
+    assert len(said) == 1 and str(dead) in said[0] and "interrupted earlier run" in said[0]

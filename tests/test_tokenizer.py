@@ -108,3 +108,10 @@ def test_a_download_without_bos_eos_is_refused_and_not_installed(tmp_path):
     with pytest.raises(TinytitanError, match="has no BOS/EOS token"):
         download_tokenizer("org/model", tmp_path / "tok", client=no_config)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_malformed_repo_id_is_refused_before_any_request(tmp_path, capsys):
+    assert main(["download-tokenizer", "--repo-id", "bad repo", "--out", str(tmp_path / "tok")]) == 2
+    err = capsys.readouterr().err
+    assert "--repo-id 'bad repo' is not a Hub repo id" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []

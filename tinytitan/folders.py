@@ -8,7 +8,9 @@ write inside, a folder the command reads, nor a folder that contains one.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,10 +42,43 @@ def check_output_folder(out: Path, inputs: Iterable[tuple[str, Path]], force: bo
         raise TinytitanError(f"{flag} {out} is not empty: pass --force to replace it, or choose another folder")
 
 
-def make_temp_dir(out: Path) -> Path:
-    """An empty folder next to ``out`` (same file system, so the final rename is atomic), mode as umask says."""
+def _owner_alive(host: str, pid: int) -> bool:
+    """Whether the process that made a temp folder may still run (unknown on another host: yes)."""
+    if host != socket.gethostname().replace("-", "_"):
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(out: Path, log=print) -> list[Path]:
+    """Removes the temp folders a killed earlier run left beside ``out`` (an export of Tiny leaves ~6 GB)."""
+    removed = []
+    if not out.parent.is_dir():
+        return removed
+    for path in out.parent.glob(f".{out.name}.tmp-*"):
+        match = re.fullmatch(rf"\.{re.escape(out.name)}\.tmp-(.+)-(\d+)-[^-]+", path.name)
+        if match and path.is_dir() and not _owner_alive(match.group(1), int(match.group(2))):
+            shutil.rmtree(path, ignore_errors=True)
+            log(f"removed {path}: the temporary folder of an interrupted earlier run (process {match.group(2)})")
+            removed.append(path)
+    return removed
+
+
+def make_temp_dir(out: Path, log=print) -> Path:
+    """An empty folder next to ``out`` (same file system, so the final rename is atomic), mode as umask says.
+
+    Its name carries this host and process id, so a later run can tell a killed run's leftover
+    from a folder another process is still writing, and remove only the former.
+    """
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temp_dirs(out, log)
+    prefix = f".{out.name}.tmp-{socket.gethostname().replace('-', '_')}-{os.getpid()}-"
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the output is an ordinary folder

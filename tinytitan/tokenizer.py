@@ -136,9 +136,14 @@ def download_tokenizer(
     ``out`` as it was. ``client`` replaces ``hf_hub_download`` (same keywords).
     """
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     from tinytitan.folders import check_output_folder, make_temp_dir, replace_folder
 
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise TinytitanError(f"--repo-id {repo_id!r} is not a Hub repo id: write it as org/name") from None
     out = Path(out)
     check_output_folder(out, [], force)
     download = client or hf_hub_download

@@ -187,6 +187,10 @@ def test_cli_help_and_errors(tmp_path, capsys):
         assert "--config" in capsys.readouterr().out
     with pytest.raises(TinytitanError, match="does not exist"):
         _cli(["bench", "--config", str(tmp_path / "missing.toml")])
+    with pytest.raises(TinytitanError, match="--tokens -5 .* must be at least 1"):
+        _cli(["bench", "--config", str(tmp_path / "missing.toml"), "--tokens", "-5"])
+    with pytest.raises(TinytitanError, match=r"--dp-rank 2 must be in \[0, --dp-world-size 2\)"):
+        _cli(["bench", "--config", str(tmp_path / "missing.toml"), "--dp-world-size", "2", "--dp-rank", "2"])
 
 
 def test_sample_tokenizer_corpus_roundtrip(tmp_path):

@@ -71,3 +71,11 @@ def test_eval_table_and_progress(debug_checkpoint, capsys):
 def test_eval_needs_a_config(debug_checkpoint, capsys):
     assert main(["eval", "--checkpoint", str(debug_checkpoint)]) == 2
     assert "--config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--seq-len", "--batch-size", "--max-batches"])
+def test_eval_refuses_non_positive_sizes_before_loading(debug_checkpoint, capsys, flag):
+    args = ["eval", "--checkpoint", str(debug_checkpoint), "--config", str(DEBUG_CONFIG), flag, "-4"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} -4 must be at least 1" in err and err.count("\n") == 1

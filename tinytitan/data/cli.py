@@ -122,6 +122,10 @@ def bench(job_config, tokens: int, *, dp_world_size: int = 1, dp_rank: int = 0, 
 
 
 def _bench(args) -> int:
+    if args.tokens < 1 or args.dp_world_size < 1:
+        raise TinytitanError(f"--tokens {args.tokens} and --dp-world-size {args.dp_world_size} must be at least 1")
+    if not 0 <= args.dp_rank < args.dp_world_size:
+        raise TinytitanError(f"--dp-rank {args.dp_rank} must be in [0, --dp-world-size {args.dp_world_size})")
     cfg = load_job_config(args.config, _overrides(args))
     result = bench(cfg, args.tokens, dp_world_size=args.dp_world_size, dp_rank=args.dp_rank)
     if args.json:

@@ -161,7 +161,7 @@ def export(
     stats = source.run_stats()
     log(f"exporting {source.description} (flavor {flavor}, step {stats.step}) as {fmt}, {dtype}")
 
-    tmp = make_temp_dir(out)
+    tmp = make_temp_dir(out, log)
     result = ExportResult(out, fmt, flavor, dtype, source.description)
     try:
         meta_dir = tmp if fmt == "meta" else tmp / META_SUBFOLDER

@@ -115,8 +115,13 @@ def configure(parser) -> None:
 def run(args) -> int:
     if args.config is None:
         raise TinytitanError("eval needs --config TOML: its [[data.sources]] define the held-out data")
-    if args.max_batches < 1:
-        raise TinytitanError("--max-batches must be at least 1")
+    for flag, value in (
+        ("--max-batches", args.max_batches),
+        ("--seq-len", args.seq_len),
+        ("--batch-size", args.batch_size),
+    ):
+        if value is not None and value < 1:
+            raise TinytitanError(f"{flag} {value} must be at least 1")
     lm = load(args)
     results = evaluate(lm, args.config, args.seq_len, args.batch_size, args.max_batches, not args.no_progress)
     if args.json:
