@@ -108,3 +108,21 @@ def test_more_cpu_processes_than_cores_is_refused_before_any_process_starts():
     assert proc.returncode == 2 and "torch.distributed.run" not in proc.stdout
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "NGPU=64 but there is no GPU" in err[0] and "CPU cores" in err[0]
+
+
+def test_the_default_config_trains_from_any_folder(tmp_path):
+    """The embedded config's relative paths (tokenizer, sample, the config itself) resolve through the checkout."""
+    import sys
+
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {**os.environ, "NGPU": "2", "PYTHONPATH": str(REPO)}
+    env.pop("CONFIG_FILE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinytitan.launch", "--training.steps", "2", "--checkpoint.interval", "2",
+         "--job.dump_folder", str(tmp_path / "run"), "--validation.no-enable", "--training.local_batch_size", "2"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoint" / "step-2" / ".metadata").is_file()
+    assert list(work.iterdir()) == []  # nothing written where it ran
