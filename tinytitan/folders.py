@@ -47,11 +47,11 @@ def _owner_alive(host: str, pid: int) -> bool:
     if host != socket.gethostname().replace("-", "_"):
         return True
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # PermissionError: alive, someone else's
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
 
 

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tinytitan.config import DEFAULT_CONFIG, find_config, parse_args, resolve_job_paths, training_args
+from tinytitan.config import DEFAULT_CONFIG, load_job_config, training_args
 from tinytitan.errors import TinytitanError, run_guarded
 
 CPU_PROCESSES = 2  # FSDP needs at least two ranks to shard anything
@@ -138,15 +138,13 @@ def process_env(env: Mapping[str, str], nproc: int, gpus: int) -> dict[str, str]
 
 def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
-    config_file = str(find_config(config_file or env.get("CONFIG_FILE")))
     gpus = visible_gpus()
     nproc = resolve_nproc(env, gpus)
     check_launch_env(env, nproc)
-    args = training_args(config_file, overrides)
-    job_config = parse_args(args)
-    resolve_job_paths(job_config)
+    job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
     check_job_config(job_config)
-    cmd = torchrun_command(nproc, args, env)
+    config_file = job_config.job.config_file
+    cmd = torchrun_command(nproc, training_args(config_file, overrides), env)
     where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
     print(f"tinytitan: training {config_file} on {where}", flush=True)
     return subprocess.call(cmd, env=process_env(env, nproc, gpus))
