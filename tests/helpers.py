@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -61,3 +62,15 @@ def read_metrics(dump_folder: Path) -> list[dict]:
 def train_losses(dump_folder: Path) -> dict[int, float]:
     """step -> loss; a resumed run's later rows win over a killed run's."""
     return {row["step"]: row["loss"] for row in read_metrics(dump_folder) if "loss" in row}
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root` (relative path -> digest): proves a command changed nothing."""
+    root = Path(root)
+    if root.is_file():
+        return {root.name: hashlib.sha256(root.read_bytes()).hexdigest()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

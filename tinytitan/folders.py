@@ -42,6 +42,36 @@ def check_output_folder(out: Path, inputs: Iterable[tuple[str, Path]], force: bo
         raise TinytitanError(f"{flag} {out} is not empty: pass --force to replace it, or choose another folder")
 
 
+def _existing_parent(path: Path) -> Path:
+    path = path.resolve()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def free_bytes(path: Path) -> int:
+    """Free space on the file system that holds (or will hold) ``path``."""
+    return shutil.disk_usage(_existing_parent(Path(path))).free
+
+
+def check_free_space(out: Path, need: int, what: str, flag: str = "--out") -> None:
+    """Refuses to start a write of ``need`` bytes that cannot fit, before anything is written."""
+    free = free_bytes(out)
+    if free < need:
+        raise TinytitanError(
+            f"{flag} {out}: {what} needs {need / 2**20:.1f} MiB but that disk has {free / 2**20:.1f} MiB free; "
+            "free space there or choose another folder"
+        )
+
+
+def disk_full_error(e: OSError, out: Path, need: int, what: str) -> TinytitanError:
+    """The one line for a disk that filled during a write (another process took the space)."""
+    return TinytitanError(
+        f"the disk of {out} filled up while writing {what} ({e.strerror}); it needs {need / 2**20:.1f} MiB, "
+        f"{free_bytes(out) / 2**20:.1f} MiB are free now; nothing was replaced: free space and run again"
+    )
+
+
 def _owner_alive(host: str, pid: int) -> bool:
     """Whether the process that made a temp folder may still run (unknown on another host: yes)."""
     if host != socket.gethostname().replace("-", "_"):

@@ -192,9 +192,9 @@ def push(
         folder, repo_id, public=public, collection=collection, revision=revision, commit_message=commit_message
     )
     if not dry_run and token is None:
-        from huggingface_hub import get_token
+        from tinytitan.hf_token import hub_token
 
-        token = get_token()  # HF_TOKEN, else the saved login
+        token = hub_token()  # HF_TOKEN, else the saved login
     if not dry_run and not token:
         raise TinytitanError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
     if verify:

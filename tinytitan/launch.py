@@ -88,7 +88,7 @@ def check_job_config(job_config) -> None:
         )
     if job_config.model.name == SPEC_NAME:
         _check_vocab(job_config, load_tokenizer(job_config.model.hf_assets_path).vocab_size)
-    from tinytitan.data.config import validate_data_config
+    from tinytitan.data.preflight import validate_data_config
 
     validate_data_config(job_config)
 

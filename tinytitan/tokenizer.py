@@ -116,10 +116,15 @@ def _download_error(e: BaseException, repo_id: str, filename: str, token: str | 
         return TinytitanError(f"repo {repo_id} not found or not visible without a token: {hint}")
     status = _http_status(e)
     if status is not None:
-        return TinytitanError(
-            f"the Hub answered HTTP {status} for {repo_id}/{filename}: "
-            + ("retry later (a server error)" if status >= 500 else "check the repo id and that the file exists")
-        )
+        if status >= 500:
+            fix = "retry later (a server error)"
+        elif status == 401:
+            fix = "the token was rejected: run `hf auth login` again or set a valid HF_TOKEN"
+        elif status == 403:
+            fix = f"this token has no access: request it on the repo's page ({repo_id})"
+        else:
+            fix = "check the repo id and that the file exists"
+        return TinytitanError(f"the Hub answered HTTP {status} for {repo_id}/{filename}: {fix}")
     return TinytitanError(
         f"cannot reach the Hugging Face Hub to fetch {repo_id}/{filename}: check the network "
         "(or copy the tokenizer folder from a machine that has it)"
@@ -169,9 +174,9 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
-    from huggingface_hub import get_token
+    from tinytitan.hf_token import hub_token
 
-    token = get_token()  # HF_TOKEN or the saved login; never printed
+    token = hub_token()  # never printed
     for path in download_tokenizer(args.repo_id, args.out, token=token, force=args.force):
         print(f"wrote {path}")
     return 0

@@ -8,7 +8,8 @@ import pytest
 from torchtitan.config import ConfigManager
 
 from tests.data.fixtures import job_config, sources
-from tinytitan.data.config import Data, Source, validate_data_config
+from tinytitan.data.config import Data, Source
+from tinytitan.data.preflight import validate_data_config
 from tinytitan.errors import TinytitanError
 
 

@@ -119,3 +119,22 @@ def test_tiny_documents_fill_windows_across_passes(corpus):
     inputs, _ = take(dl, 3)[-1]
     assert inputs["input"].shape == (1, 4000)
     assert dl.stats()["passes/slimpajama"] >= 1
+
+
+def test_resuming_with_changed_weights_warns_once_and_continues(corpus, caplog):
+    from tests.data.fixtures import sources
+
+    first = loader(corpus, batch=4, seq_len=64)
+    take(first, 5)
+    state = first.state_dict()
+    same = loader(corpus, batch=4, seq_len=64)
+    with caplog.at_level("WARNING", logger="tinytitan.data"):
+        same.load_state_dict(state)
+    assert "weights changed" not in caplog.text
+    changed = loader(corpus, batch=4, seq_len=64, source_list=sources(corpus, sp_weight=0.5, sc_weight=0.5))
+    with caplog.at_level("WARNING", logger="tinytitan.data"):
+        changed.load_state_dict(state)
+    warnings = [r.getMessage() for r in caplog.records if "weights changed" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "slimpajama 0.7000 -> 0.5000" in warnings[0] and "starcoderdata 0.3000 -> 0.5000" in warnings[0]
+    assert len(take(changed, 3)) == 3  # the stream continues

@@ -13,8 +13,8 @@ import torch
 
 from tests.data.fixtures import Corpus, job_config, loader, make_corpus, tokenizer, write_tokenizer
 from tinytitan.data import cli
-from tinytitan.data.config import validate_data_config
 from tinytitan.data.loader import merge_rank_states
+from tinytitan.data.preflight import validate_data_config
 from tinytitan.data.prepare import prepare
 from tinytitan.data.shards import load_manifest, plan_from_prepared
 from tinytitan.errors import TinytitanError
@@ -121,6 +121,23 @@ def test_missing_or_stale_shards_are_refused(corpus, prepared, tmp_path):
     jc.data.sources[0].exclude = {}
     with pytest.raises(TinytitanError, match="'slimpajama'.*differ from the prepared shards"):
         validate_data_config(jc)
+
+
+def test_a_truncated_shard_is_refused_at_start_and_redone_by_prepare(corpus, prepared, tmp_path, caplog):
+    import shutil
+
+    copy = str(tmp_path / "copy")
+    shutil.copytree(prepared, copy)
+    victim = os.path.join(copy, "starcoderdata", "python", "train-00000-of-00002.parquet.tok")
+    whole = os.path.getsize(victim)
+    os.truncate(victim, whole // 2)
+    jc = job_config(corpus, data_overrides=tokens_format(copy))
+    with pytest.raises(TinytitanError, match=rf"{whole // 2:,} bytes but .* need {whole:,} .*rerun `tinytitan data"):
+        validate_data_config(jc)
+    with caplog.at_level("INFO", logger="tinytitan.data"):
+        prepare(jc.data, tokenizer(corpus), copy, workers=1, progress=False)
+    assert "1 to tokenize" in caplog.text and os.path.getsize(victim) == whole
+    validate_data_config(jc)
 
 
 def _toml(corpus, tmp_path, fmt="text", prepared_dir=""):

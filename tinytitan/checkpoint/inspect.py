@@ -17,7 +17,8 @@ def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
     """A JSON-ready description; the keys are those ``--json`` prints."""
     from tinytitan.export.source import checkpoint_stats
 
-    ckpt = open_checkpoint(path, step)
+    ckpt = open_checkpoint(path, step, check=False)  # a truncated one is reported, not refused
+    short = ckpt.short_files()
     stats = checkpoint_stats(ckpt)
     params = sum(e.numel for e in ckpt.model.values())
     return {
@@ -39,7 +40,9 @@ def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
         "lr_scheduler": ckpt.has_state("lr_scheduler"),
         "dataloader": ckpt.has_state("dataloader"),
         "train_state": ckpt.has_state("train_state"),
-        "resumable": ckpt.resumable,
+        "complete": not short,
+        "short_files": [{"file": name, "bytes": have, "needed": end} for name, have, end in short],
+        "resumable": ckpt.resumable and not short,
     }
 
 
@@ -57,7 +60,16 @@ def format_report(info: dict) -> str:
     if info["freqs_cis"]:
         layout += ", with a persisted freqs_cis"
     missing = [k for k in ("optimizer", "lr_scheduler", "dataloader", "train_state") if not info[k]]
-    resume = "yes" if info["resumable"] else f"no (missing: {', '.join(missing)}); it can only initialise a new run"
+    if info["short_files"]:
+        first = info["short_files"][0]
+        resume = (
+            f"no: incomplete, {first['file']} has {first['bytes']:,} of {first['needed']:,} bytes "
+            f"({len(info['short_files'])} short file(s)); copy it again or use an earlier step"
+        )
+    elif info["resumable"]:
+        resume = "yes"
+    else:
+        resume = f"no (missing: {', '.join(missing)}); it can only initialise a new run"
     tokens = "unknown"
     if info["ntokens_seen"] is not None:
         tokens = f"{info['ntokens_seen']:,} (all ranks, from metrics.jsonl)"

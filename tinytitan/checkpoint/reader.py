@@ -150,6 +150,34 @@ class Checkpoint:
     def model_bytes(self) -> int:
         return sum(e.nbytes for e in self.model.values())
 
+    def short_files(self) -> list[tuple[str, int, int]]:
+        """Data files smaller than ``.metadata`` says they are: ``(name, bytes on disk, bytes needed)``.
+
+        A truncated copy or an interrupted save; reading such a file fails deep inside DCP.
+        """
+        need: dict[str, int] = {}
+        for info in (getattr(self.metadata, "storage_data", None) or {}).values():
+            end = info.offset + info.length
+            need[info.relative_path] = max(need.get(info.relative_path, 0), end)
+        short = []
+        for name, end in sorted(need.items()):
+            path = self.path / name
+            have = path.stat().st_size if path.is_file() else 0
+            if have < end:
+                short.append((name, have, end))
+        return short
+
+    def check_complete(self) -> None:
+        """One line naming the first short file, instead of DCP's EOFError on reading it."""
+        short = self.short_files()
+        if short:
+            name, have, end = short[0]
+            more = f" (and {len(short) - 1} more)" if len(short) > 1 else ""
+            raise TinytitanError(
+                f"checkpoint {self.path} is incomplete: {name} has {have:,} of the {end:,} bytes its .metadata "
+                f"needs{more} (a truncated copy or an interrupted save); copy it again or use an earlier step"
+            )
+
     @property
     def size_on_disk(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
@@ -197,8 +225,11 @@ class Checkpoint:
         return out
 
 
-def open_checkpoint(path: str | os.PathLike, step: int | str | None = None) -> Checkpoint:
-    """Reads only ``.metadata``; tensors are loaded later, one at a time."""
+def open_checkpoint(path: str | os.PathLike, step: int | str | None = None, *, check: bool = True) -> Checkpoint:
+    """Reads only ``.metadata`` (and the data files' sizes); tensors are loaded later, one at a time.
+
+    ``check``: refuse a checkpoint whose data files are shorter than ``.metadata`` says.
+    """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     folder = resolve_checkpoint(path, step)
@@ -229,7 +260,10 @@ def open_checkpoint(path: str | os.PathLike, step: int | str | None = None) -> C
         model[name] = TensorEntry(key, name, tuple(meta.size), meta.properties.dtype)
     if not model:
         raise TinytitanError(f"checkpoint {folder} holds no model tensors: is it a torchtitan checkpoint?")
-    return Checkpoint(folder, metadata, "prefixed" if prefixed else "flat", freqs_key, model, other, reader)
+    ckpt = Checkpoint(folder, metadata, "prefixed" if prefixed else "flat", freqs_key, model, other, reader)
+    if check:
+        ckpt.check_complete()
+    return ckpt
 
 
 def load_model_state(

@@ -78,8 +78,8 @@ def _prepare(args) -> int:
 
 def bench(job_config, tokens: int, *, dp_world_size: int = 1, dp_rank: int = 0, tokenizer=None) -> dict:
     """Reads `tokens` tokens through the configured loader; returns the measurements."""
-    from tinytitan.data.config import validate_data_config
     from tinytitan.data.loader import build_dataloader
+    from tinytitan.data.preflight import validate_data_config
 
     validate_data_config(job_config)
     if tokenizer is None and job_config.data.format == "text":

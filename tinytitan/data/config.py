@@ -19,8 +19,8 @@ torchtitan's ConfigManager hands the tables to ``Data`` as plain dicts;
 keys), which also keeps tyro's CLI overrides working
 (``--data.seed 7``, ``--data.sources.0.weight 0.5``).
 
-``validate_data_config`` checks everything that can be checked before any
-process starts: keys, weights, paths, globs, the prepared shards.
+``validate_sources`` checks keys, weights, paths and globs; ``tinytitan.data.preflight``
+adds the checks that read data before any process starts.
 """
 
 from __future__ import annotations
@@ -246,16 +246,3 @@ def validate_sources(data: Data, *, check_files: bool = True) -> dict[str, list[
                 raise _fail(s, f"{overlap[0]} is both a training and a validation file", "make the globs disjoint")
         files[s.name] = matched
     return files
-
-
-def validate_data_config(job_config) -> None:
-    """Fails fast with one clear TinytitanError; the launcher calls this before starting processes."""
-    data = data_config(job_config)
-    validate_sources(data, check_files=data.format == "text")
-    training = getattr(job_config, "training", None)
-    if training is not None and training.seq_len < 1:
-        raise TinytitanError(f"training.seq_len = {training.seq_len}; it must be positive")
-    if data.format == "tokens":
-        from tinytitan.data.shards import check_prepared
-
-        check_prepared(job_config)

@@ -28,7 +28,7 @@ import torch
 from torchtitan.components.dataloader import BaseDataLoader
 
 from tinytitan.data.config import Data, data_config, validate_sources
-from tinytitan.data.loader_state import check_fingerprint, dump_state, load_state, merge_states
+from tinytitan.data.loader_state import check_fingerprint, dump_state, load_state, merge_states, warn_on_weight_change
 from tinytitan.data.mixture import Reader, Sampler, fresh_lane_state, lane_stats
 from tinytitan.data.plan import MixturePlan, build_plan
 from tinytitan.data.tok import Encoder
@@ -262,6 +262,8 @@ class MixtureDataLoader(BaseDataLoader):
             return
         st = load_state(state_dict)
         check_fingerprint(st["fingerprint"], self.plan.fingerprint())
+        if self.dp_rank == 0:
+            warn_on_weight_change(st.get("weights"), self.plan)
         old = st["layout"]
         self.windows_base = int(st["windows"])
         self.batches_base = int(st["batches"])

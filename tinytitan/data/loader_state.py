@@ -71,11 +71,26 @@ def merge_states(plan: MixturePlan, layout: dict, parts: list[dict]) -> dict:
         "version": STATE_VERSION,
         "fingerprint": plan.fingerprint(),
         "layout": layout,
+        "weights": {s.name: s.weight for s in plan.sources},
         "windows": by_rank[0]["windows"],
         "batches": by_rank[0]["batches"],
         "lanes": lanes,
         "errors": sorted(errors),
     }
+
+
+def warn_on_weight_change(saved: dict | None, plan: MixturePlan) -> str | None:
+    """One warning line when the mixture weights differ from the checkpoint's (allowed: it may be deliberate)."""
+    now = {s.name: s.weight for s in plan.sources}
+    if not saved or all(abs(saved.get(name, -1.0) - w) < 1e-9 for name, w in now.items()):
+        return None
+    changes = ", ".join(f"{name} {saved.get(name, 0.0):.4f} -> {w:.4f}" for name, w in now.items())
+    message = (
+        f"data: the mixture weights changed since the checkpoint ({changes}); "
+        "the stream continues with the new weights from here"
+    )
+    logger.warning(message)
+    return message
 
 
 def check_fingerprint(saved: dict, now: dict) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from tinytitan.data.config import Data, Source, hub_repo, list_files, validate_sources
 from tinytitan.data.files import FileInfo, Filter, Opener, Part, ReadError, file_info, iter_part
-from tinytitan.data.shards import FORMAT_VERSION, MANIFEST, shard_base, source_settings
+from tinytitan.data.shards import FORMAT_VERSION, MANIFEST, shard_base, shard_bytes, source_settings
 from tinytitan.data.tok import Encoder
 from tinytitan.errors import TinytitanError
 
@@ -140,6 +140,8 @@ def _done_record(base: str, size: int, settings_hash: str) -> dict | None:
     if rec.get("size") != size or rec.get("settings") != settings_hash:
         return None
     if not (os.path.exists(base + ".tok") and os.path.exists(base + ".idx.npz")):
+        return None
+    if os.path.getsize(base + ".tok") != shard_bytes(rec):  # truncated since: tokenize it again
         return None
     return rec
 

@@ -46,6 +46,11 @@ def source_settings(s: Source) -> dict:
     return {"text_field": s.text_field, "exclude": {k: sorted(map(str, v)) for k, v in s.exclude.items()}}
 
 
+def shard_bytes(record: dict) -> int:
+    """The size a finished shard's .tok must have, from its done/manifest record."""
+    return int(record["tokens"]) * np.dtype(TOKEN_DTYPE).itemsize
+
+
 def shard_base(out: str, source: str, rel: str, validation: bool = False) -> str:
     return os.path.join(out, source, "validation", rel) if validation else os.path.join(out, source, rel)
 
@@ -89,6 +94,12 @@ def _check_manifest(data: Data, manifest: dict, tokenizer_hash: str | None) -> N
             base = shard_base(where, s.name, rec["rel"])
             if not os.path.exists(base + ".tok") or not os.path.exists(base + ".idx.npz"):
                 raise TinytitanError(f"token shard {base}.tok is missing; {rerun}")
+            have, need = os.path.getsize(base + ".tok"), shard_bytes(rec)
+            if have != need:
+                raise TinytitanError(
+                    f"token shard {base}.tok has {have:,} bytes but {rec['tokens']:,} tokens need {need:,} "
+                    f"(a truncated copy or a damaged disk); {rerun} (it redoes only the damaged files)"
+                )
 
 
 def _tokenizer_hash_from_config(job_config) -> str | None:

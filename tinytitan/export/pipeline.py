@@ -7,7 +7,9 @@ there, and renamed into place at the end: a failed or interrupted export leaves
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -17,7 +19,7 @@ from pathlib import Path
 import torch
 
 from tinytitan.errors import TinytitanError
-from tinytitan.folders import check_output_folder, make_temp_dir, replace_folder
+from tinytitan.folders import check_free_space, check_output_folder, disk_full_error, make_temp_dir, replace_folder
 
 FORMATS = ("hf", "meta", "both")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -104,6 +106,12 @@ def _write_hf(folder: Path, source, args, dtype, tok, bar) -> list[Path]:
     return files
 
 
+def _export_bytes(shapes: dict, dtype: torch.dtype, fmt: str) -> int:
+    """The weights' size on disk (plus 1 MiB for config, tokenizer and card); twice with --format both."""
+    weights = sum(math.prod(shape) for shape in shapes.values()) * dtype.itemsize
+    return weights * (2 if fmt == "both" else 1) + (1 << 20)
+
+
 def export(
     checkpoint: str | os.PathLike | None,
     out: str | os.PathLike,
@@ -161,6 +169,8 @@ def export(
     stats = source.run_stats()
     log(f"exporting {source.description} (flavor {flavor}, step {stats.step}) as {fmt}, {dtype}")
 
+    need = _export_bytes(source.shapes(), torch_dtype, fmt)
+    check_free_space(out, need, f"the {fmt} export")
     tmp = make_temp_dir(out, log)
     result = ExportResult(out, fmt, flavor, dtype, source.description)
     try:
@@ -201,6 +211,11 @@ def export(
             _verify(tmp, meta_dir, fmt, source, args, settings.seq_len, torch_dtype, tok, result, log)
             write_card()
         replace_folder(tmp, out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise disk_full_error(e, out, need, f"the {fmt} export") from e
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from tinytitan.errors import TinytitanError
+
 MAX_SHARD_BYTES = 5 * 1000**3  # what the Hub (and transformers' save_pretrained) uses: 5 GB
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -118,15 +120,42 @@ def write_safetensors(
     return written
 
 
+def check_complete(path: Path) -> None:
+    """Refuses a safetensors file shorter than its header says (a truncated download or copy)."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        header_len = int.from_bytes(head, "little") if len(head) == 8 else -1
+        header = f.read(header_len) if 0 <= header_len <= size else b""
+    try:
+        entries = json.loads(header)
+        end = max((e["data_offsets"][1] for k, e in entries.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError):
+        raise TinytitanError(
+            f"{path} is not a readable safetensors file (its header is damaged): export or copy it again"
+        ) from None
+    need = 8 + header_len + end
+    if size < need:
+        raise TinytitanError(
+            f"{path} has {size:,} of the {need:,} bytes its header describes (a truncated download or copy): "
+            "export or copy it again"
+        )
+
+
 def weight_files(folder: Path) -> dict[str, Path]:
-    """tensor name -> file, for a folder written here (or by transformers)."""
+    """tensor name -> file, for a folder written here (or by transformers); truncated files are refused."""
     index = folder / INDEX_FILE
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
-        return {name: folder / fn for name, fn in weight_map.items()}
+        files = {name: folder / fn for name, fn in weight_map.items()}
+        for path in sorted(set(files.values())):
+            if path.is_file():
+                check_complete(path)
+        return files
     single = folder / SINGLE_FILE
     if not single.is_file():
         return {}
+    check_complete(single)
     from safetensors import safe_open
 
     with safe_open(str(single), "pt") as f:

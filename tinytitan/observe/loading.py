@@ -119,11 +119,13 @@ def from_checkpoint(
 def from_hf(folder: str | os.PathLike, device=None) -> LanguageModel:
     from transformers import AutoModelForCausalLM
 
+    from tinytitan.export.checks import check_hf_folder
     from tinytitan.tokenizer import load_tokenizer
 
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise TinytitanError(f"{folder} has no config.json: pass the folder written by `tinytitan export --format hf`")
+    check_hf_folder(folder)  # push's static checks: RoPE scaling, shapes, truncated weights
     tokenizer = load_tokenizer(folder)
     device = pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()

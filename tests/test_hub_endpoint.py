@@ -1,0 +1,119 @@
+"""download-tokenizer and push against a local stand-in for the Hub (HF_ENDPOINT on 127.0.0.1).
+
+The real huggingface_hub client makes real HTTP requests; each failure must end in one line
+naming the cause, exit code 2, nothing written or changed, and the token never shown."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import REPO, tree_digest
+from tests.hub_server import HubServer
+from tests.test_hub import TOKEN, folder  # noqa: F401 - the exported folder fixture
+
+TOKENIZER = REPO / "tinytitan" / "assets" / "tokenizer"
+REPO_ID = "org/llama"
+
+
+def hub_files() -> dict[str, bytes]:
+    files = {f"{REPO_ID}/{n}": (TOKENIZER / n).read_bytes() for n in ("tokenizer.json", "tokenizer_config.json")}
+    files[f"{REPO_ID}/original/tokenizer.model"] = b"tiktoken ranks would be here\n"
+    return files
+
+
+def tinytitan(hub: HubServer | None, *args: str, token: str = TOKEN, endpoint: str | None = None):
+    env = {**os.environ, "HF_ENDPOINT": endpoint or hub.url, "HF_TOKEN": token, "HF_HUB_DISABLE_XET": "1"}
+    env.pop("HF_HUB_OFFLINE", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tinytitan.cli", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert token not in proc.stdout + proc.stderr  # the token is never shown
+    return proc
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tinytitan: error: "), proc.stderr
+    return lines[0]
+
+
+def test_download_writes_the_folder_and_sends_the_token(tmp_path):
+    out = tmp_path / "tok"
+    with HubServer(hub_files()) as hub:
+        proc = tinytitan(hub, "download-tokenizer", "--repo-id", REPO_ID, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "tokenizer.json").read_bytes() == (TOKENIZER / "tokenizer.json").read_bytes()
+    sent = [h.get("authorization") or h.get("Authorization") for m, p, h in hub.requests if "/resolve/" in p]
+    assert sent and all(a == f"Bearer {TOKEN}" for a in sent)
+
+
+@pytest.mark.parametrize(
+    "statuses,message",
+    [
+        ({"GET tokenizer_config.json": 500}, "HTTP 500 for org/llama/tokenizer_config.json: retry later"),
+        ({"tokenizer.json": 401}, "HTTP 401 for org/llama/tokenizer.json: the token was rejected"),
+        ({"tokenizer.json": 403}, "HTTP 403 .*this token has no access"),
+    ],
+)
+def test_download_errors_are_one_line_and_leave_nothing(tmp_path, statuses, message):
+    import re
+
+    out = tmp_path / "tok"
+    with HubServer(hub_files(), statuses) as hub:
+        proc = tinytitan(hub, "download-tokenizer", "--repo-id", REPO_ID, "--out", str(out))
+    assert re.search(message, one_line_error(proc))
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # no half folder, no temp folder
+
+
+def test_an_existing_tokenizer_folder_survives_a_failed_forced_download(tmp_path):
+    out = tmp_path / "tok"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("{}")
+    before = tree_digest(out)
+    with HubServer(hub_files(), {"GET tokenizer_config.json": 500}) as hub:
+        proc = tinytitan(hub, "download-tokenizer", "--repo-id", REPO_ID, "--out", str(out), "--force")
+    assert "HTTP 500" in one_line_error(proc)
+    assert tree_digest(out) == before
+
+
+def test_an_unreachable_hub_ends_in_one_error_line(tmp_path):
+    """huggingface_hub retries a refused connection 5 times (~25 s) and says so; then one error line."""
+    proc = tinytitan(
+        None, "download-tokenizer", "--repo-id", REPO_ID, "--out", str(tmp_path / "t"), endpoint="http://127.0.0.1:9"
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert errors == [proc.stderr.strip().splitlines()[-1]]
+    assert "cannot reach the Hugging Face Hub" in errors[0] and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "statuses,message",
+    [
+        ({"/api/models/org/tiny": 500}, "500"),
+        ({"/api/models/org/tiny": 401}, "token was rejected \\(401\\)"),
+    ],
+)
+def test_push_errors_are_one_line_and_change_nothing(folder, statuses, message):  # noqa: F811
+    import re
+
+    before = tree_digest(folder)
+    with HubServer(statuses=statuses) as hub:
+        proc = tinytitan(hub, "push", str(folder), "--repo-id", "org/tiny")
+    assert re.search(message, one_line_error(proc))
+    assert tree_digest(folder) == before
+    assert [m for m, p, h in hub.requests if p.startswith("/api/models/org/tiny")]  # it did reach the server
+
+
+def test_a_token_that_cannot_be_sent_is_refused_without_showing_it(folder, tmp_path):  # noqa: F811
+    bad = "hf_s\u00e9cret"
+    with HubServer() as hub:
+        proc = tinytitan(hub, "push", str(folder), "--repo-id", "org/tiny", token=bad)
+        assert "non-ASCII" in one_line_error(proc) and not hub.requests
+        proc = tinytitan(hub, "download-tokenizer", "--out", str(tmp_path / "t"), token=bad)
+        assert "non-ASCII" in one_line_error(proc) and not hub.requests

@@ -1,0 +1,108 @@
+"""Start checks of the data: everything the launcher can check before any process starts.
+
+``validate_data_config`` runs the config checks (keys, weights, paths, globs), then reads
+what it must: each source opens and its records hold the text field, and prepared shards
+match the config.
+
+The launcher runs these before any process starts, so a wrong ``text_field`` or a folder of
+unreadable files is one line instead of an error inside every rank minutes later. Only the
+first readable record of each source is read; a file that cannot be opened is skipped until
+one opens, and a source none of whose files opens is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tinytitan.data.config import Data, Source, data_config, hub_repo, validate_sources
+from tinytitan.data.files import Opener, _loads, file_info, get_field, iter_lines
+from tinytitan.errors import TinytitanError
+
+MAX_FAILED_FILES = 64  # stop probing a source after this many unreadable files in a row
+
+
+def first_record(opener: Opener, rel: str) -> tuple[dict[str, Any] | None, list[str]]:
+    """The first record of a file (parquet: its column names only) and the top-level field names.
+
+    Raises on a file that cannot be opened or decoded; returns (None, []) for a file with no record.
+    """
+    info = file_info(opener, rel)
+    if info.kind == "parquet":
+        import pyarrow.parquet as pq
+
+        with opener.open(rel) as f:
+            pf = pq.ParquetFile(f)
+            names = list(pf.schema_arrow.names)
+            if pf.metadata.num_rows == 0:
+                return None, names
+            return {name: "" for name in names}, names
+    for line in iter_lines(opener, info):
+        if not line.strip():
+            continue
+        record = _loads(line)
+        if not isinstance(record, dict):
+            raise ValueError(f"the first record is a JSON {type(record).__name__}, not an object")
+        return record, list(record)
+    return None, []
+
+
+def _has_field(record: dict[str, Any], dotted: str, columns_only: bool) -> bool:
+    if columns_only:  # parquet: nested fields live inside a struct column
+        return dotted in record or dotted.split(".")[0] in record
+    return get_field(record, dotted) is not None
+
+
+def probe_source(source: Source, files: list[str]) -> None:
+    """Raises one TinytitanError when no file of `source` opens or its records lack `text_field`."""
+    if hub_repo(source.path) is not None:
+        return  # remote: the readers report it; probing here would download at start
+    opener = Opener(source.path, None)
+    failures: list[str] = []
+    for rel in files:
+        try:
+            record, names = first_record(opener, rel)
+        except Exception as e:  # noqa: BLE001 - any read failure is reported with the file name
+            failures.append(f"{rel}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": "))
+            if len(failures) >= MAX_FAILED_FILES:
+                break
+            continue
+        if record is None:
+            continue
+        if not _has_field(record, source.text_field, rel.endswith(".parquet")):
+            raise TinytitanError(
+                f"data source {source.name!r}: records of {opener.full(rel)} have no field {source.text_field!r} "
+                f"(fields: {', '.join(names) or 'none'}); set text_field to the one holding the text, "
+                "e.g. text_field = 'content' for Starcoderdata"
+            )
+        return
+    if failures:
+        tried = f"the first {len(failures)}" if len(failures) < len(files) else f"all {len(files)}"
+        raise TinytitanError(
+            f"data source {source.name!r}: {tried} of its files cannot be read (first: {failures[0]}); "
+            f"check the files under {source.path} (re-download or fix permissions) or the files glob"
+        )
+    raise TinytitanError(
+        f"data source {source.name!r}: its {len(files)} file(s) hold no record; point files at the data "
+        "(e.g. files = 'train/chunk*/*.jsonl.zst')"
+    )
+
+
+def probe_sources(data: Data, files: dict[str, list[str]]) -> None:
+    """Probes every source; `files` is what ``validate_sources`` listed."""
+    for source in data.sources:
+        probe_source(source, files[source.name])
+
+
+def validate_data_config(job_config) -> None:
+    """Fails fast with one clear TinytitanError; the launcher calls this before starting processes."""
+    data = data_config(job_config)
+    files = validate_sources(data, check_files=data.format == "text")
+    training = getattr(job_config, "training", None)
+    if training is not None and training.seq_len < 1:
+        raise TinytitanError(f"training.seq_len = {training.seq_len}; it must be positive")
+    if data.format == "tokens":
+        from tinytitan.data.shards import check_prepared
+
+        check_prepared(job_config)
+    else:
+        probe_sources(data, files)
