@@ -70,7 +70,7 @@ EOF
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt" >&2
 
-# 3. The sweep itself: a greedy search under a time budget (see tinytitan/observe/sweep.py).
+# 3. The sweep itself: a greedy search under a time budget (see tinytitan/bench/sweep.py).
 : > "$OUT/sweep.jsonl"
 "$PY" benchmarks/train_throughput.py --sweep --profile --budget-s "${BUDGET_S:-420}" \
   --work-dir "$OUT/runs" --out "$OUT/sweep.jsonl" "$@" 2> >(tee "$OUT/sweep.log" >&2)

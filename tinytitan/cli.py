@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("tinytitan.observe.plot", "draw loss, learning rate and throughput curves as PNG"),
     "eval": ("tinytitan.observe.evaluate", "held-out loss and perplexity per source"),
     "generate": ("tinytitan.observe.generate", "sample text from a checkpoint or an export"),
-    "bench": ("tinytitan.observe.bench", "measure training throughput and MFU per flavor"),
+    "bench": ("tinytitan.bench.cli", "measure training throughput and MFU per flavor"),
 }
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from tinytitan.errors import TinytitanError
 
 CONFIG_MODULE = "tinytitan.job_config"
+METRICS_FILE = "metrics.jsonl"  # in the run folder: one JSON row per logged step (rank 0)
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The checkout (or source tree) that holds train_configs/ next to the package, when there is one.
 SOURCE_ROOT = PACKAGE_DIR.parent

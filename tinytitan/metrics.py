@@ -18,8 +18,7 @@ from torchtitan.components.metrics import MetricsProcessor
 from torchtitan.tools.logging import logger
 
 from tinytitan import device
-
-METRICS_FILE = "metrics.jsonl"
+from tinytitan.config import METRICS_FILE
 
 
 def format_duration(seconds: float) -> str:

@@ -15,8 +15,8 @@ def debug_checkpoint(debug_run):
 @pytest.fixture(scope="session")
 def debug_export(debug_checkpoint, tmp_path_factory):
     """The step-20 checkpoint exported to Hugging Face format by the export package (verified there)."""
-    from tinytitan.export.hf import export_hf
+    from tinytitan.export.pipeline import export
 
     out = tmp_path_factory.mktemp("observe") / "debug-hf"
-    export_hf(debug_checkpoint, out, config=DEBUG_CONFIG)
+    export(debug_checkpoint, out, config=DEBUG_CONFIG)
     return out

@@ -11,12 +11,11 @@ import os
 
 from tinytitan.checkpoint.flavors import fitting_flavor
 from tinytitan.checkpoint.reader import open_checkpoint
+from tinytitan.checkpoint.stats import checkpoint_stats
 
 
 def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -> dict:
     """A JSON-ready description; the keys are those ``--json`` prints."""
-    from tinytitan.export.source import checkpoint_stats
-
     ckpt = open_checkpoint(path, step, check=False)  # a truncated one is reported, not refused
     short = ckpt.short_files()
     stats = checkpoint_stats(ckpt)

@@ -156,6 +156,9 @@ def run(args) -> int:
 
 
 if __name__ == "__main__":  # python -m tinytitan.data.cli ... (same as `tinytitan data ...`)
-    from tinytitan.cli import main
+    from tinytitan.errors import run_guarded
 
-    sys.exit(main(["data", *sys.argv[1:]]))
+    _parser = argparse.ArgumentParser(prog="tinytitan data")
+    configure(_parser)
+    _args = _parser.parse_args()
+    sys.exit(run_guarded(lambda: run(_args)))

@@ -20,7 +20,6 @@ stated in the model card and ``tinytitan.json``.
 
 from __future__ import annotations
 
-import os
 import re
 
 import torch
@@ -161,28 +160,3 @@ def generation_config(*, bos_id: int | None, eos_id: int | None) -> dict:
     import transformers
 
     return {"bos_token_id": bos_id, "eos_token_id": eos_id, "transformers_version": transformers.__version__}
-
-
-def export_hf(
-    checkpoint: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    config: str | os.PathLike | None = None,
-    tokenizer: str | os.PathLike | None = None,
-    step: int | str | None = None,
-    flavor: str | None = None,
-    dtype: str = "float32",
-    verify: bool = True,
-    force: bool = False,
-    progress: bool = False,
-):
-    """Checkpoint -> verified Hugging Face folder at ``out``; returns an ``ExportResult``.
-
-    See ``tinytitan.export.pipeline.export`` for the arguments (this is it with ``fmt="hf"``).
-    """
-    from tinytitan.export.pipeline import export
-
-    return export(
-        checkpoint, out, fmt="hf", config=config, tokenizer=tokenizer, step=step, flavor=flavor,
-        dtype=dtype, verify=verify, force=force, progress=progress,
-    )  # fmt: skip

@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from tinytitan.observe.profile import _minus, _union, category, summarize_trace
+from tinytitan.bench.profile import _minus, _union, category, summarize_trace
 
 
 def kernel(name, ts, dur):

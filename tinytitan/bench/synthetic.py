@@ -6,7 +6,7 @@ data loader for one that cycles through a few pre-made random batches, so a
 step never waits on reading or tokenizing. No tokenizer is needed either.
 
 The training processes import this module through
-``--experimental.custom_import tinytitan.observe.synthetic``.
+``--experimental.custom_import tinytitan.bench.synthetic``.
 
 Its metrics processor also copies torchtitan's own per-log numbers (MFU,
 memory peaks, step time, data-loading share) into each ``metrics.jsonl`` row,

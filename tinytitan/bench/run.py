@@ -1,4 +1,6 @@
-"""Training throughput and MFU per flavor: ``tinytitan bench`` / ``benchmarks/train_throughput.py``.
+"""One throughput run: settings, the training command, and the JSON row it yields.
+
+Training throughput and MFU per flavor: ``tinytitan bench`` / ``benchmarks/train_throughput.py``.
 
 Each measurement is a real torchtitan training run through tinytitan's entry
 (``torchrun -m tinytitan.train``, TinyTrainer, the flavor's own TOML config) with
@@ -16,7 +18,6 @@ the GPU's dense bf16 peak; it is null where the peak is unknown (CPU).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import json
@@ -26,15 +27,13 @@ import platform
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinytitan.bench.profile import TRACE_FOLDER, profile_overrides, read_profile
 from tinytitan.config import SOURCE_ROOT
 from tinytitan.errors import TinytitanError
-from tinytitan.observe.profile import TRACE_FOLDER, profile_overrides, read_profile
 
 REPO = SOURCE_ROOT  # cwd and PYTHONPATH of the benchmarked training processes
 AC_MODES = ("none", "selective", "full")
@@ -163,7 +162,7 @@ def training_overrides(
         "--job.config_file", str(base_config(s.flavor)),
         "--job.dump_folder", str(dump),
         "--model.name", "tinytitan_bench",
-        "--experimental.custom_import", "tinytitan.observe.synthetic",
+        "--experimental.custom_import", "tinytitan.bench.synthetic",
         "--training.steps", str(steps),
         "--training.seq_len", str(s.seq_len),
         "--training.local_batch_size", str(s.local_batch_size),
@@ -242,7 +241,7 @@ def run_once(
     """One training run; returns the JSON record (status ok, oom, failed or timeout).
 
     With ``profile``, two steps follow the measured ones: a profiler warm-up and the
-    profiled step, summarised under ``"profile"`` (see ``tinytitan.observe.profile``).
+    profiled step, summarised under ``"profile"`` (see ``tinytitan.bench.profile``).
     """
     import torch
 
@@ -289,7 +288,7 @@ def run_once(
         return {**record, "status": "timeout", "error": f"no result within {timeout_s:.0f}s"}
     if returncode != 0:
         return {**record, "status": failure_status(log_text), "error": last_error_line(log_text)}
-    from tinytitan.metrics import METRICS_FILE
+    from tinytitan.config import METRICS_FILE
 
     rows = [json.loads(line) for line in (dump / METRICS_FILE).read_text().splitlines() if line.strip()]
     record = {**record, "status": "ok", **summarize_rows(rows, s, schedule, machine)}
@@ -305,71 +304,3 @@ def emit(record: dict, out: Path | None) -> None:
     if out is not None:
         with out.open("a") as f:
             f.write(line + "\n")
-
-
-def configure(parser) -> None:
-    parser.add_argument(
-        "--flavor", nargs="+", default=None, help="flavors (default: tiny micro nano on GPU, debug on CPU)"
-    )
-    parser.add_argument("--seq-len", type=int, default=None, help="sequence length (default: 2048 on GPU, 128 on CPU)")
-    parser.add_argument("--local-batch-size", type=int, nargs="+", default=None, help="per-GPU batch sizes to try")
-    parser.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=True, help="torch.compile the model and loss"
-    )
-    parser.add_argument("--ac", choices=AC_MODES, default="none", help="activation checkpointing mode")
-    parser.add_argument("--float8", action="store_true", help="float8 linears (torchao, SM89+ GPUs)")
-    parser.add_argument("--reshard", choices=RESHARD_POLICIES, default="default", help="FSDP reshard_after_forward")
-    parser.add_argument("--warmup", type=int, default=None, help="steps not averaged (default: 5 on GPU, 1 on CPU)")
-    parser.add_argument("--steps", type=int, default=None, help="measured steps (default: 15 on GPU, 2 on CPU)")
-    parser.add_argument("--log-freq", type=int, default=None, help="steps per log row (default: 5 on GPU, 1 on CPU)")
-    parser.add_argument("--ngpu", type=int, default=None, help="processes (default: $NGPU, visible GPUs or 2 on CPU)")
-    parser.add_argument(
-        "--profile", action="store_true", help="profile one extra step; kernel-time summary in the JSON"
-    )
-    parser.add_argument("--timeout-s", type=float, default=600, help="give up on one run after this long")
-    parser.add_argument("--sweep", action="store_true", help="try the settings that matter; print the best per flavor")
-    parser.add_argument("--budget-s", type=float, default=480, help="sweep: stop starting runs after this long")
-    parser.add_argument("--smoke", action="store_true", help="sweep: a minute-long CPU-sized version, for CI")
-    parser.add_argument("--out", type=Path, default=None, help="also append the JSON lines to this file")
-    parser.add_argument("--work-dir", type=Path, default=None, help="keep the runs (logs, metrics) here")
-
-
-def run(args) -> int:
-    from tinytitan.observe import sweep
-
-    machine = detect_machine(args.ngpu)
-    on_gpu = bool(machine.gpus)
-    schedule = make_schedule(
-        args.warmup or (5 if on_gpu else 1), args.steps or (15 if on_gpu else 2), args.log_freq or (5 if on_gpu else 1)
-    )
-    flavors = args.flavor or (["tiny", "micro", "nano"] if on_gpu else ["debug"])
-    seq_len = args.seq_len or (2048 if on_gpu else 128)
-    if args.float8 and not float8_available(machine):
-        raise TinytitanError("--float8 needs torchao and a GPU with compute capability 8.9+ (H100)")
-    if args.profile and not on_gpu:
-        # torchtitan 0.2.2 hands the profiler a None activity when there is no GPU and fails.
-        print("tinytitan bench: --profile needs a GPU; runs are not profiled", file=sys.stderr)
-        args.profile = False
-    keep = args.work_dir is not None
-    work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="tinytitan-bench-"))
-    print(f"tinytitan bench: {machine.nproc} x {machine.device}, runs in {work_dir}", file=sys.stderr, flush=True)
-    try:
-        if args.sweep:
-            return sweep.run_sweep(flavors, seq_len, schedule, machine, work_dir, args)
-        for flavor in flavors:
-            for batch in args.local_batch_size or [sweep.default_batch(flavor, on_gpu)]:
-                s = Settings(flavor, seq_len, batch, args.compile, args.ac, args.float8, args.reshard)
-                emit(run_once(s, schedule, machine, work_dir, args.timeout_s, args.profile), args.out)
-        return 0
-    finally:
-        if not keep:
-            shutil.rmtree(work_dir, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from tinytitan.errors import run_guarded
-
-    parser = argparse.ArgumentParser(prog="train_throughput", description=__doc__.splitlines()[0])
-    configure(parser)
-    args = parser.parse_args(argv)
-    return run_guarded(lambda: run(args))

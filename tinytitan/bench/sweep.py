@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from tinytitan.observe.bench import Machine, Schedule, Settings, emit, float8_available, run_once
+from tinytitan.bench.run import Machine, Schedule, Settings, emit, float8_available, run_once
 
 CPU_BATCH = 4
 SMOKE = {"flavor": "debug", "seq_len": 64, "batch": 2}

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
-from tinytitan.observe import bench
-from tinytitan.observe.bench import Machine, Settings, make_schedule, peak_bf16_flops, training_overrides
+from tinytitan.bench import run as bench
+from tinytitan.bench.run import Machine, Settings, make_schedule, peak_bf16_flops, training_overrides
 
 RECORD_FIELDS = {
     "flavor", "gpus", "processes", "device", "dtype", "seq_len", "local_batch_size", "compile", "ac", "float8",

@@ -6,11 +6,12 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 from argparse import Namespace
 
 from tests.helpers import REPO
-from tinytitan.observe import sweep
-from tinytitan.observe.bench import Machine, Settings, make_schedule
+from tinytitan.bench import sweep
+from tinytitan.bench.run import Machine, Settings, make_schedule
 
 
 class ScriptedRunner(sweep.Runner):
@@ -75,7 +76,7 @@ def test_gpu_sweep_script_smoke_on_cpu(tmp_path):
     """benchmarks/gpu_sweep.sh --smoke: the script the GPU machine runs, through real CPU training runs."""
     out = subprocess.run(
         ["bash", "benchmarks/gpu_sweep.sh", "--smoke"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OUT": str(tmp_path), "NGPU": "2", "BUDGET_S": "900"},
+        cwd=REPO, capture_output=True, text=True, timeout=600, env={**os.environ, "OUT": str(tmp_path), "NGPU": "2", "BUDGET_S": "900", "PYTHON": sys.executable},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(x) for x in (tmp_path / "sweep.jsonl").read_text().splitlines()]
