@@ -1,4 +1,4 @@
-"""`tinytitan push` up to the network boundary: a recording fake client stands in for HfApi.
+"""`tinytitan push` up to the network boundary: an autospec of HfApi stands in for the client.
 
 Checks that repos are private unless --public, the collection is added, the folder is verified
 first, the token never appears in any output, and each failure is one line with its fix."""
@@ -8,8 +8,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from types import SimpleNamespace
+from unittest.mock import create_autospec
 
 import pytest
+from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
 from tests.helpers import DEBUG_CONFIG
@@ -25,41 +27,40 @@ def http_error(status: int, cls=HfHubHTTPError):
 
 
 class FakeHub:
-    """Records every call; ``existing`` is None (no repo) or the repo's privacy; ``fail`` maps a method to an error."""
+    """An autospec of ``HfApi``: a call whose signature the installed huggingface_hub does not accept fails.
+
+    ``existing`` is None (no repo) or the repo's privacy; ``fail`` maps a method name to the error it raises.
+    """
 
     endpoint = "https://huggingface.co"
 
     def __init__(self, existing: bool | None = None, fail: dict | None = None):
-        self.existing, self.fail, self.calls = existing, fail or {}, []
+        self.api = create_autospec(HfApi, instance=True)
+        self.api.endpoint = self.endpoint
+        fail = fail or {}
 
-    def _record(self, name, *args, **kwargs):
-        self.calls.append((name, args, kwargs))
-        if name in self.fail:
-            raise self.fail[name]
+        def repo_info(repo_id, *args, **kwargs):
+            if "repo_info" in fail:
+                raise fail["repo_info"]
+            if existing is None:
+                raise http_error(404, RepositoryNotFoundError)
+            return SimpleNamespace(id=repo_id, private=existing)
 
-    def repo_info(self, repo_id, **kw):
-        self._record("repo_info", repo_id, **kw)
-        if self.existing is None:
-            raise http_error(404, RepositoryNotFoundError)
-        return SimpleNamespace(id=repo_id, private=self.existing)
+        self.api.repo_info.side_effect = repo_info
+        for name, error in fail.items():
+            if name != "repo_info":
+                getattr(self.api, name).side_effect = error
 
-    def create_repo(self, repo_id, **kw):
-        self._record("create_repo", repo_id, **kw)
+    def __getattr__(self, name):
+        return getattr(self.api, name)
 
-    def update_repo_settings(self, repo_id, **kw):
-        self._record("update_repo_settings", repo_id, **kw)
-
-    def create_branch(self, repo_id, **kw):
-        self._record("create_branch", repo_id, **kw)
-
-    def upload_folder(self, **kw):
-        self._record("upload_folder", **kw)
-
-    def add_collection_item(self, slug, **kw):
-        self._record("add_collection_item", slug, **kw)
+    @property
+    def calls(self) -> list:
+        """(name, args, kwargs) of every call, in order."""
+        return list(self.api.method_calls)
 
     def names(self) -> list[str]:
-        return [c[0] for c in self.calls]
+        return [c[0] for c in self.api.method_calls]
 
 
 class NoNetwork:
@@ -190,3 +191,11 @@ def test_refuses_an_invalid_export(folder, tmp_path, capsys):
             hub.push(folder, "my-org/x", client=NoNetwork(), token=TOKEN)
     finally:
         (tmp_path / "README.md").rename(folder / "README.md")
+
+
+def test_the_stand_in_rejects_a_call_hfapi_would_reject():
+    """Why an autospec: a renamed keyword in huggingface_hub fails here, not only on the real Hub."""
+    with pytest.raises(TypeError):
+        FakeHub().create_repo("my-org/x", privat=True)
+    with pytest.raises(TypeError):
+        FakeHub().upload_folder(repo_id="my-org/x", folder_pth="x")
