@@ -257,7 +257,8 @@ def test_failed_verification_leaves_out_untouched(step20, occupied, monkeypatch)
     from tinytitan.export import hf
     from tinytitan.export.pipeline import export
 
-    monkeypatch.setattr(hf, "to_hf_tensor", lambda name, tensor, args: tensor)
+    real = hf.to_hf
+    monkeypatch.setattr(hf, "to_hf", lambda name, tensor, args: (real(name, tensor, args)[0], tensor))
     with pytest.raises(TinytitanError, match="verification failed"):
         export(step20, occupied, config=DEBUG_CONFIG, force=True)
     assert _snapshot(occupied) == {Path("keep.txt"): b"mine"}

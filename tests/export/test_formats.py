@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tinytitan.checkpoint.flavors import fitting_flavor, flavor_shapes
-from tinytitan.export.hf import from_hf_tensor, hf_config, hf_name, to_hf_tensor, tt_name
+from tinytitan.export.hf import from_hf, hf_config, hf_name, to_hf
 from tinytitan.export.safetensors_io import Planned, weight_files, write_safetensors
 from tinytitan.models import FLAVORS, flavor_args
 
@@ -32,18 +32,21 @@ def test_safetensors_stream_roundtrip_and_shards(tmp_path):
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
-def test_names_and_rows_match_torchtitans_own_adapter():
-    """Cross-check with torchtitan's Llama3StateDictAdapter (its to_hf is what torchtitan uses for HF checkpoints)."""
+def test_tensor_by_tensor_equals_the_adapter_on_the_whole_state():
+    """The export feeds torchtitan's Llama3StateDictAdapter one tensor at a time; that must equal the whole-dict call."""
     from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
 
     args = flavor_args("debug")
     state = {name: torch.randn(shape) for name, shape in flavor_shapes("debug")}
-    theirs = Llama3StateDictAdapter(args, None).to_hf(dict(state))
-    ours = {hf_name(k): to_hf_tensor(k, v, args) for k, v in state.items()}
-    assert ours.keys() == theirs.keys()
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    back = {tt_name(k): from_hf_tensor(tt_name(k), v, args) for k, v in ours.items()}
+    whole = Llama3StateDictAdapter(args, None).to_hf(dict(state))
+    one_by_one = dict(to_hf(k, v, args) for k, v in state.items())
+    assert one_by_one.keys() == whole.keys()
+    assert all(torch.equal(one_by_one[k], whole[k]) for k in whole)
+    assert {hf_name(k, v.shape, args) for k, v in state.items()} == whole.keys()
+    back = dict(from_hf(k, v, args) for k, v in one_by_one.items())
     assert all(torch.equal(back[k], state[k]) for k in state)
+    q = "layers.0.attention.wq.weight"
+    assert not torch.equal(one_by_one["model.layers.0.self_attn.q_proj.weight"], state[q])  # rows were reordered
 
 
 def test_config_reads_back_with_the_rope_scaling(tmp_path):

@@ -66,6 +66,7 @@ def check_hf_folder(folder: str | Path) -> HFFolder:
 
     from tinytitan.checkpoint.flavors import flavor_shapes
     from tinytitan.export.hf import hf_name
+    from tinytitan.models import flavor_args
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -85,7 +86,8 @@ def check_hf_folder(folder: str | Path) -> HFFolder:
         raise TinytitanError(
             f"{folder} has no model.safetensors (nor an index of shards): run `tinytitan export` again"
         )
-    expected = {hf_name(k): v for k, v in flavor_shapes(flavor)}
+    flavor_arguments = flavor_args(flavor)
+    expected = {hf_name(k, v, flavor_arguments): v for k, v in flavor_shapes(flavor)}
     dtypes = set()
     seen = set()
     for path in sorted(set(files.values())):
@@ -115,8 +117,6 @@ def check_hf_folder(folder: str | Path) -> HFFolder:
     provenance = {}
     if (folder / PROVENANCE_FILE).is_file():
         provenance = json.loads((folder / PROVENANCE_FILE).read_text())
-    from tinytitan.models import flavor_args
-
     seq_len = int(provenance.get("seq_len") or flavor_args(flavor).max_seq_len)
     return HFFolder(folder, config, flavor, _DTYPES[next(iter(dtypes))], seq_len, provenance)
 
@@ -125,12 +125,12 @@ def reference_from_hf(folder: Path, args) -> dict[str, torch.Tensor]:
     """The folder's own weights back under torchtitan names and row order, in float32."""
     from safetensors import safe_open
 
-    from tinytitan.export.hf import from_hf_tensor, tt_name
+    from tinytitan.export.hf import from_hf
 
     state = {}
     for path in sorted(set(weight_files(folder).values())):
         with safe_open(str(path), "pt") as f:
-            for name in f.keys():
-                tt = tt_name(name)
-                state[tt] = from_hf_tensor(tt, f.get_tensor(name).float(), args).contiguous()
+            for hf_key in f.keys():
+                name, tensor = from_hf(hf_key, f.get_tensor(hf_key).float(), args)
+                state[name] = tensor.contiguous()
     return state

@@ -1,5 +1,6 @@
 """The Hugging Face ``LlamaForCausalLM`` format: names, the q/k row order, config.json.
 
+Names and rows come from torchtitan's ``Llama3StateDictAdapter``, applied tensor by tensor.
 Two things differ from torchtitan beyond the names:
 
 * RoPE layout. torchtitan rotates adjacent pairs of a head's dimensions (it
@@ -20,77 +21,41 @@ stated in the model card and ``tinytitan.json``.
 
 from __future__ import annotations
 
-import re
-
 import torch
 
 HF_ARCHITECTURE = "LlamaForCausalLM"
-_LAYER = re.compile(r"^layers\.(\d+)\.(.+)$")
-_LAYER_NAMES = {
-    "attention.wq.weight": "self_attn.q_proj.weight",
-    "attention.wk.weight": "self_attn.k_proj.weight",
-    "attention.wv.weight": "self_attn.v_proj.weight",
-    "attention.wo.weight": "self_attn.o_proj.weight",
-    "feed_forward.w1.weight": "mlp.gate_proj.weight",
-    "feed_forward.w3.weight": "mlp.up_proj.weight",
-    "feed_forward.w2.weight": "mlp.down_proj.weight",
-    "attention_norm.weight": "input_layernorm.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-}
-_TOP_NAMES = {
-    "tok_embeddings.weight": "model.embed_tokens.weight",
-    "norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_FROM_LAYER = {v: k for k, v in _LAYER_NAMES.items()}
-_FROM_TOP = {v: k for k, v in _TOP_NAMES.items()}
-_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
-def hf_name(name: str) -> str:
-    """torchtitan name -> transformers name."""
-    if name in _TOP_NAMES:
-        return _TOP_NAMES[name]
-    m = _LAYER.match(name)
-    if not m or m.group(2) not in _LAYER_NAMES:
-        raise KeyError(f"no Hugging Face name for tensor {name}")
-    return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
+def _adapter(args):
+    """torchtitan's own HF converter for llama3 (the one its TrainSpec uses for HF checkpoints)."""
+    from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
+
+    return Llama3StateDictAdapter(args, None)
 
 
-def tt_name(name: str) -> str:
-    """transformers name -> torchtitan name."""
-    if name in _FROM_TOP:
-        return _FROM_TOP[name]
-    m = _HF_LAYER.match(name)
-    if not m or m.group(2) not in _FROM_LAYER:
-        raise KeyError(f"tensor {name} is not part of a Llama model")
-    return f"layers.{m.group(1)}.{_FROM_LAYER[m.group(2)]}"
+def to_hf(name: str, tensor: torch.Tensor, args) -> tuple[str, torch.Tensor]:
+    """One torchtitan tensor -> (transformers name, tensor with q/k rows reordered), via the adapter.
+
+    The adapter converts whole state dicts; handing it one tensor at a time keeps the export's
+    memory at a tensor or two.
+    """
+    ((hf_key, value),) = _adapter(args).to_hf({name: tensor}).items()
+    return hf_key, value
 
 
-def _heads_for(name: str, args) -> int | None:
-    if name.endswith("attention.wq.weight"):
-        return args.n_heads
-    if name.endswith("attention.wk.weight"):
-        return args.n_kv_heads or args.n_heads
-    return None
+def from_hf(hf_key: str, tensor: torch.Tensor, args) -> tuple[str, torch.Tensor]:
+    """Inverse of ``to_hf``: (torchtitan name, tensor in torchtitan's row order)."""
+    try:
+        converted = _adapter(args).from_hf({hf_key: tensor})
+    except KeyError:
+        raise KeyError(f"tensor {hf_key} is not part of a Llama model") from None
+    ((name, value),) = converted.items()
+    return name, value
 
 
-def to_hf_tensor(name: str, tensor: torch.Tensor, args) -> torch.Tensor:
-    """Reorders q/k rows per head from interleaved pairs to halves; other tensors pass through."""
-    heads = _heads_for(name, args)
-    if heads is None:
-        return tensor
-    rows, cols = tensor.shape
-    return tensor.reshape(heads, rows // heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
-def from_hf_tensor(name: str, tensor: torch.Tensor, args) -> torch.Tensor:
-    """Inverse of ``to_hf_tensor`` (``name`` is the torchtitan name)."""
-    heads = _heads_for(name, args)
-    if heads is None:
-        return tensor
-    rows, cols = tensor.shape
-    return tensor.reshape(heads, 2, rows // heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+def hf_name(name: str, shape: tuple[int, ...], args) -> str:
+    """The transformers name of a torchtitan tensor (no data is touched: a meta tensor goes through)."""
+    return to_hf(name, torch.empty(shape, device="meta"), args)[0]
 
 
 def ffn_hidden(args) -> int:

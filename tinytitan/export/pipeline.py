@@ -76,17 +76,17 @@ class Prefetch:
 
 def _write_hf(folder: Path, source, args, dtype, tok, bar) -> list[Path]:
     from tinytitan.export import safetensors_io
-    from tinytitan.export.hf import generation_config, hf_config, hf_name, to_hf_tensor
+    from tinytitan.export.hf import generation_config, hf_config, hf_name, to_hf
     from tinytitan.export.safetensors_io import Planned, write_safetensors
     from tinytitan.export.settings import write_tokenizer
 
     shapes = source.shapes()
-    by_hf = {hf_name(n): n for n in source.names()}
+    by_hf = {hf_name(n, shapes[n], args): n for n in source.names()}
     planned = [Planned(h, shapes[n], dtype) for h, n in by_hf.items()]
 
     def produce(hf: str) -> torch.Tensor:
         name = by_hf[hf]
-        return to_hf_tensor(name, source.load(name, dtype), args)
+        return to_hf(name, source.load(name, dtype), args)[1]
 
     with Prefetch([p.name for p in planned], produce) as prefetched:
         files = write_safetensors(
