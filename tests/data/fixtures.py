@@ -207,3 +207,17 @@ def doc_ids(t) -> list[int]:
     """Document ids whose id token appears in a tensor of token ids."""
     flat = t.reshape(-1).tolist()
     return [x - ID_BASE for x in flat if x >= ID_BASE]
+
+
+def row_sources(c: Corpus, inputs) -> list[str]:
+    """The source of each row the model receives, read from its document-id tokens (not from the loader).
+
+    A window is cut from one source's stream, so every id token of a row must name the same source;
+    fixture documents are shorter than the windows the tests use, so every row holds one.
+    """
+    found = []
+    for row in inputs.tolist():
+        names = {c.docs[x - ID_BASE].source for x in row if x >= ID_BASE}
+        assert len(names) == 1, f"a window mixes or lacks sources: {names}"
+        found.append(names.pop())
+    return found
