@@ -140,3 +140,13 @@ def test_resuming_with_changed_weights_warns_once_and_continues(corpus, caplog):
     assert len(warnings) == 1
     assert "slimpajama 0.7000 -> 0.5000" in warnings[0] and "starcoderdata 0.3000 -> 0.5000" in warnings[0]
     assert len(take(changed, 3)) == 3  # the stream continues
+
+
+def test_the_loader_and_the_validator_share_one_plan(corpus):
+    from tests.data.fixtures import job_config
+    from tinytitan.data.loader import make_plan
+
+    data = job_config(corpus).data
+    assert make_plan(data) is make_plan(data)  # listed once per process
+    other = job_config(corpus, data_overrides={"seed": 9}).data
+    assert make_plan(other) is not make_plan(data)

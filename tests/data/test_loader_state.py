@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.data.fixtures import loader, make_corpus, sources
+from tinytitan.data.loader import forget_plans
 from tinytitan.data.loader_state import STATE_KEY, STATE_VERSION
 from tinytitan.errors import TinytitanError
 
@@ -76,5 +77,6 @@ def test_changed_files_are_refused(tmp_path):
     state = saved_state(corpus)
     extra = corpus.starcoderdata / "python" / "train-00002-of-00002.parquet"
     extra.write_bytes((corpus.starcoderdata / "python" / "train-00000-of-00002.parquet").read_bytes())
+    forget_plans()  # the resumed run is a new process: it lists the files again
     with pytest.raises(TinytitanError, match="'starcoderdata': its files, filter or held-out split changed"):
         loader(corpus, batch=4, seq_len=64).load_state_dict(state)

@@ -29,7 +29,7 @@ from torchtitan.components.validate import BaseValidator, Validator
 from torchtitan.distributed import utils as dist_utils
 from torchtitan.tools import utils as tt_utils
 
-from tinytitan.data.config import Data, data_config, hub_repo, list_files, validate_sources
+from tinytitan.data.config import Data, data_config, hub_repo, list_files
 from tinytitan.data.files import Filter, Opener, ReadError, file_info, iter_file
 from tinytitan.data.plan import SourcePlan
 from tinytitan.data.tok import Encoder
@@ -154,14 +154,9 @@ class MixtureValidator(Validator):
         v = job_config.validation
         self.batch_size, self.seq_len, self.steps = v.local_batch_size, v.seq_len, v.steps
         self.encoder = Encoder(tokenizer) if self.data.format == "text" else None
-        if self.data.format == "tokens":
-            from tinytitan.data.shards import plan_from_prepared
+        from tinytitan.data.loader import make_plan
 
-            self.plan = plan_from_prepared(self.data, tokenizer)
-        else:
-            from tinytitan.data.plan import build_plan
-
-            self.plan = build_plan(self.data, validate_sources(self.data))
+        self.plan = make_plan(self.data, tokenizer)  # the loader's plan: the files are not listed again
         self.sources = [
             (src, cfg)
             for src, cfg in zip(self.plan.sources, self.data.sources, strict=True)
