@@ -143,6 +143,9 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     check_launch_env(env, nproc)
     job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
     check_job_config(job_config)
+    from tinytitan.data.start import check_data_start
+
+    check_data_start(job_config, nproc * int(env.get("NNODES") or 1))
     config_file = job_config.job.config_file
     cmd = torchrun_command(nproc, training_args(config_file, overrides), env)
     where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
