@@ -137,3 +137,12 @@ def test_a_repo_or_folder_with_only_the_tiktoken_file_is_converted(tmp_path, lla
     assert (tmp_path / "local" / "tokenizer.json").read_bytes() == (tmp_path / "hub" / "tokenizer.json").read_bytes()
     assert "has no tokenizer.json: converting original/tokenizer.model" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hub", "local", "seed"]
+
+
+def test_a_local_folder_missing_a_file_is_named(tmp_path, capsys):
+    (tmp_path / "copy").mkdir()
+    shutil.copyfile(EMBEDDED_TOKENIZER / "tokenizer.json", tmp_path / "copy" / "tokenizer.json")
+    assert main(["download-tokenizer", "--repo-id", str(tmp_path / "copy"), "--out", str(tmp_path / "tok")]) == 2
+    err = capsys.readouterr().err
+    assert f"folder {tmp_path / 'copy'} has no tokenizer_config.json" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]

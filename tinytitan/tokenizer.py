@@ -136,6 +136,11 @@ def _download_error(e: BaseException, repo_id: str, filename: str, token: str | 
     if isinstance(e, RepositoryNotFoundError):
         hint = "set HF_TOKEN or run `hf auth login`" if not token else "check the repo id and the token's access"
         return TinytitanError(f"repo {repo_id} not found or not visible without a token: {hint}")
+    if isinstance(e, FileNotFoundError):  # a local folder given as --repo-id
+        return TinytitanError(
+            f"folder {repo_id} has no {filename}: give a folder laid out like the Hub repo "
+            "(tokenizer.json, tokenizer_config.json, original/tokenizer.model)"
+        )
     status = _http_status(e)
     if status is not None:
         return TinytitanError(
@@ -185,7 +190,7 @@ def _fetch_into(download, repo_id: str, tmp: Path, token: str | None) -> None:
 
     if get("tokenizer.json", optional=True):
         get("tokenizer_config.json")
-        get(ORIGINAL)
+        get(ORIGINAL, optional=True)  # training never reads it; a local copy may lack it
         return
     if not get(ORIGINAL, optional=True):
         raise TinytitanError(
@@ -230,7 +235,7 @@ def download_tokenizer(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [out / f for f in HUB_FILES]
+    return [out / f for f in HUB_FILES if (out / f).is_file()]
 
 
 def configure(parser) -> None:
