@@ -28,3 +28,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def llama3_model():
+    """Meta's Llama 3 ``tokenizer.model`` (tiktoken ranks) as shipped by the llama-models package."""
+    from importlib.resources import files
+    from pathlib import Path
+
+    return Path(str(files("llama_models") / "llama3" / "tokenizer.model"))
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer(llama3_model, tmp_path_factory):
+    """The real 128,256-token Llama 3 tokenizer folder, converted once per session (~8 s)."""
+    from tinytitan.tokenizer_convert import convert_tokenizer
+
+    out = tmp_path_factory.mktemp("llama3") / "tokenizer"
+    convert_tokenizer(llama3_model, out, log=lambda _: None)
+    return out

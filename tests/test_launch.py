@@ -40,6 +40,18 @@ def test_missing_tokenizer_folder_names_the_download_command(tmp_path):
     assert "tinytitan download-tokenizer --repo-id meta-llama/Meta-Llama-3-8B" in proc.stderr
 
 
+def test_a_folder_with_only_the_tiktoken_file_names_the_convert_command(tmp_path):
+    """The seed's `download_tokenizer.py --tokenizer_path original` leaves only original/tokenizer.model."""
+    (tmp_path / "llama3" / "original").mkdir(parents=True)
+    (tmp_path / "llama3" / "original" / "tokenizer.model").write_text("IQ== 0\n")
+    proc = run_launcher({}, "--model.hf_assets_path", str(tmp_path / "llama3"))
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "Traceback" not in proc.stderr
+    model = tmp_path / "llama3" / "original" / "tokenizer.model"
+    assert f"tinytitan convert-tokenizer {model} --out {tmp_path / 'llama3'}" in err[0]
+    assert "torch.distributed.run" not in proc.stdout
+
+
 def test_big_configs_fail_at_start_without_the_llama3_tokenizer():
     if (REPO / "assets/tokenizer/llama3/tokenizer.json").exists():
         pytest.skip("the Llama 3 tokenizer is present on this machine")

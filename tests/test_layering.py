@@ -19,7 +19,7 @@ PACKAGE = REPO / "tinytitan"
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("config", "folders", "hf_token", "device", "models"),
-    ("tokenizer",),
+    ("tokenizer", "tokenizer_convert"),
     ("data", "checkpoint"),
     ("export",),
     ("hub",),

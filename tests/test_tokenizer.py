@@ -115,3 +115,34 @@ def test_a_malformed_repo_id_is_refused_before_any_request(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--repo-id 'bad repo' is not a Hub repo id" in err and err.count("\n") == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_repo_or_folder_with_only_the_tiktoken_file_is_converted(tmp_path, llama3_model, capsys):
+    """The seed's `--tokenizer_path original` layout, from the Hub and from a local copy."""
+
+    def only_original(*, repo_id, filename, local_dir, token):
+        if filename != "original/tokenizer.model":
+            raise ServerError(404)
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(llama3_model, target)
+        return str(target)
+
+    download_tokenizer("org/model", tmp_path / "hub", client=only_original)
+    assert load_tokenizer(tmp_path / "hub").vocab_size == 128256
+    local = tmp_path / "seed" / "original"
+    local.mkdir(parents=True)
+    shutil.copyfile(llama3_model, local / "tokenizer.model")
+    assert main(["download-tokenizer", "--repo-id", str(local.parent), "--out", str(tmp_path / "local")]) == 0
+    assert (tmp_path / "local" / "tokenizer.json").read_bytes() == (tmp_path / "hub" / "tokenizer.json").read_bytes()
+    assert "has no tokenizer.json: converting original/tokenizer.model" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hub", "local", "seed"]
+
+
+def test_a_local_folder_missing_a_file_is_named(tmp_path, capsys):
+    (tmp_path / "copy").mkdir()
+    shutil.copyfile(EMBEDDED_TOKENIZER / "tokenizer.json", tmp_path / "copy" / "tokenizer.json")
+    assert main(["download-tokenizer", "--repo-id", str(tmp_path / "copy"), "--out", str(tmp_path / "tok")]) == 2
+    err = capsys.readouterr().err
+    assert f"folder {tmp_path / 'copy'} has no tokenizer_config.json" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]

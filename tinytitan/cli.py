@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("tinytitan.launch", "train with torchrun (GPU nodes, or CPU processes without a GPU)"),
     "models": ("tinytitan.models", "list the model flavors: shapes, parameters, FLOPs"),
     "download-tokenizer": ("tinytitan.tokenizer", "fetch the Llama 3 tokenizer from the Hugging Face Hub"),
+    "convert-tokenizer": ("tinytitan.tokenizer_convert", "Meta's original/tokenizer.model -> a tokenizer.json folder"),
     "data": ("tinytitan.data.cli", "prepare token shards, benchmark the data loader"),
     "checkpoint": ("tinytitan.checkpoint.cli", "inspect or upgrade DCP checkpoints"),
     "export": ("tinytitan.export.cli", "convert a checkpoint to Hugging Face / Meta format, verified"),

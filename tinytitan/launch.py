@@ -75,7 +75,7 @@ def check_launch_env(env: Mapping[str, str], nproc: int) -> None:
             )
 
 
-def check_job_config(job_config) -> None:
+def check_job_config(job_config, world_size: int | None = None) -> None:
     """Everything that can be checked before a process starts."""
     from tinytitan.models import FLAVORS
     from tinytitan.register import SPEC_NAME
@@ -90,7 +90,7 @@ def check_job_config(job_config) -> None:
         _check_vocab(job_config, load_tokenizer(job_config.model.hf_assets_path).vocab_size)
     from tinytitan.data.preflight import validate_data_config
 
-    validate_data_config(job_config)
+    validate_data_config(job_config, world_size)
 
 
 def _check_vocab(job_config, vocab: int) -> None:
@@ -142,7 +142,7 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     nproc = resolve_nproc(env, gpus)
     check_launch_env(env, nproc)
     job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
-    check_job_config(job_config)
+    check_job_config(job_config, world_size=nproc * int(env.get("NNODES") or 1))
     config_file = job_config.job.config_file
     cmd = torchrun_command(nproc, training_args(config_file, overrides), env)
     where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"

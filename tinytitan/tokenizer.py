@@ -17,7 +17,14 @@ LLAMA3_REPO_ID = "meta-llama/Meta-Llama-3-8B"
 
 def check_tokenizer_dir(path: str | os.PathLike) -> Path:
     """Fail early, with the command that fixes it, when a tokenizer folder is missing."""
+    from tinytitan.tokenizer_convert import ORIGINAL, convert_command
+
     folder = Path(path)
+    if not (folder / "tokenizer.json").is_file() and (folder / ORIGINAL).is_file():
+        raise TinytitanError(
+            f"tokenizer folder {folder} has only {ORIGINAL} (Meta's tiktoken file): convert it with "
+            f"`{convert_command(folder / ORIGINAL, folder)}`"
+        )
     if not (folder / "tokenizer.json").is_file():
         raise TinytitanError(
             f"tokenizer folder {folder} has no tokenizer.json: run "
@@ -42,11 +49,25 @@ class LoadedTokenizer:
     vocab_size: int  # with the added (special) tokens: the embedding rows it needs
 
     def encode(self, text: str) -> list[int]:
-        """Ids without special tokens, as the data loader encodes a document's body."""
+        """Ids without special tokens, as the data loader encodes a document's body
+        (special-token strings in ``text`` are plain text: see ``plain_special_tokens``)."""
         return self.tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids)
+
+
+def plain_special_tokens(tok) -> None:
+    """Makes ``tok`` read special-token strings in text (``<|eot_id|>``) as plain text, as training does.
+
+    Deliberate: a document that quotes ``<|eot_id|>`` (code, chat logs, docs about Llama)
+    is text, and must not end a document or inject a control token mid-stream. This is
+    Meta's ``encode_ordinary``; BOS/EOS come only from the loader's packing. A Hugging
+    Face tokenizer loaded from the same files (``AutoTokenizer``) parses such strings into
+    the special ids instead; see docs/data.md.
+    """
+    if hasattr(tok, "encode_special_tokens"):  # tokenizers >= 0.15
+        tok.encode_special_tokens = True
 
 
 def _special_id(tok, config: dict, kind: str, default: str) -> int | None:
@@ -77,6 +98,7 @@ def load_tokenizer(path: str | os.PathLike) -> LoadedTokenizer:
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     except json.JSONDecodeError as e:
         raise TinytitanError(f"{config_path} is not valid JSON ({e}): fix or download it again") from None
+    plain_special_tokens(tok)
     bos = _special_id(tok, config, "bos", "<|begin_of_text|>")
     eos = _special_id(tok, config, "eos", "<|end_of_text|>")
     if bos is None or eos is None:
@@ -114,6 +136,11 @@ def _download_error(e: BaseException, repo_id: str, filename: str, token: str | 
     if isinstance(e, RepositoryNotFoundError):
         hint = "set HF_TOKEN or run `hf auth login`" if not token else "check the repo id and the token's access"
         return TinytitanError(f"repo {repo_id} not found or not visible without a token: {hint}")
+    if isinstance(e, FileNotFoundError):  # a local folder given as --repo-id
+        return TinytitanError(
+            f"folder {repo_id} has no {filename}: give a folder laid out like the Hub repo "
+            "(tokenizer.json, tokenizer_config.json, original/tokenizer.model)"
+        )
     status = _http_status(e)
     if status is not None:
         if status >= 500:
@@ -131,44 +158,95 @@ def _download_error(e: BaseException, repo_id: str, filename: str, token: str | 
     )
 
 
+def _missing(e: BaseException) -> bool:
+    """The repo answered that it has no such file (as opposed to refusing or failing)."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    return isinstance(e, (EntryNotFoundError, FileNotFoundError)) or _http_status(e) == 404
+
+
+def _local_client(folder: Path):
+    """``hf_hub_download``'s keywords, served from a local folder (a copy of a Hub repo)."""
+
+    def fetch(*, repo_id, filename, local_dir, token):
+        source = folder / filename
+        if not source.is_file():
+            raise FileNotFoundError(str(source))
+        target = Path(local_dir) / filename
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        return str(target)
+
+    return fetch
+
+
+def _fetch_into(download, repo_id: str, tmp: Path, token: str | None) -> None:
+    """The Hub files into ``tmp``; a repo with only ``original/tokenizer.model`` is converted."""
+    from tinytitan.tokenizer_convert import ORIGINAL, write_converted
+
+    def get(filename: str, optional: bool = False) -> bool:
+        try:
+            download(repo_id=repo_id, filename=filename, local_dir=str(tmp), token=token)
+            return True
+        except (OSError, ConnectionError) as e:  # HfHubHTTPError and the entry errors are OSErrors
+            if optional and _missing(e):
+                return False
+            raise _download_error(e, repo_id, filename, token) from None
+
+    if get("tokenizer.json", optional=True):
+        get("tokenizer_config.json")
+        get(ORIGINAL, optional=True)  # training never reads it; a local copy may lack it
+        return
+    if not get(ORIGINAL, optional=True):
+        raise TinytitanError(
+            f"{repo_id} has neither tokenizer.json nor {ORIGINAL}: choose a repo (or folder) with a Llama 3 tokenizer"
+        )
+    print(f"{repo_id} has no tokenizer.json: converting {ORIGINAL} (Meta's tiktoken file)", flush=True)
+    write_converted(tmp / ORIGINAL, tmp)
+
+
 def download_tokenizer(
     repo_id: str, out: Path, token: str | None = None, client=None, force: bool = False
 ) -> list[Path]:
-    """Fetches the tokenizer files of a (gated) Hub repo into ``out``, all or nothing.
+    """Fetches the tokenizer files of a (gated) Hub repo, or a local copy of one, into ``out``, all or nothing.
 
     The files land in a temporary folder beside ``out``, are loaded once (BOS/EOS
     must be found), and only then renamed into place: a failed download leaves
-    ``out`` as it was. ``client`` replaces ``hf_hub_download`` (same keywords).
+    ``out`` as it was. A source with only ``original/tokenizer.model`` (the seed's
+    ``--tokenizer_path original``) is converted (``tinytitan convert-tokenizer``).
+    ``client`` replaces ``hf_hub_download`` (same keywords).
     """
     from huggingface_hub import hf_hub_download
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     from tinytitan.folders import check_output_folder, make_temp_dir, replace_folder
 
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise TinytitanError(f"--repo-id {repo_id!r} is not a Hub repo id: write it as org/name") from None
     out = Path(out)
-    check_output_folder(out, [], force)
-    download = client or hf_hub_download
+    local = Path(repo_id) if client is None and Path(repo_id).is_dir() else None
+    if local is None:
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError:
+            raise TinytitanError(
+                f"--repo-id {repo_id!r} is not a Hub repo id nor a folder: write it as org/name or give an existing folder"
+            ) from None
+    check_output_folder(out, [("the source folder", local)] if local else [], force)
+    download = _local_client(local) if local else (client or hf_hub_download)
     tmp = make_temp_dir(out)
     try:
-        for filename in HUB_FILES:
-            try:
-                download(repo_id=repo_id, filename=filename, local_dir=str(tmp), token=token)
-            except (OSError, ConnectionError) as e:  # HfHubHTTPError and the entry errors are OSErrors
-                raise _download_error(e, repo_id, filename, token) from None
+        _fetch_into(download, repo_id, tmp, token)
         load_tokenizer(tmp)
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return [out / f for f in HUB_FILES]
+    return [out / f for f in HUB_FILES if (out / f).is_file()]
 
 
 def configure(parser) -> None:
-    parser.add_argument("--repo-id", default=LLAMA3_REPO_ID, help=f"Hub model repo (default {LLAMA3_REPO_ID})")
+    parser.add_argument(
+        "--repo-id", default=LLAMA3_REPO_ID, help=f"Hub model repo or a local copy of one (default {LLAMA3_REPO_ID})"
+    )
     parser.add_argument("--out", type=Path, default=Path("assets/tokenizer/llama3"), help="folder to write")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
 

@@ -8,6 +8,7 @@ from itertools import chain
 import numpy as np
 
 from tinytitan.errors import TinytitanError
+from tinytitan.tokenizer import plain_special_tokens
 
 TOKEN_DTYPE = np.uint32  # the Llama 3 vocabulary (128256) does not fit in uint16
 
@@ -17,6 +18,7 @@ class Encoder:
 
     ``encode_docs`` returns one flat uint32 array ``BOS doc0 EOS BOS doc1 EOS ...`` and the
     start offset of every document. Pickles to the tokenizer JSON, for loader workers.
+    Special-token strings inside a document are plain text (``plain_special_tokens``).
     """
 
     def __init__(self, tokenizer, bos_id: int | None = None, eos_id: int | None = None):
@@ -33,6 +35,8 @@ class Encoder:
                 "with bos_token '<|begin_of_text|>' and eos_token '<|end_of_text|>'"
             )
         self._fast = raw is not None and hasattr(raw, "encode_batch_fast")
+        if raw is not None:
+            plain_special_tokens(raw)
 
     # -- pickling for worker processes
     def __getstate__(self):
@@ -47,6 +51,7 @@ class Encoder:
             from tokenizers import Tokenizer
 
             state["_raw"] = Tokenizer.from_str(state["_raw"])
+            plain_special_tokens(state["_raw"])  # a runtime flag: to_str() does not carry it
         self.__dict__.update(state)
 
     def fingerprint(self) -> str:
@@ -56,7 +61,7 @@ class Encoder:
         else:
             blob = repr(sorted(self._fallback.get_vocab().items())) if hasattr(self._fallback, "get_vocab") else ""
         h = hashlib.sha256(blob.encode())
-        h.update(f"|bos={self.bos_id}|eos={self.eos_id}".encode())
+        h.update(f"|bos={self.bos_id}|eos={self.eos_id}|special-token strings=plain text".encode())
         return h.hexdigest()
 
     def ids(self, texts: list[str]) -> list[list[int]]:
