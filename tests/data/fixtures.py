@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,18 +176,29 @@ def sources(c: Corpus, *, sp_weight=0.7, sc_weight=0.3, **extra) -> list[dict]:
     ]
 
 
+_BASE_CONFIG = None
+
+
 def job_config(c: Corpus, *, batch=4, seq_len=64, workers=0, data_overrides=None, source_list=None):
+    """A real JobConfig (torchtitan's ConfigManager + tinytitan's sections) pointed at the corpus."""
+    import copy
+
+    from tinytitan.config import load_job_config
     from tinytitan.data.config import Data
 
+    global _BASE_CONFIG
+    if _BASE_CONFIG is None:
+        _BASE_CONFIG = load_job_config(None, [])  # the debug config, parsed once per session
+    cfg = copy.deepcopy(_BASE_CONFIG)
     data = dict(seed=1234, lanes=8, sources=source_list if source_list is not None else sources(c))
     data.update(data_overrides or {})
-    dl = types.SimpleNamespace(num_workers=workers, prefetch_factor=None)
-    return types.SimpleNamespace(
-        data=Data(**data),
-        training=types.SimpleNamespace(local_batch_size=batch, seq_len=seq_len, dataloader=dl),
-        model=types.SimpleNamespace(hf_assets_path=str(c.tokenizer)),
-        validation=types.SimpleNamespace(local_batch_size=batch, seq_len=seq_len, steps=2, freq=5),
-    )
+    cfg.data = Data(**data)
+    cfg.training.local_batch_size, cfg.training.seq_len = batch, seq_len
+    cfg.training.dataloader.num_workers, cfg.training.dataloader.prefetch_factor = workers, None
+    cfg.model.hf_assets_path = str(c.tokenizer)
+    cfg.validation.local_batch_size, cfg.validation.seq_len = batch, seq_len
+    cfg.validation.steps, cfg.validation.freq = 2, 5
+    return cfg
 
 
 def tokenizer(c: Corpus):

@@ -388,7 +388,7 @@ def build_dataloader(*, dp_world_size: int, dp_rank: int, tokenizer, job_config,
     """TrainSpec.build_dataloader_fn: the [data] mixture for this dp rank."""
     data = data_config(job_config)
     training = job_config.training
-    dl = getattr(training, "dataloader", None)
+    dl = training.dataloader
     plan = make_plan(data, tokenizer)
     started = time.perf_counter()
     loader = MixtureDataLoader(
@@ -398,9 +398,9 @@ def build_dataloader(*, dp_world_size: int, dp_rank: int, tokenizer, job_config,
         dp_world_size=dp_world_size,
         batch_size=training.local_batch_size,
         seq_len=training.seq_len,
-        num_workers=getattr(dl, "num_workers", 0) if dl is not None else 0,
-        prefetch_factor=getattr(dl, "prefetch_factor", None) if dl is not None else None,
-        pin_memory=getattr(dl, "pin_memory", False) if dl is not None else False,
+        num_workers=dl.num_workers,
+        prefetch_factor=dl.prefetch_factor,
+        pin_memory=dl.pin_memory,
     )
     logger.info(
         "data: %s format, %s, %d lanes per source, %d readers, planned in %.2fs",

@@ -98,8 +98,7 @@ def data_readers(job_config, world_size: int) -> int:
     p = job_config.parallelism
     model_ranks = max(1, p.tensor_parallel_degree) * max(1, p.pipeline_parallel_degree)
     model_ranks *= max(1, p.context_parallel_degree)
-    dl = getattr(job_config.training, "dataloader", None)
-    workers = max(1, int(getattr(dl, "num_workers", 0) or 0))
+    workers = max(1, job_config.training.dataloader.num_workers)
     return max(1, world_size // model_ranks) * workers
 
 
@@ -170,9 +169,8 @@ def validate_data_config(job_config, world_size: int | None = None) -> None:
     """
     data = data_config(job_config)
     files = validate_sources(data, check_files=data.format == "text")
-    training = getattr(job_config, "training", None)
-    if training is not None and training.seq_len < 1:
-        raise TinytitanError(f"training.seq_len = {training.seq_len}; it must be positive")
+    if job_config.training.seq_len < 1:
+        raise TinytitanError(f"training.seq_len = {job_config.training.seq_len}; it must be positive")
     if data.format == "tokens":
         from tinytitan.data.shards import check_prepared
 
