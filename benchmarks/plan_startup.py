@@ -45,7 +45,7 @@ def timed(fn):
 
 def main() -> int:
     from tinytitan.data.config import Data, validate_sources
-    from tinytitan.data.loader import make_plan
+    from tinytitan.data.planner import make_plan
     from tinytitan.data.preflight import probe_sources
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -13,6 +13,6 @@ def corpus(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def fresh_plans():
     """Each test lists its files anew, as a new process would (make_plan caches per process)."""
-    from tinytitan.data.loader import forget_plans
+    from tinytitan.data.planner import forget_plans
 
     forget_plans()

@@ -144,7 +144,7 @@ def test_resuming_with_changed_weights_warns_once_and_continues(corpus, caplog):
 
 def test_the_loader_and_the_validator_share_one_plan(corpus):
     from tests.data.fixtures import job_config
-    from tinytitan.data.loader import make_plan
+    from tinytitan.data.planner import make_plan
 
     data = job_config(corpus).data
     assert make_plan(data) is make_plan(data)  # listed once per process

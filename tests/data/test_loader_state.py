@@ -7,8 +7,8 @@ import json
 import pytest
 
 from tests.data.fixtures import loader, make_corpus, sources
-from tinytitan.data.loader import forget_plans
 from tinytitan.data.loader_state import STATE_KEY, STATE_VERSION
+from tinytitan.data.planner import forget_plans
 from tinytitan.errors import TinytitanError
 
 

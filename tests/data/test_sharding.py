@@ -8,8 +8,9 @@ import numpy as np
 import torch
 
 from tests.data.fixtures import doc_ids, job_config, loader, row_sources
-from tinytitan.data.loader import make_plan, merge_rank_states
+from tinytitan.data.loader import merge_rank_states
 from tinytitan.data.plan import lane_parts
+from tinytitan.data.planner import make_plan
 
 
 def windows(batch) -> torch.Tensor:

@@ -15,8 +15,6 @@ checks before a resume are in ``tinytitan.data.loader_state``; this module produ
 from __future__ import annotations
 
 import atexit
-import dataclasses
-import json
 import logging
 import multiprocessing as mp
 import os
@@ -29,10 +27,11 @@ import numpy as np
 import torch
 from torchtitan.components.dataloader import BaseDataLoader
 
-from tinytitan.data.config import Data, data_config, validate_sources
+from tinytitan.data.config import Data, data_config
 from tinytitan.data.loader_state import check_fingerprint, dump_state, load_state, merge_states, warn_on_weight_change
 from tinytitan.data.mixture import Reader, Sampler, fresh_lane_state, lane_stats
-from tinytitan.data.plan import MixturePlan, build_plan
+from tinytitan.data.plan import MixturePlan
+from tinytitan.data.planner import make_plan
 from tinytitan.data.tok import Encoder
 from tinytitan.data.workers import Schedule, make_backend, worker_main
 from tinytitan.errors import TinytitanError
@@ -358,30 +357,6 @@ def backend_spec(data: Data, tokenizer) -> dict:
     if tokenizer is None:
         raise TinytitanError("data.format = 'text' needs a tokenizer; set model.hf_assets_path to a tokenizer folder")
     return {"format": "text", "encoder": Encoder(tokenizer), "budget": data.encode_batch_bytes}
-
-
-_TEXT_PLANS: dict[str, MixturePlan] = {}  # per process: the loader and the validator share one listing
-
-
-def forget_plans() -> None:
-    """Drops the cached text plans: for one process that builds loaders over files that change (tests)."""
-    _TEXT_PLANS.clear()
-
-
-def make_plan(data: Data, tokenizer=None) -> MixturePlan:
-    """The mixture plan; a text plan (listing every file, reading parquet footers) is built once per process.
-
-    With SlimPajama's ~59k files the listing is the slow part of a rank's start (docs/data.md);
-    the validator and the loader of one rank get the same plan object.
-    """
-    if data.format == "tokens":
-        from tinytitan.data.shards import plan_from_prepared
-
-        return plan_from_prepared(data, tokenizer)
-    key = json.dumps(dataclasses.asdict(data), sort_keys=True, default=str)
-    if key not in _TEXT_PLANS:
-        _TEXT_PLANS[key] = build_plan(data, validate_sources(data))
-    return _TEXT_PLANS[key]
 
 
 def build_dataloader(*, dp_world_size: int, dp_rank: int, tokenizer, job_config, **kwargs) -> MixtureDataLoader:

@@ -154,7 +154,7 @@ class MixtureValidator(Validator):
         v = job_config.validation
         self.batch_size, self.seq_len, self.steps = v.local_batch_size, v.seq_len, v.steps
         self.encoder = Encoder(tokenizer) if self.data.format == "text" else None
-        from tinytitan.data.loader import make_plan
+        from tinytitan.data.planner import make_plan
 
         self.plan = make_plan(self.data, tokenizer)  # the loader's plan: the files are not listed again
         self.sources = [

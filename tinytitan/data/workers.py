@@ -35,7 +35,7 @@ def make_backend(spec: dict):
         from tinytitan.data.shards import TokensBackend
 
         return TokensBackend(spec["prepared_dir"])
-    from tinytitan.data.mixture import TextBackend
+    from tinytitan.data.text_backend import TextBackend
 
     return TextBackend(spec["encoder"], spec["budget"])
 
