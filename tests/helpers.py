@@ -10,6 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG_CONFIG = REPO / "train_configs" / "llama3_debug.toml"
+N = 4  # checkpoint interval of the `uninterrupted` fixture, which trains 2N steps
 
 
 def small_run_overrides(dump_folder: Path, steps: int, interval: int, *, log_freq: int = 1) -> list[str]:
@@ -61,3 +62,22 @@ def read_metrics(dump_folder: Path) -> list[dict]:
 def train_losses(dump_folder: Path) -> dict[int, float]:
     """step -> loss; a resumed run's later rows win over a killed run's."""
     return {row["step"]: row["loss"] for row in read_metrics(dump_folder) if "loss" in row}
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below pid (torchrun starts its workers in new sessions, so killpg misses them)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
