@@ -24,6 +24,7 @@ LAUNCHER_ENV = "TINYTITAN_LAUNCHER_PID"
 PREEMPTED_EXIT_CODE = 75  # sysexits' EX_TEMPFAIL: "try again later", i.e. requeue me
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 PREEMPT_REQUEST = "preempt-requested"
+DUPLICATE_WINDOW_S = 2.0  # signals closer than this to the first are copies of it, not a second request
 _PR_SET_PDEATHSIG = 1
 
 

@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 
 from tinytitan import faults
+from tinytitan.faults import DUPLICATE_WINDOW_S
 
-DUPLICATE_WINDOW_S = 2.0
 _TORCHRUN_GRACE_S = 1.0  # how long a SIGTERM waits for the launcher's request note
 
 

@@ -8,7 +8,8 @@
   launcher then exits with ``PREEMPTED_EXIT_CODE``. torchrun itself ignores these two
   signals: its own forwarding would SIGKILL the ranks 30 s later, mid-checkpoint, and
   a second copy (SLURM signals every process of a step) would abort its shutdown.
-- SIGINT goes to torchrun, which stops the ranks at once. Any second signal kills all.
+- SIGINT goes to torchrun, which stops the ranks at once. A second signal, more than
+  ``DUPLICATE_WINDOW_S`` after the first, kills all (closer ones are copies of the first).
 - A rank that dies: torchrun restarts the group (``--max-restarts``); the launcher
   names the rank, its exit code or signal, and the step each rank had reached.
 - Every rank failing with a ``TinytitanError``: that one line, not torchrun's report.
@@ -29,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tinytitan import faults
+from tinytitan.faults import DUPLICATE_WINDOW_S
 
 FAILURE_LINE = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
 RANK_PREFIX = re.compile(r"^\[(?:default|rank)\d+\]:")
@@ -58,6 +60,7 @@ class Supervisor:
         self.proc: subprocess.Popen | None = None
         self.failures = 0
         self.signals: list[int] = []
+        self.first_signal_at = 0.0
         self.held: list[str] = []  # torchrun's closing report, shown only if it says more than we do
         self.holding = False
         self.signalled_pids: set[int] = set()
@@ -100,8 +103,13 @@ class Supervisor:
 
     # ---- signals to the launcher ----
     def _on_signal(self, signum: int, _frame) -> None:
-        self.signals.append(signum)
         name = signal.Signals(signum).name
+        now = time.monotonic()
+        if self.signals and now - self.first_signal_at < DUPLICATE_WINDOW_S:
+            return  # the same request twice: SLURM signals every process of a step, and srun forwards
+        if not self.signals:
+            self.first_signal_at = now
+        self.signals.append(signum)
         if len(self.signals) > 1:
             print(f"tinytitan: {name} again: stopping every rank now", file=sys.stderr, flush=True)
             self._kill_all()

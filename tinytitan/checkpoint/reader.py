@@ -116,7 +116,9 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
         )
     listed = ", ".join(str(s) for s in sorted(steps))
     if step is None:
-        raise TinytitanError(f"{path} holds the checkpoints of steps {listed}: add --step N or --step latest")
+        raise TinytitanError(
+            f"{path} holds the checkpoints of steps {listed}: add --step N or --step latest (or --all to list them)"
+        )
     if step == "latest":
         return steps[max(steps)]
     try:
