@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+from tinytitan.faults import die_with_parent
 
 NODES = ("nodeA", "nodeB")
 
@@ -80,7 +83,8 @@ class Cluster:
 
     def _daemon(self, cmd: list[str]) -> None:
         log = open(self.root / f"{Path(cmd[0]).name}-{len(self.procs)}.out", "w")
-        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT))
+        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                           preexec_fn=lambda: die_with_parent(signal.SIGTERM)))  # fmt: skip
 
     def idle_nodes(self) -> int:
         out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, capture_output=True, text=True)

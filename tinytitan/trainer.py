@@ -11,6 +11,7 @@ Faults are handled at the one place torchtitan calls between steps,
 from __future__ import annotations
 
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 from torchtitan.components.checkpoint import AsyncMode
 from torchtitan.tools.logging import logger
 from torchtitan.train import Trainer
@@ -37,7 +38,7 @@ class TinyTrainer(Trainer):
     def train(self):
         try:
             super().train()
-        except Exception as e:
+        except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
             error = disk_full_error(e, self.checkpointer.folder)
             if error is not None:
                 raise error from e
@@ -72,7 +73,7 @@ class TinyTrainer(Trainer):
                 ckpt.dcp_save(
                     states, checkpoint_id=folder, async_mode=AsyncMode.DISABLED, enable_garbage_collection=True
                 )
-            except Exception as e:
+            except (Exception, CheckpointException) as e:
                 error = disk_full_error(e, ckpt.folder)
                 raise (error or e) from e
         dist.barrier(group=self.agreement.group)  # every rank's files are written

@@ -40,16 +40,18 @@ def test_inspect_reports_a_truncated_distcp_and_lists_every_step(uninterrupted, 
     assert "no .metadata" in rows[99]["problem"]
 
 
-def test_purge_keeps_the_last_complete_checkpoint_when_newer_folders_are_partial(uninterrupted, tmp_path):
-    """torchtitan 0.2.2 would keep only step-100 here (it counts every step-N folder)."""
+def test_purge_keeps_the_last_complete_checkpoints_when_newer_folders_are_partial(uninterrupted, tmp_path):
+    """torchtitan 0.2.2 would keep only step-100 and step-200 here: it counts every step-N folder."""
     ckpt = tmp_path / "checkpoint"
-    shutil.copytree(uninterrupted / "checkpoint" / f"step-{N}", ckpt / f"step-{N}")
-    partial_copy(uninterrupted / "checkpoint" / f"step-{N}", ckpt / "step-100")
-    overrides = [*small_run_overrides(tmp_path, steps=2 * N, interval=N), "--checkpoint.keep_latest_k", "1"]
+    for name in ("step-1", f"step-{N}"):
+        shutil.copytree(uninterrupted / "checkpoint" / f"step-{N}", ckpt / name)
+    for name in ("step-100", "step-200"):
+        partial_copy(uninterrupted / "checkpoint" / f"step-{N}", ckpt / name)
+    overrides = [*small_run_overrides(tmp_path, steps=2 * N, interval=N), "--checkpoint.keep_latest_k", "2"]
     proc = launch(overrides)
     assert f"Training starts at step {N + 1}" in proc.stdout + proc.stderr
     left = {step: folder_problem(path) is None for step, path in step_folders(ckpt)}
-    assert left == {2 * N: True, 100: False}  # step-N purged, the newest complete kept, the partial left alone
+    assert left == {N: True, 2 * N: True, 100: False, 200: False}  # only the oldest complete one went
 
 
 def test_purge_deletes_older_complete_and_partial_folders_only(tmp_path):
