@@ -101,6 +101,21 @@ def check_job_config(job_config) -> None:
     validate_data_config(job_config)
 
 
+def check_async_checkpoint(job_config, gpus: int, torch_version: str) -> None:
+    """async_with_pinned_mem stages into CUDA pinned memory, and torch 2.11 crashes on its second save."""
+    if job_config.checkpoint.async_mode != "async_with_pinned_mem":
+        return
+    if not gpus:
+        raise TinytitanError(
+            "[checkpoint] async_mode = 'async_with_pinned_mem' needs a GPU (pinned memory): use 'async' or 'disabled'"
+        )
+    if torch_version.startswith("2.11."):
+        raise TinytitanError(
+            f"[checkpoint] async_mode = 'async_with_pinned_mem' crashes on the second save with torch {torch_version} "
+            "(torchtitan#3476, pytorch#183413): use async_mode = 'async'"
+        )
+
+
 def _check_vocab(job_config, vocab: int) -> None:
     from tinytitan.models import FLAVORS
 
@@ -160,6 +175,9 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     check_launch_env(env, nproc)
     job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
     check_job_config(job_config)
+    import torch
+
+    check_async_checkpoint(job_config, gpus, torch.__version__)
     config_file = job_config.job.config_file
     restarts = max_restarts(env, gpus)
     cmd = torchrun_command(nproc, training_args(config_file, overrides), env, restarts)
