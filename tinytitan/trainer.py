@@ -17,8 +17,9 @@ from torchtitan.tools.logging import logger
 from torchtitan.train import Trainer
 
 from tinytitan import device, faults
-from tinytitan.checkpoint.completeness import disk_full_error, purge_checkpoints
+from tinytitan.checkpoint.completeness import METADATA, disk_full_error, folder_problem, purge_checkpoints, step_folders
 from tinytitan.config import resolve_job_paths
+from tinytitan.errors import TinytitanError
 from tinytitan.preemption import StepAgreement, StopRequest
 
 
@@ -34,8 +35,10 @@ class TinyTrainer(Trainer):
         self.checkpointer.keep_latest_k = 0  # purged here, see purge_checkpoints
         self.agreement = StepAgreement(job_config.comm.init_timeout_seconds)
         self.preempted_at: int | None = None
+        self.finished_saves: set = set()
 
     def train(self):
+        self._skip_incomplete_checkpoints()
         try:
             super().train()
         except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
@@ -44,13 +47,35 @@ class TinyTrainer(Trainer):
                 raise error from e
             raise
 
+    def _skip_incomplete_checkpoints(self) -> None:
+        """torchtitan resumes from the newest folder with a .metadata; pass over truncated ones."""
+        ckpt = self.checkpointer
+        if not ckpt.enable or self.job_config.checkpoint.load_step != -1:
+            return
+        with_metadata = [(s, p) for s, p in step_folders(ckpt.folder) if (p / METADATA).is_file()]
+        for step, path in reversed(with_metadata):
+            problem = folder_problem(path)
+            if problem is None:
+                if step != with_metadata[-1][0]:
+                    self.job_config.checkpoint.load_step = step
+                return
+            logger.warning(f"Skipping checkpoint {path}: {problem}.")
+        if with_metadata:
+            raise TinytitanError(
+                f"every checkpoint in {ckpt.folder} is incomplete (`tinytitan checkpoint inspect {ckpt.folder} --all`): "
+                "move them away to start afresh, or restore a complete one"
+            )
+
     def should_continue_training(self) -> bool:
         rank = dist.get_rank()
         faults.note_rank(rank, self.step)
         if self.step == 1:
             self.agreement.set_timeout(self.job_config.comm.train_timeout_seconds)
         if rank == 0 and self.keep_latest_k > 0 and self.checkpointer.enable:
-            purge_checkpoints(self.checkpointer.folder, self.keep_latest_k)
+            finished = {p for _, p in step_folders(self.checkpointer.folder) if (p / METADATA).is_file()}
+            if finished != self.finished_saves:  # a save completed: purge (reading .metadata files is not free)
+                self.finished_saves = finished
+                purge_checkpoints(self.checkpointer.folder, self.keep_latest_k)
         if self.preempted_at is None and self.agreement.any(self.stop_request.requested):
             self._save_for_preemption()
             return False

@@ -47,18 +47,27 @@ def test_purge_keeps_the_last_complete_checkpoints_when_newer_folders_are_partia
         shutil.copytree(uninterrupted / "checkpoint" / f"step-{N}", ckpt / name)
     for name in ("step-100", "step-200"):
         partial_copy(uninterrupted / "checkpoint" / f"step-{N}", ckpt / name)
+    truncated = shutil.copytree(uninterrupted / "checkpoint" / f"step-{N}", ckpt / f"step-{N + 2}")
+    victim = sorted(truncated.glob("*.distcp"))[0]
+    with open(victim, "r+b") as f:
+        f.truncate(100)
     overrides = [*small_run_overrides(tmp_path, steps=2 * N, interval=N), "--checkpoint.keep_latest_k", "2"]
     proc = launch(overrides)
-    assert f"Training starts at step {N + 1}" in proc.stdout + proc.stderr
+    log = proc.stdout + proc.stderr
+    assert f"Skipping checkpoint {truncated}: {victim.name} is truncated" in log  # torchtitan would load it
+    assert f"Training starts at step {N + 1}" in log
     left = {step: folder_problem(path) is None for step, path in step_folders(ckpt)}
-    assert left == {N: True, 2 * N: True, 100: False, 200: False}  # only the oldest complete one went
+    # only the oldest complete one went; partial and truncated folders are never counted
+    assert left == {N: True, N + 2: False, 2 * N: True, 100: False, 200: False}
 
 
-def test_purge_deletes_older_complete_and_partial_folders_only(tmp_path):
+def test_purge_deletes_older_complete_and_partial_folders_only(uninterrupted, tmp_path):
+    source = uninterrupted / "checkpoint" / f"step-{N}"
     for step, complete in ((1, True), (2, False), (3, True), (4, True), (5, False)):
-        (tmp_path / f"step-{step}").mkdir()
         if complete:
-            (tmp_path / f"step-{step}" / ".metadata").write_bytes(b"x")
+            shutil.copytree(source, tmp_path / f"step-{step}")
+        else:
+            partial_copy(source, tmp_path / f"step-{step}")
     deleted = purge_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in deleted) == ["step-1", "step-2"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-3", "step-4", "step-5"]

@@ -60,7 +60,7 @@ def purge_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
     flight, and the next save of that step replaces it. Returns what was deleted.
     """
     steps = step_folders(folder)
-    complete = [s for s, p in steps if (p / METADATA).is_file()]
+    complete = [s for s, p in steps if (p / METADATA).is_file() and folder_problem(p) is None]
     if not complete:
         return []
     oldest_kept = complete[-keep:][0]
