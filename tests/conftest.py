@@ -6,9 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers import launch, small_run_overrides
+from tests.helpers import N, launch, small_run_overrides
 
 DEBUG_RUN_STEPS = 20
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory):
+    """2N steps with a checkpoint every N: the reference losses of the resume and fault tests."""
+    dump = tmp_path_factory.mktemp("uninterrupted")
+    launch(small_run_overrides(dump, steps=2 * N, interval=N))
+    return dump
 
 
 @pytest.fixture(scope="session")

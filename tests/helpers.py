@@ -11,6 +11,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG_CONFIG = REPO / "train_configs" / "llama3_debug.toml"
+N = 4  # checkpoint interval of the `uninterrupted` fixture, which trains 2N steps
 
 
 def small_run_overrides(dump_folder: Path, steps: int, interval: int, *, log_freq: int = 1) -> list[str]:
@@ -74,3 +75,22 @@ def tree_digest(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below pid (torchrun starts its workers in new sessions, so killpg misses them)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

@@ -71,7 +71,7 @@ def test_a_truncated_distcp_is_named(truncated_step, tmp_path, command):
     out = tmp_path / "out"
     proc = tinytitan(*(str(c).format(step=truncated_step, out=out) for c in command))
     line = one_line_error(proc)
-    assert "is incomplete: __0_0.distcp has" in line and "bytes its .metadata needs" in line
+    assert "is incomplete: __0_0.distcp is truncated (" in line and "copy it again or use an earlier step" in line
     assert tree_digest(truncated_step) == before and not out.exists()
 
 
@@ -79,7 +79,7 @@ def test_inspect_reports_a_truncated_checkpoint_as_not_resumable(truncated_step)
     proc = tinytitan("checkpoint", "inspect", truncated_step, "--json")
     info = json.loads(proc.stdout)
     assert proc.returncode == 0 and info["complete"] is False and info["resumable"] is False
-    assert info["short_files"][0]["file"] == "__0_0.distcp"
+    assert info["problem"].startswith("__0_0.distcp is truncated")
 
 
 @pytest.fixture

@@ -138,3 +138,26 @@ def test_the_default_config_trains_from_any_folder(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "run" / "checkpoint" / "step-2" / ".metadata").is_file()
     assert list(work.iterdir()) == []  # nothing written where it ran
+
+
+def test_async_with_pinned_memory_is_refused_where_it_cannot_work():
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(checkpoint=SimpleNamespace(async_mode="async_with_pinned_mem"))
+    with pytest.raises(TinytitanError, match="needs a GPU"):
+        launch.check_async_checkpoint(config, gpus=0, torch_version="2.13.0")
+    with pytest.raises(TinytitanError, match="torchtitan#3476"):
+        launch.check_async_checkpoint(config, gpus=8, torch_version="2.11.0+cu128")
+    launch.check_async_checkpoint(config, gpus=8, torch_version="2.13.0+cu128")
+    config.checkpoint.async_mode = "async"
+    launch.check_async_checkpoint(config, gpus=0, torch_version="2.11.0")
+
+
+def test_max_restarts_default_depends_on_gpus_and_is_checked():
+    assert launch.max_restarts({}, gpus=8) == launch.GPU_MAX_RESTARTS
+    assert launch.max_restarts({}, gpus=0) == 0
+    assert launch.max_restarts({"MAX_RESTARTS": "5"}, gpus=0) == 5
+    with pytest.raises(TinytitanError, match="MAX_RESTARTS='x' is not a number"):
+        launch.max_restarts({"MAX_RESTARTS": "x"}, gpus=8)
+    cmd = launch.torchrun_command(2, [], {}, restarts=3)
+    assert "--max-restarts=3" in cmd and "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT" in cmd

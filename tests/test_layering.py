@@ -18,14 +18,14 @@ PACKAGE = REPO / "tinytitan"
 # layer or below, never above. Keep in step with docs/architecture.md.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("config", "folders", "hf_token", "device", "models"),
+    ("config", "folders", "hf_token", "device", "models", "faults"),
     ("tokenizer", "tokenizer_convert"),
     ("data", "checkpoint"),
     ("export",),
     ("hub",),
     ("observe",),
-    ("job_config", "metrics", "register", "trainer", "train"),
-    ("launch",),
+    ("job_config", "metrics", "register", "preemption", "trainer", "train"),
+    ("launch", "supervise"),
     ("bench",),
     ("cli",),
 ]

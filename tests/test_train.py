@@ -10,38 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from torch.distributed.checkpoint import FileSystemReader
 
-from tests.helpers import DEBUG_CONFIG, REPO, launch, read_metrics, small_run_overrides, train_losses
-
-N = 4  # checkpoint interval; runs train 2N steps
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    dump = tmp_path_factory.mktemp("uninterrupted")
-    launch(small_run_overrides(dump, steps=2 * N, interval=N))
-    return dump
-
-
-def descendants(pid: int) -> list[int]:
-    """All processes below pid (torchrun starts its workers in new sessions, so killpg misses them)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
+from tests.helpers import DEBUG_CONFIG, REPO, N, descendants, launch, read_metrics, small_run_overrides, train_losses
 
 
 def kill_after_checkpoint(overrides: list[str], checkpoint: Path, timeout: float = 300) -> None:

@@ -5,20 +5,27 @@ visible GPUs, or 2 processes on a CPU-only machine), ``CONFIG_FILE`` (default:
 the debug config), ``LOG_RANK`` (default 0), and for several nodes ``NNODES``,
 ``NODE_RANK``, ``MASTER_ADDR``, ``MASTER_PORT`` (c10d rendezvous). Arguments
 after the config pass through to torchtitan as overrides.
+
+``MAX_RESTARTS`` (or ``--max-restarts``): how often torchrun restarts every rank
+after one fails; each restart resumes from the newest complete checkpoint. Default
+3 with GPUs: Xid errors, a one-off out-of-memory or a lost node usually clear on a
+restart, while a bug fails again within minutes, so 3 bounds the waste. Default 0
+without a GPU (development: fail fast). tinytitan.supervise handles the signals.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tinytitan.config import DEFAULT_CONFIG, load_job_config, training_args
 from tinytitan.errors import TinytitanError, run_guarded
+from tinytitan.supervise import Supervisor
 
 CPU_PROCESSES = 2  # FSDP needs at least two ranks to shard anything
+GPU_MAX_RESTARTS = 3
 
 
 def visible_gpus() -> int:
@@ -68,6 +75,7 @@ def check_launch_env(env: Mapping[str, str], nproc: int) -> None:
     if env.get("NODE_RANK"):
         env_int(env, "NODE_RANK", 0, 0, nnodes - 1)
     env_int(env, "MASTER_PORT", 29500, 1, 65535)
+    env_int(env, "MAX_RESTARTS", 0, 0, 1000)
     for part in (env.get("LOG_RANK") or "0").split(","):
         if not part.strip().isdigit() or int(part) >= nproc:
             raise TinytitanError(
@@ -93,6 +101,21 @@ def check_job_config(job_config, world_size: int | None = None) -> None:
     validate_data_config(job_config, world_size)
 
 
+def check_async_checkpoint(job_config, gpus: int, torch_version: str) -> None:
+    """async_with_pinned_mem stages into CUDA pinned memory, and torch 2.11 crashes on its second save."""
+    if job_config.checkpoint.async_mode != "async_with_pinned_mem":
+        return
+    if not gpus:
+        raise TinytitanError(
+            "[checkpoint] async_mode = 'async_with_pinned_mem' needs a GPU (pinned memory): use 'async' or 'disabled'"
+        )
+    if torch_version.startswith("2.11."):
+        raise TinytitanError(
+            f"[checkpoint] async_mode = 'async_with_pinned_mem' crashes on the second save with torch {torch_version} "
+            "(torchtitan#3476, pytorch#183413): use async_mode = 'async'"
+        )
+
+
 def _check_vocab(job_config, vocab: int) -> None:
     from tinytitan.models import FLAVORS
 
@@ -105,8 +128,14 @@ def _check_vocab(job_config, vocab: int) -> None:
         )
 
 
-def torchrun_command(nproc: int, args: Sequence[str], env: Mapping[str, str]) -> list[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+def max_restarts(env: Mapping[str, str], gpus: int) -> int:
+    return env_int(env, "MAX_RESTARTS", GPU_MAX_RESTARTS if gpus else 0, 0, 1000)
+
+
+def torchrun_command(nproc: int, args: Sequence[str], env: Mapping[str, str], restarts: int = 0) -> list[str]:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--max-restarts={restarts}"]
+    # SIGTERM and SIGUSR1 reach the ranks from the launcher (tinytitan.supervise), not through torchrun.
+    cmd.append("--signals-to-handle=SIGINT,SIGHUP,SIGQUIT")
     nnodes = int(env.get("NNODES", "1"))
     if nnodes > 1:
         if not env.get("MASTER_ADDR"):
@@ -129,6 +158,9 @@ def torchrun_command(nproc: int, args: Sequence[str], env: Mapping[str, str]) ->
 
 def process_env(env: Mapping[str, str], nproc: int, gpus: int) -> dict[str, str]:
     out = dict(env)
+    # torchrun's workers otherwise share its rendezvous store, and a restarted rank can read its
+    # peer's address from the attempt before (pytorch#135712): "Connection refused" after a restart.
+    out.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     if gpus:  # as torchtitan's run_train.sh: less fragmentation with varying batch shapes
         out.setdefault("PYTORCH_ALLOC_CONF", "expandable_segments:True")
     elif "OMP_NUM_THREADS" not in out:
@@ -143,11 +175,15 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     check_launch_env(env, nproc)
     job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
     check_job_config(job_config, world_size=nproc * int(env.get("NNODES") or 1))
+    import torch
+
+    check_async_checkpoint(job_config, gpus, torch.__version__)
     config_file = job_config.job.config_file
-    cmd = torchrun_command(nproc, training_args(config_file, overrides), env)
+    restarts = max_restarts(env, gpus)
+    cmd = torchrun_command(nproc, training_args(config_file, overrides), env, restarts)
     where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
-    print(f"tinytitan: training {config_file} on {where}", flush=True)
-    return subprocess.call(cmd, env=process_env(env, nproc, gpus))
+    print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
+    return Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts).run()
 
 
 PASS_THROUGH = True  # unknown arguments are torchtitan overrides
@@ -156,6 +192,12 @@ PASS_THROUGH = True  # unknown arguments are torchtitan overrides
 def configure(parser) -> None:
     parser.add_argument("--config", default=None, help=f"TOML job config (default: $CONFIG_FILE or {DEFAULT_CONFIG})")
     parser.add_argument("--ngpu", type=int, default=None, help="processes per node (default: $NGPU or visible GPUs)")
+    parser.add_argument(
+        "--max-restarts",
+        type=int,
+        default=None,
+        help=f"restarts after a rank fails (default: $MAX_RESTARTS, or {GPU_MAX_RESTARTS} with GPUs, 0 without)",
+    )
     parser.epilog = "Other arguments pass to torchtitan, e.g. --training.steps 20 --job.dump_folder /tmp/run1"
 
 
@@ -163,6 +205,8 @@ def run(args) -> int:
     env = dict(os.environ)
     if args.ngpu is not None:
         env["NGPU"] = str(args.ngpu)
+    if args.max_restarts is not None:
+        env["MAX_RESTARTS"] = str(args.max_restarts)
     return launch(args.config, args.overrides, env)
 
 

@@ -1,20 +1,44 @@
 """Entry point of each training process: ``torchrun ... -m tinytitan.train --job.config_file X``.
 
-It differs from ``-m torchtitan.train`` only in switching torchtitan to the CPU
-when there is no accelerator and in using ``TinyTrainer``.
+It differs from ``-m torchtitan.train`` in switching torchtitan to the CPU when there is
+no accelerator, in using ``TinyTrainer``, and in its fault handling: the rank dies with
+torchrun (parent-death signal), turns SIGTERM/SIGUSR1 into a preemption checkpoint, and
+reports a ``TinytitanError`` as one line (through the launcher's notes when it has one).
 """
 
-from tinytitan import device
+import os
+import sys
+
+from tinytitan import faults
+
+faults.rank_dies_with_torchrun()  # first, before the slow imports: a killed launcher leaves nothing behind
+
+from tinytitan import device  # noqa: E402
+from tinytitan.errors import TinytitanError  # noqa: E402
 
 
 def main() -> None:
+    from tinytitan.preemption import StopRequest
+
+    stop = StopRequest()
+    stop.install()
+    rank = int(os.environ.get("RANK", "0"))
+    faults.note_rank(rank, step=0)
     device.activate()
     from torchtitan.train import main as torchtitan_main
 
     import tinytitan.register  # noqa: F401  (registers the TrainSpec)
     from tinytitan.trainer import TinyTrainer
 
-    torchtitan_main(TinyTrainer)
+    TinyTrainer.stop_request = stop
+    try:
+        torchtitan_main(TinyTrainer)
+    except TinytitanError as e:
+        if faults.notes_dir() is not None:
+            faults.note_error(rank, str(e))  # the launcher prints it once for all ranks
+        else:
+            print(f"tinytitan: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,106 @@
-"""torchtitan's Trainer with tinytitan's start-up hooks (CPU settings, metrics wiring)."""
+"""torchtitan's Trainer with tinytitan's hooks: start-up (CPU settings, metrics wiring) and faults.
+
+Faults are handled at the one place torchtitan calls between steps,
+``should_continue_training``, after the step's interval checkpoint:
+- every rank notes its progress (the launcher names a dead or hung rank with it);
+- old checkpoints are purged counting complete folders only (torchtitan's own purge
+  counts partial ones too, and could delete the last complete checkpoint);
+- the ranks agree whether one was asked to stop; if so, all save this step and stop.
+"""
 
 from __future__ import annotations
 
+import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
+from torchtitan.components.checkpoint import AsyncMode
+from torchtitan.tools.logging import logger
 from torchtitan.train import Trainer
 
-from tinytitan import device
+from tinytitan import device, faults
+from tinytitan.checkpoint.completeness import METADATA, disk_full_error, folder_problem, purge_checkpoints, step_folders
 from tinytitan.config import resolve_job_paths
+from tinytitan.errors import TinytitanError
+from tinytitan.preemption import StepAgreement, StopRequest
 
 
 class TinyTrainer(Trainer):
+    stop_request: StopRequest = StopRequest()  # tinytitan.train installs the signal handlers on it
+
     def __init__(self, job_config):
         device.adapt_job_config(job_config)
         resolve_job_paths(job_config)
         super().__init__(job_config)
         self.metrics_processor.dataloader = self.dataloader
+        self.keep_latest_k = self.checkpointer.keep_latest_k
+        self.checkpointer.keep_latest_k = 0  # purged here, see purge_checkpoints
+        self.agreement = StepAgreement(job_config.comm.init_timeout_seconds)
+        self.preempted_at: int | None = None
+        self.finished_saves: set = set()
+
+    def train(self):
+        self._skip_incomplete_checkpoints()
+        try:
+            super().train()
+        except (Exception, CheckpointException) as e:  # DCP's CheckpointException is a BaseException
+            error = disk_full_error(e, self.checkpointer.folder)
+            if error is not None:
+                raise error from e
+            raise
+
+    def _skip_incomplete_checkpoints(self) -> None:
+        """torchtitan resumes from the newest folder with a .metadata; pass over truncated ones."""
+        ckpt = self.checkpointer
+        if not ckpt.enable or self.job_config.checkpoint.load_step != -1:
+            return
+        with_metadata = [(s, p) for s, p in step_folders(ckpt.folder) if (p / METADATA).is_file()]
+        for step, path in reversed(with_metadata):
+            problem = folder_problem(path)
+            if problem is None:
+                if step != with_metadata[-1][0]:
+                    self.job_config.checkpoint.load_step = step
+                return
+            logger.warning(f"Skipping checkpoint {path}: {problem}.")
+        if with_metadata:
+            raise TinytitanError(
+                f"every checkpoint in {ckpt.folder} is incomplete (`tinytitan checkpoint inspect {ckpt.folder} --all`): "
+                "move them away to start afresh, or restore a complete one"
+            )
+
+    def should_continue_training(self) -> bool:
+        rank = dist.get_rank()
+        faults.note_rank(rank, self.step)
+        if self.step == 1:
+            self.agreement.set_timeout(self.job_config.comm.train_timeout_seconds)
+        if rank == 0 and self.keep_latest_k > 0 and self.checkpointer.enable:
+            finished = {p for _, p in step_folders(self.checkpointer.folder) if (p / METADATA).is_file()}
+            if finished != self.finished_saves:  # a save completed: purge (reading .metadata files is not free)
+                self.finished_saves = finished
+                purge_checkpoints(self.checkpointer.folder, self.keep_latest_k)
+        if self.preempted_at is None and self.agreement.any(self.stop_request.requested):
+            self._save_for_preemption()
+            return False
+        return self.preempted_at is None and super().should_continue_training()
+
+    def _save_for_preemption(self) -> None:
+        """A full checkpoint of the step just finished, unless the interval save already wrote it."""
+        ckpt, step = self.checkpointer, self.step
+        self.preempted_at = step
+        folder = ckpt._create_checkpoint_id(step)
+        if step == 0 or not ckpt.enable:
+            logger.warning(f"Asked to stop at step {step}: nothing to save, stopping.")
+            return
+        saved = ckpt._should_save(step, last_step=step == self.job_config.training.steps)
+        logger.info(f"Asked to stop ({self.stop_request.signal_name or 'another rank'}): saving step {step}.")
+        ckpt._async_wait()  # an interval save of this step may still be in flight
+        if not saved:
+            states = ckpt._flattened_model_states_sd()
+            try:
+                ckpt.dcp_save(
+                    states, checkpoint_id=folder, async_mode=AsyncMode.DISABLED, enable_garbage_collection=True
+                )
+            except (Exception, CheckpointException) as e:
+                error = disk_full_error(e, ckpt.folder)
+                raise (error or e) from e
+        dist.barrier(group=self.agreement.group)  # every rank's files are written
+        logger.info(f"Preemption checkpoint {folder} is complete; exiting so that the job can be requeued.")
+        faults.note_preempted(dist.get_rank(), step, folder)

@@ -19,6 +19,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     inspect.add_argument("checkpoint", type=Path, help="a step folder, or a checkpoint folder with --step")
     inspect.add_argument("--step", type=_step, default=None, help="N or latest, when CHECKPOINT holds several steps")
+    inspect.add_argument("--all", action="store_true", help="list every step folder and whether it is complete")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     upgrade = sub.add_parser(
         "upgrade",

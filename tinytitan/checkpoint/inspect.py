@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
+from tinytitan.checkpoint.completeness import folder_bytes, folder_problem
+from tinytitan.checkpoint.completeness import step_folders as all_step_folders
 from tinytitan.checkpoint.flavors import fitting_flavor
 from tinytitan.checkpoint.reader import open_checkpoint
 from tinytitan.checkpoint.stats import checkpoint_stats
+from tinytitan.errors import TinytitanError
 
 
 def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -> dict:
     """A JSON-ready description; the keys are those ``--json`` prints."""
     ckpt = open_checkpoint(path, step, check=False)  # a truncated one is reported, not refused
-    short = ckpt.short_files()
     stats = checkpoint_stats(ckpt)
     params = sum(e.numel for e in ckpt.model.values())
+    problem = folder_problem(ckpt.path)
     return {
         "path": str(ckpt.path),
         "step": stats.step,
@@ -39,10 +43,32 @@ def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
         "lr_scheduler": ckpt.has_state("lr_scheduler"),
         "dataloader": ckpt.has_state("dataloader"),
         "train_state": ckpt.has_state("train_state"),
-        "complete": not short,
-        "short_files": [{"file": name, "bytes": have, "needed": end} for name, have, end in short],
-        "resumable": ckpt.resumable and not short,
+        "complete": problem is None,
+        "problem": problem,  # why the folder is not complete (a truncated .distcp, no .metadata)
+        "resumable": ckpt.resumable and problem is None,
     }
+
+
+def list_steps(path: str | os.PathLike) -> list[dict]:
+    """Every step-N folder of a run or checkpoint folder, complete or not: what ``--all`` prints."""
+    path = Path(path)
+    folders = all_step_folders(path) or all_step_folders(path / "checkpoint")
+    if not folders:
+        raise TinytitanError(f"{path} has no step-N folders: pass a run folder or its checkpoint folder")
+    rows = []
+    for step, folder in folders:
+        problem = folder_problem(folder)
+        rows.append({"step": step, "path": str(folder), "complete": problem is None, "problem": problem,
+                     "size_on_disk": folder_bytes(folder)})  # fmt: skip
+    return rows
+
+
+def format_steps(rows: list[dict]) -> str:
+    lines = []
+    for row in rows:
+        state = "complete" if row["complete"] else f"INCOMPLETE: {row['problem']}; a resume skips it"
+        lines.append(f"step-{row['step']:<8} {_size(row['size_on_disk']):>10}  {state}")
+    return "\n".join(lines)
 
 
 def _size(n: int) -> str:
@@ -59,16 +85,9 @@ def format_report(info: dict) -> str:
     if info["freqs_cis"]:
         layout += ", with a persisted freqs_cis"
     missing = [k for k in ("optimizer", "lr_scheduler", "dataloader", "train_state") if not info[k]]
-    if info["short_files"]:
-        first = info["short_files"][0]
-        resume = (
-            f"no: incomplete, {first['file']} has {first['bytes']:,} of {first['needed']:,} bytes "
-            f"({len(info['short_files'])} short file(s)); copy it again or use an earlier step"
-        )
-    elif info["resumable"]:
-        resume = "yes"
-    else:
-        resume = f"no (missing: {', '.join(missing)}); it can only initialise a new run"
+    resume = "yes" if info["resumable"] else f"no (missing: {', '.join(missing)}); it can only initialise a new run"
+    if not info["complete"]:
+        resume = f"no: the folder is incomplete ({info['problem']})"
     tokens = "unknown"
     if info["ntokens_seen"] is not None:
         tokens = f"{info['ntokens_seen']:,} (all ranks, from metrics.jsonl)"
@@ -94,6 +113,10 @@ def format_report(info: dict) -> str:
 
 
 def run(args) -> int:
+    if getattr(args, "all", False):
+        rows = list_steps(args.checkpoint)
+        print(json.dumps(rows, indent=2) if args.json else format_steps(rows))
+        return 0
     info = inspect_checkpoint(args.checkpoint, args.step)
     print(json.dumps(info, indent=2) if args.json else format_report(info))
     return 0

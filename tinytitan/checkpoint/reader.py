@@ -116,7 +116,9 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
         )
     listed = ", ".join(str(s) for s in sorted(steps))
     if step is None:
-        raise TinytitanError(f"{path} holds the checkpoints of steps {listed}: add --step N or --step latest")
+        raise TinytitanError(
+            f"{path} holds the checkpoints of steps {listed}: add --step N or --step latest (or --all to list them)"
+        )
     if step == "latest":
         return steps[max(steps)]
     try:
@@ -150,32 +152,15 @@ class Checkpoint:
     def model_bytes(self) -> int:
         return sum(e.nbytes for e in self.model.values())
 
-    def short_files(self) -> list[tuple[str, int, int]]:
-        """Data files smaller than ``.metadata`` says they are: ``(name, bytes on disk, bytes needed)``.
-
-        A truncated copy or an interrupted save; reading such a file fails deep inside DCP.
-        """
-        need: dict[str, int] = {}
-        for info in (getattr(self.metadata, "storage_data", None) or {}).values():
-            end = info.offset + info.length
-            need[info.relative_path] = max(need.get(info.relative_path, 0), end)
-        short = []
-        for name, end in sorted(need.items()):
-            path = self.path / name
-            have = path.stat().st_size if path.is_file() else 0
-            if have < end:
-                short.append((name, have, end))
-        return short
-
     def check_complete(self) -> None:
-        """One line naming the first short file, instead of DCP's EOFError on reading it."""
-        short = self.short_files()
-        if short:
-            name, have, end = short[0]
-            more = f" (and {len(short) - 1} more)" if len(short) > 1 else ""
+        """One line naming what is missing or short, instead of DCP's EOFError on reading it."""
+        from tinytitan.checkpoint.completeness import folder_problem
+
+        problem = folder_problem(self.path)
+        if problem is not None:
             raise TinytitanError(
-                f"checkpoint {self.path} is incomplete: {name} has {have:,} of the {end:,} bytes its .metadata "
-                f"needs{more} (a truncated copy or an interrupted save); copy it again or use an earlier step"
+                f"checkpoint {self.path} is incomplete: {problem} (a truncated copy or an interrupted save); "
+                "copy it again or use an earlier step"
             )
 
     @property

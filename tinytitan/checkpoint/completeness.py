@@ -1,0 +1,116 @@
+"""Is a checkpoint folder complete? And keeping, purging and disk-full errors built on that answer.
+
+A DCP save writes every rank's ``.distcp`` files, then ``.metadata`` last. A folder
+without ``.metadata`` is partial; so is one whose ``.distcp`` files are shorter than
+the storage offsets ``.metadata`` records (a truncated copy, a disk that filled).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+from pathlib import Path
+
+from tinytitan.errors import TinytitanError
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+METADATA = ".metadata"
+
+
+def folder_problem(folder: str | os.PathLike) -> str | None:
+    """None for a complete checkpoint folder, else what is wrong with it, in a few words."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    folder = Path(folder)
+    if not (folder / METADATA).is_file():
+        return "no .metadata (the save did not finish)"
+    try:
+        storage = FileSystemReader(str(folder)).read_metadata().storage_data
+    except Exception as e:  # a truncated .metadata does not unpickle
+        return f".metadata is unreadable ({type(e).__name__})"
+    needed: dict[str, int] = {}
+    for info in (storage or {}).values():
+        end = info.offset + info.length
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, end in sorted(needed.items()):
+        path = folder / name
+        size = path.stat().st_size if path.is_file() else None
+        if size is None:
+            return f"{name} is missing"
+        if size < end:
+            return f"{name} is truncated ({size} of {end} bytes)"
+    return None
+
+
+def step_folders(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The ``step-N`` folders of a checkpoint folder, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def purge_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
+    """Keep the newest `keep` complete checkpoints; delete older ones and partial folders older than those.
+
+    Partial folders newer than the newest complete one stay: one may be a save in
+    flight, and the next save of that step replaces it. Returns what was deleted.
+    """
+    steps = step_folders(folder)
+    complete = [s for s, p in steps if (p / METADATA).is_file() and folder_problem(p) is None]
+    if not complete:
+        return []
+    oldest_kept = complete[-keep:][0]
+    deleted = []
+    for step, path in steps:
+        if step >= oldest_kept:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        deleted.append(path)
+    return deleted
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _is_disk_full(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(exc)
+        if "No space left" in text or "unexpected pos" in text or "Disk quota exceeded" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return False
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def disk_full_error(exc: BaseException, folder: str | os.PathLike) -> TinytitanError | None:
+    """A one-line error for a save that ran out of space, or None if `exc` is something else."""
+    if not _is_disk_full(exc):
+        return None
+    folder = Path(folder)
+    steps = step_folders(folder)
+    complete = [p for _, p in steps if folder_problem(p) is None]
+    sizes = [folder_bytes(p) for _, p in steps]
+    needed = max(sizes, default=0)
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    last = "no complete checkpoint exists yet"
+    if complete:
+        last = f"the last complete checkpoint, {complete[-1].name}, is intact and a rerun resumes from it"
+    return TinytitanError(
+        f"no space left in {folder} while saving a checkpoint: one needs at least {_size(needed)}, "
+        f"{_size(free)} is free; free space there or set --checkpoint.folder elsewhere ({last})"
+    )
