@@ -93,7 +93,7 @@ def evaluate_run(run_dir, config, settings: TaskSettings, device=None, progress:
 
 
 def _columns(results: list[dict]) -> list[tuple[str, str]]:
-    return sorted({(task, metric) for r in results for task, ms in r["tasks"].items() for metric in ms})
+    return sorted({(t, m) for r in results for t, ms in r["tasks"].items() for m in ms if "," in m})
 
 
 def write_summaries(out: Path, results: list[dict]) -> None:
@@ -122,5 +122,6 @@ def write_tensorboard(tb_dir: Path, results: list[dict]) -> None:
     for r in results:
         for task, metrics in r["tasks"].items():
             for metric, value in metrics.items():
-                writer.add_scalar(scalar_tag(task, metric), value, r["step"])
+                if "," in metric:  # lm-eval's "metric,filter" keys
+                    writer.add_scalar(scalar_tag(task, metric), value, r["step"])
     writer.close()

@@ -291,8 +291,8 @@ def run_tasks(lm, tasks: Sequence[str], *, include_path=None, limit: int | None 
 
 
 def metric_dict(results: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """task -> lm-eval's metric dict (``{"acc,none": ...}``), numbers only."""
+    """task -> lm-eval's metric dict (``{"acc,none": ...}``): its ``metric,filter`` numbers (no alias, sample count)."""
     out = {}
     for task, metrics in results["results"].items():
-        out[task] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        out[task] = {k: float(v) for k, v in metrics.items() if "," in k and isinstance(v, (int, float))}
     return out

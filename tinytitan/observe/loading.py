@@ -129,7 +129,7 @@ def from_random_init(config: str | os.PathLike, seed: int = 0, device=None) -> L
     if settings.tokenizer_dir is None:
         raise TinytitanError(f"{config} has no [model] hf_assets_path: set it to the tokenizer folder training used")
     args = flavor_args(settings.flavor)
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         model = Transformer(args)
         model.init_weights()
