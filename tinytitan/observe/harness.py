@@ -138,7 +138,7 @@ def _define(TemplateLM):  # noqa: C901 - one class, defined once lm-eval is impo
             """Whether any rank still has a batch to run (every forward is collective under FSDP)."""
             if self.dist is None:
                 return mine
-            flag = torch.tensor([int(mine)])
+            flag = torch.tensor([int(mine)], device=self._device)  # NCCL reduces GPU tensors only
             self.dist.all_reduce(flag, op=self.dist.ReduceOp.MAX)
             return bool(flag.item())
 
