@@ -247,17 +247,24 @@ def hf_harness_model(folder: str | os.PathLike, batch_size: int, device: str = "
     return HFLM(pretrained=str(folder), batch_size=batch_size, device=device, dtype="float32", add_bos_token=True)
 
 
+_MANAGERS: dict[str | None, Any] = {}
+
+
 def task_manager(include_path: str | os.PathLike | None = None):
-    """lm-eval's TaskManager with the shipped offline task and ``include_path`` (a folder of task YAMLs)."""
+    """lm-eval's TaskManager with the shipped offline task and ``include_path`` (a folder of task YAMLs).
+
+    Made once per process and folder: indexing lm-eval's thousands of task YAMLs takes seconds,
+    which in-loop evaluation and ``--run`` would otherwise pay at every checkpoint.
+    """
     require_lm_eval()
     from lm_eval.tasks import TaskManager
 
-    paths = [str(SHIPPED_TASKS)]
-    if include_path is not None:
-        if not Path(include_path).is_dir():
-            raise TinytitanError(f"--include-path {include_path} is not a folder of lm-eval task YAML files")
-        paths.append(str(include_path))
-    return TaskManager(include_path=paths)
+    if include_path is not None and not Path(include_path).is_dir():
+        raise TinytitanError(f"--include-path {include_path} is not a folder of lm-eval task YAML files")
+    key = None if include_path is None else str(Path(include_path).resolve())
+    if key not in _MANAGERS:
+        _MANAGERS[key] = TaskManager(include_path=[str(SHIPPED_TASKS), *([key] if key else [])])
+    return _MANAGERS[key]
 
 
 def run_tasks(lm, tasks: Sequence[str], *, include_path=None, limit: int | None = None,
