@@ -112,7 +112,7 @@ def test_without_lm_eval_tasks_say_what_to_install(debug_checkpoint):
     assert proc.returncode == 2
     assert (
         proc.stderr
-        == "tinytitan: error: lm-eval is not installed: pip install 'tinytitan[eval]' (or pip install 'lm-eval>=0.4,<0.5')\n"
+        == "tinytitan: error: lm-eval is not installed: pip install 'tinytitan[eval]' (or pip install 'lm-eval[hf]>=0.4,<0.5')\n"
     )
 
 
