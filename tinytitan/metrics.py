@@ -122,6 +122,11 @@ class TinyMetricsProcessor(MetricsProcessor):
             }
         )
 
+    def log_eval(self, metrics: dict[str, float], step: int) -> None:
+        """In-loop benchmark scores (``eval/<task>/<metric>``) to TensorBoard and the JSONL log."""
+        self.logger.log(metrics, step)
+        self._append_jsonl({"step": step, **metrics})
+
     def log_validation(self, loss, step, extra_metrics=None):
         super().log_validation(loss, step, extra_metrics=extra_metrics)
         self._append_jsonl({"step": step, "validation/loss": loss, **_numbers(self.logger.last)})

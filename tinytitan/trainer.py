@@ -1,4 +1,4 @@
-"""torchtitan's Trainer with tinytitan's hooks: start-up (CPU settings, metrics wiring) and faults.
+"""torchtitan's Trainer with tinytitan's hooks: start-up (CPU settings, metrics wiring), in-loop [eval], faults.
 
 Faults are handled at the one place torchtitan calls between steps,
 ``should_continue_training``, after the step's interval checkpoint:
@@ -27,15 +27,36 @@ class TinyTrainer(Trainer):
     stop_request: StopRequest = StopRequest()  # tinytitan.train installs the signal handlers on it
 
     def __init__(self, job_config):
+        from tinytitan.observe.in_loop import build_in_loop_eval
+
         device.adapt_job_config(job_config)
         resolve_job_paths(job_config)
         super().__init__(job_config)
         self.metrics_processor.dataloader = self.dataloader
-        self.keep_latest_k = self.checkpointer.keep_latest_k
-        self.checkpointer.keep_latest_k = 0  # purged here, see purge_checkpoints
+        # purged here, see purge_checkpoints (a disabled CheckpointManager has no keep_latest_k)
+        self.keep_latest_k = getattr(self.checkpointer, "keep_latest_k", 0)
+        if self.checkpointer.enable:
+            self.checkpointer.keep_latest_k = 0
         self.agreement = StepAgreement(job_config.comm.init_timeout_seconds)
         self.preempted_at: int | None = None
         self.finished_saves: set = set()
+        self.benchmarks = build_in_loop_eval(self)
+
+    def train_step(self, data_iterator):
+        super().train_step(data_iterator)
+        if self.benchmarks is not None and self.benchmarks.due(self.step):
+            self.benchmarks.run(self.model_parts, self.step)
+
+    def close(self) -> None:
+        """Closes what this trainer owns, in order, before torchtitan's parts and the process group go.
+
+        The data loader's worker processes and queues are stopped here rather than left to
+        ``atexit`` and ``__del__`` during interpreter shutdown.
+        """
+        loader = getattr(self, "dataloader", None)
+        if loader is not None and hasattr(loader, "close"):
+            loader.close()
+        super().close()
 
     def train(self):
         self._skip_incomplete_checkpoints()

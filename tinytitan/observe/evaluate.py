@@ -3,6 +3,10 @@
     tinytitan eval --checkpoint outputs/debug/checkpoint --config train_configs/llama3_debug.toml
     tinytitan eval --model exports/debug-hf --config train_configs/llama3_debug.toml
 
+With ``--tasks`` it scores lm-eval benchmark tasks instead (``tinytitan.observe.task_eval``),
+of one checkpoint, of an export, or of every checkpoint of a run (``--run``,
+``tinytitan.observe.curve``).
+
 The held-out split is the config's (``[[data.sources]]`` ``validation_files`` or
 ``validation_docs``), built exactly as the training validator builds it
 (``tinytitan.data.validate.heldout_windows``: ``BOS doc EOS`` runs packed into
@@ -108,11 +112,60 @@ def configure(parser) -> None:
     parser.add_argument("--seq-len", type=int, default=None, help="window length (default: the config's [validation])")
     parser.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: [validation])")
     parser.add_argument("--max-batches", type=int, default=20, help="batches per source at most (default 20)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object per source")
+    parser.add_argument("--json", action="store_true", help="print JSON: one object per source, or one with --tasks")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tasks = parser.add_argument_group("benchmark tasks (lm-evaluation-harness; pip install 'tinytitan[eval]')")
+    tasks.add_argument("--tasks", default=None, help="comma-separated lm-eval tasks, e.g. tinytitan_sample_order")
+    tasks.add_argument("--include-path", default=None, help="a folder of extra lm-eval task YAML files")
+    tasks.add_argument("--limit", type=int, default=None, help="score at most N documents per task")
+    tasks.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples (default: the task's)")
+    tasks.add_argument("--run", default=None, help="a run's dump folder: score every step-N checkpoint of it")
+    tasks.add_argument("--random-init", action="store_true", help="score the --config's untrained model (chance)")
+    tasks.add_argument("--force", action="store_true", help="with --run: score again steps saved with other settings")
+
+
+def run_tasks(args) -> int:
+    from tinytitan.observe.harness import require_lm_eval
+    from tinytitan.observe.task_eval import (
+        DEFAULT_BATCH_SIZE,
+        TaskSettings,
+        evaluate_checkpoint,
+        evaluate_export,
+        evaluate_random_init,
+        format_table,
+        parse_tasks,
+    )
+
+    require_lm_eval()
+    settings = TaskSettings(parse_tasks(args.tasks), args.include_path, args.limit, args.num_fewshot,
+                            args.batch_size or DEFAULT_BATCH_SIZE)  # fmt: skip
+    if args.run:
+        from tinytitan.observe.curve import evaluate_run
+
+        evaluate_run(args.run, args.config, settings, args.device, not args.no_progress, args.force)
+        print(f"wrote {args.run}/eval/step-N.json, summary.csv, summary.md and tb/eval")
+        return 0
+    if args.random_init:
+        if args.config is None or args.checkpoint or args.model:
+            raise TinytitanError("--random-init scores the --config TOML's untrained model: pass --config, no model")
+        result = evaluate_random_init(args.config, settings, args.device)
+    elif bool(args.checkpoint) == bool(args.model):
+        raise TinytitanError("pass either --checkpoint CKPT --config TOML, --model HF_DIR, or --run RUN_DIR")
+    elif args.model:
+        result = evaluate_export(args.model, settings, args.device)
+    else:
+        if args.config is None:
+            raise TinytitanError("--checkpoint needs --config TOML (the training config: flavor and tokenizer)")
+        result = evaluate_checkpoint(args.checkpoint, args.config, args.step, settings, args.device)
+    print(json.dumps(result) if args.json else format_table(result))
+    return 0
 
 
 def run(args) -> int:
+    if args.tasks is not None:
+        return run_tasks(args)
+    if args.run or args.include_path or args.limit is not None or args.num_fewshot is not None:
+        raise TinytitanError("--run, --include-path, --limit and --num-fewshot go with --tasks T1,T2")
     if args.config is None:
         raise TinytitanError("eval needs --config TOML: its [[data.sources]] define the held-out data")
     for flag, value in (

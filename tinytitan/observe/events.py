@@ -54,6 +54,11 @@ def read_scalars(run_dir: str | os.PathLike) -> dict[str, Series]:
     return {tag: sorted(points.items()) for tag, points in merged.items()}
 
 
+def eval_tags(tags) -> list[str]:
+    """Benchmark scalars (``eval/<task>/<metric>``, from ``tinytitan eval --run`` or in-loop ``[eval]``)."""
+    return sorted(t for t in tags if t.startswith("eval/"))
+
+
 def validation_loss_tags(tags) -> dict[str, str]:
     """label -> tag: the overall validation loss, then one per source (``validation/<source>/loss``)."""
     found = {"validation": VALIDATION_LOSS} if VALIDATION_LOSS in tags else {}

@@ -116,6 +116,34 @@ def from_checkpoint(
     )
 
 
+def from_random_init(config: str | os.PathLike, seed: int = 0, device=None) -> LanguageModel:
+    """The config's model as training initialises it (torchtitan's ``init_weights``), before any step:
+    the chance baseline of a benchmark."""
+    from torchtitan.models.llama3 import Transformer
+
+    from tinytitan.export.settings import read_training_config
+    from tinytitan.models import flavor_args
+    from tinytitan.tokenizer import load_tokenizer
+
+    settings = read_training_config(config)
+    if settings.tokenizer_dir is None:
+        raise TinytitanError(f"{config} has no [model] hf_assets_path: set it to the tokenizer folder training used")
+    args = flavor_args(settings.flavor)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        model = Transformer(args)
+        model.init_weights()
+    device = pick_device(device)
+    return LanguageModel(
+        name=f"random init ({settings.flavor}, seed {seed})",
+        module=model.to(device).eval(),
+        tokenizer=load_tokenizer(settings.tokenizer_dir),
+        max_seq_len=args.max_seq_len,
+        hf=False,
+        device=device,
+    )
+
+
 def from_hf(folder: str | os.PathLike, device=None) -> LanguageModel:
     from transformers import AutoModelForCausalLM
 

@@ -2,7 +2,8 @@
 
 Three panels share the x axis (step, or tokens seen): loss (train as a line,
 validation as markers, per source where the validator logs it), learning rate,
-and tokens/s per device. Several runs are overlaid, one colour each, so runs of
+and tokens/s per device; a fourth, benchmark accuracy (``eval/<task>/<metric>``),
+where the run was evaluated (``tinytitan eval --run`` or in-loop ``[eval]``). Several runs are overlaid, one colour each, so runs of
 different settings compare at a glance. Reads the TensorBoard event files, so it
 works on a run that is still going and needs no GPU or browser.
 """
@@ -13,7 +14,16 @@ import argparse
 from pathlib import Path
 
 from tinytitan.errors import TinytitanError
-from tinytitan.observe.events import LR, TOKENS_SEEN, TPS, TRAIN_LOSS, Series, read_scalars, validation_loss_tags
+from tinytitan.observe.events import (
+    LR,
+    TOKENS_SEEN,
+    TPS,
+    TRAIN_LOSS,
+    Series,
+    eval_tags,
+    read_scalars,
+    validation_loss_tags,
+)
 
 DEFAULT_SIZE = (1200, 900)
 DPI = 100
@@ -65,7 +75,9 @@ def draw(runs: dict[str, dict[str, Series]], out: Path, size=DEFAULT_SIZE, x_axi
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig, (ax_loss, ax_lr, ax_tps) = plt.subplots(3, 1, figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, sharex=True)
+    with_eval = any(eval_tags(scalars) for scalars in runs.values())
+    fig, axes = plt.subplots(3 + with_eval, 1, figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, sharex=True)
+    ax_loss, ax_lr, ax_tps = axes[:3]
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     drawn = 0
     markers = "osD^v<>"
@@ -81,6 +93,9 @@ def draw(runs: dict[str, dict[str, Series]], out: Path, size=DEFAULT_SIZE, x_axi
                          linestyle="--", label=f"{label} {name}")  # fmt: skip
         ax_lr.plot(*to_x(scalars.get(LR, []), x_axis, tokens), color=colour, label=label)
         ax_tps.plot(*to_x(scalars.get(TPS, []), x_axis, tokens), color=colour, label=label)
+        for j, tag in enumerate(eval_tags(scalars)):
+            axes[3].plot(*to_x(scalars[tag], x_axis, tokens), color=colour, marker=markers[j % len(markers)],
+                         label=f"{label} {tag[len('eval/'):]}")  # fmt: skip
     if not drawn:
         raise TinytitanError(f"no training loss ({TRAIN_LOSS}) in the event files: nothing to plot")
     ax_loss.set_ylabel("loss")
@@ -88,9 +103,12 @@ def draw(runs: dict[str, dict[str, Series]], out: Path, size=DEFAULT_SIZE, x_axi
     ax_lr.set_ylabel("learning rate")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax_tps.set_ylabel("tokens/s per device")
-    ax_tps.set_xlabel("tokens seen" if x_axis == "tokens" else "step")
-    ax_tps.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax in (ax_loss, ax_lr, ax_tps):
+    if with_eval:
+        axes[3].set_ylabel("benchmark")
+        axes[3].legend(fontsize="small")
+    axes[-1].set_xlabel("tokens seen" if x_axis == "tokens" else "step")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes:
         ax.grid(True, alpha=0.3)
     if len(runs) > 1:
         ax_tps.legend(fontsize="small")

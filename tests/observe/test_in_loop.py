@@ -1,0 +1,60 @@
+"""``[eval]`` in the training loop: scores logged on 2 FSDP ranks, training itself unchanged."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers import DEBUG_CONFIG, launch, read_metrics, small_run_overrides, train_losses
+from tinytitan.cli import main
+from tinytitan.observe.events import read_scalars
+from tinytitan.observe.harness import SAMPLE_TASK
+
+STEPS = 4
+EVAL = ["--eval.tasks", SAMPLE_TASK, "--eval.freq", "2", "--eval.limit", "6", "--eval.batch_size", "4"]
+
+
+def test_in_loop_eval_logs_scores_and_changes_no_loss(tmp_path, capsys):
+    plain, with_eval = tmp_path / "plain", tmp_path / "eval"
+    launch(small_run_overrides(plain, steps=STEPS, interval=STEPS))
+    proc = launch([*small_run_overrides(with_eval, steps=STEPS, interval=STEPS), *EVAL])
+
+    # Bit for bit: the same losses at every step, also after the evaluations (the data order is untouched).
+    assert train_losses(with_eval) == train_losses(plain)
+    assert sorted(train_losses(plain)) == list(range(1, STEPS + 1))
+
+    rows = {r["step"]: r for r in read_metrics(with_eval) if f"eval/{SAMPLE_TASK}/acc" in r}
+    assert sorted(rows) == [2, 4]
+    assert all(r["eval/time_s"] > 0 for r in rows.values())
+    assert "eval at step 2 took" in proc.stdout + proc.stderr
+    scalars = read_scalars(with_eval)
+    assert [s for s, _ in scalars[f"eval/{SAMPLE_TASK}/acc_norm"]] == [2, 4]
+
+    # The two ranks split the documents; gathered, they score what one process scores on the checkpoint.
+    capsys.readouterr()
+    args = ["eval", "--checkpoint", str(with_eval / "checkpoint" / f"step-{STEPS}"), "--config", str(DEBUG_CONFIG)]
+    assert main([*args, "--tasks", SAMPLE_TASK, "--limit", "6", "--json"]) == 0
+    offline = json.loads(capsys.readouterr().out)["tasks"][SAMPLE_TASK]
+    assert rows[STEPS][f"eval/{SAMPLE_TASK}/acc"] == pytest.approx(offline["acc,none"])
+    assert rows[STEPS][f"eval/{SAMPLE_TASK}/acc_norm"] == pytest.approx(offline["acc_norm,none"])
+
+
+def test_eval_section_is_checked_at_start():
+    from torchtitan.distributed import ParallelDims
+
+    from tinytitan.config import load_job_config
+    from tinytitan.errors import TinytitanError
+    from tinytitan.observe.in_loop import check_eval_config
+
+    def dims(tp=1):
+        return ParallelDims(dp_replicate=1, dp_shard=2, cp=1, tp=tp, pp=1, ep=1, etp=1, world_size=2 * tp)
+
+    assert check_eval_config(load_job_config(DEBUG_CONFIG).eval, dims()) is False  # off by default
+    on = load_job_config(DEBUG_CONFIG, ["--eval.tasks", f"{SAMPLE_TASK},hellaswag", "--eval.freq", "50"]).eval
+    assert on.tasks == [SAMPLE_TASK, "hellaswag"] and check_eval_config(on, dims()) is True
+    no_freq = load_job_config(DEBUG_CONFIG, ["--eval.tasks", SAMPLE_TASK]).eval
+    with pytest.raises(TinytitanError, match="freq 0: set freq to N >= 1"):
+        check_eval_config(no_freq, dims())
+    with pytest.raises(TinytitanError, match="data-parallel"):
+        check_eval_config(on, dims(tp=2))

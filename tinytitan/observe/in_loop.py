@@ -1,0 +1,131 @@
+"""``[eval]``: lm-eval benchmark tasks on the FSDP-sharded training model, every ``freq`` steps.
+
+Every rank runs lm-eval with ``rank``/``world_size`` of the process group: lm-eval deals each
+rank its share of the documents (padded to the same count) and gathers the per-document
+metrics on rank 0. Splitting, rather than every rank scoring everything, makes an evaluation
+``dp`` times faster, and FSDP needs every rank in each forward pass anyway (``TitanLM``
+keeps the ranks' forward passes in step). Rank 0 logs ``eval/<task>/<metric>`` and
+``eval/time_s`` to TensorBoard and ``metrics.jsonl``.
+
+It cannot change training: the model runs under ``no_grad`` in eval mode (the Llama blocks
+have no dropout, so eval mode computes the same), its FSDP parameters are resharded after,
+nothing reads the data loader, and the global RNG states (Python, NumPy, torch) are restored.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from contextlib import contextmanager
+
+import torch
+
+from tinytitan.errors import TinytitanError
+
+logger = logging.getLogger("tinytitan.eval")
+
+
+@contextmanager
+def kept_rng_states():
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
+def reshard(model) -> None:
+    """Back to sharded parameters: FSDP keeps the root unsharded after a forward (a backward usually
+    follows), and the optimizer and checkpoint expect the sharded ones."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def check_eval_config(eval_config, parallel_dims) -> bool:
+    """Whether ``[eval]`` is on; refuses at start what it cannot run (before any step is spent)."""
+    if not eval_config.tasks or eval_config.freq <= 0:
+        if eval_config.tasks and eval_config.freq <= 0:
+            raise TinytitanError(f"[eval] tasks {eval_config.tasks} but freq {eval_config.freq}: set freq to N >= 1")
+        return False
+    from tinytitan.observe.harness import require_lm_eval
+    from tinytitan.observe.task_eval import TaskSettings
+
+    require_lm_eval()
+    TaskSettings(*settings_args(eval_config))  # checks the numbers
+    for name in ("tp", "pp", "cp"):
+        if getattr(parallel_dims, name, 1) > 1:
+            raise TinytitanError(f"[eval] runs on data-parallel (FSDP/DDP) models only; this run has {name} > 1")
+    return True
+
+
+def settings_args(eval_config) -> tuple:
+    limit = eval_config.limit or None
+    fewshot = None if eval_config.num_fewshot < 0 else eval_config.num_fewshot
+    return list(eval_config.tasks), eval_config.include_path or None, limit, fewshot, eval_config.batch_size
+
+
+def build_in_loop_eval(trainer) -> InLoopEval | None:
+    """The trainer's ``[eval]``, or None when it is off (checked at start)."""
+    from tinytitan.models import FLAVORS
+
+    job = trainer.job_config
+    if not check_eval_config(job.eval, trainer.parallel_dims):
+        return None
+    max_seq_len = FLAVORS[job.model.flavor].max_seq_len
+    return InLoopEval(job.eval, trainer.tokenizer.loaded, max_seq_len, trainer.device, job.training.steps,
+                      trainer.metrics_processor.log_eval)  # fmt: skip
+
+
+class InLoopEval:
+    """Scores the tasks at steps ``freq, 2 freq, ...`` and the last step."""
+
+    def __init__(self, eval_config, tokenizer, max_seq_len: int, device, last_step: int, log_fn):
+        from tinytitan.observe.task_eval import TaskSettings
+
+        self.settings = TaskSettings(*settings_args(eval_config))
+        self.freq = eval_config.freq
+        self.tokenizer = tokenizer  # tinytitan.tokenizer.LoadedTokenizer
+        self.max_seq_len = max_seq_len
+        self.device = device
+        self.last_step = last_step
+        self.log_fn = log_fn  # (metrics dict, step) -> None, writes on rank 0
+
+    def due(self, step: int) -> bool:
+        return step % self.freq == 0 or step == self.last_step
+
+    @torch.no_grad()
+    def run(self, model_parts, step: int) -> dict[str, float] | None:
+        from tinytitan.observe.curve import scalar_tag
+        from tinytitan.observe.harness import metric_dict, run_tasks, titan_lm
+
+        (model,) = model_parts
+        start = time.perf_counter()
+        model.eval()
+        try:
+            with kept_rng_states():
+                harness = titan_lm(lambda ids: model(ids), self.tokenizer, self.max_seq_len, self.device,
+                                   self.settings.batch_size, distributed=True)  # fmt: skip
+                results = run_tasks(harness, self.settings.tasks, include_path=self.settings.include_path,
+                                    limit=self.settings.limit, num_fewshot=self.settings.num_fewshot)  # fmt: skip
+        finally:
+            reshard(model)
+            model.train()
+        seconds = time.perf_counter() - start
+        logger.info("eval at step %d took %.1f s", step, seconds)
+        if results is None:  # not rank 0
+            return None
+        metrics = {
+            scalar_tag(task, metric): value for task, ms in metric_dict(results).items() for metric, value in ms.items()
+        }
+        metrics["eval/time_s"] = seconds
+        self.log_fn(metrics, step)
+        logger.info("eval step %d: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        return metrics

@@ -1,0 +1,107 @@
+"""Benchmark accuracy of one checkpoint or export: lm-eval tasks, the result as one JSON-ready dict.
+
+``{"model", "step", "tokens", "tasks": {task: {"acc,none": ..., ...}}}``: a checkpoint is scored by
+torchtitan's own model (``TitanLM``), an export by lm-eval's ``HFLM``. ``tokens`` is the global
+count of tokens trained on (``metrics.jsonl`` next to the checkpoint), None where unknown.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tinytitan.errors import TinytitanError
+
+DEFAULT_BATCH_SIZE = 16
+
+
+@dataclass
+class TaskSettings:
+    """What lm-eval runs: the same for the CLI, a whole run and the training loop."""
+
+    tasks: list[str]
+    include_path: str | None = None
+    limit: int | None = None
+    num_fewshot: int | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+
+    def __post_init__(self):
+        if not self.tasks:
+            raise TinytitanError("--tasks is empty: name at least one lm-eval task, e.g. tinytitan_sample_order")
+        for name, value in (("limit", self.limit), ("batch_size", self.batch_size)):
+            if value is not None and value < 1:
+                raise TinytitanError(f"{name} {value} must be at least 1")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise TinytitanError(f"num_fewshot {self.num_fewshot} must be 0 or more")
+
+
+def parse_tasks(text: str | Sequence[str]) -> list[str]:
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return [t.strip() for t in items if t.strip()]
+
+
+def checkpoint_position(checkpoint, step=None) -> tuple[int | None, int | None]:
+    """(step, global tokens seen) of a checkpoint, from its train state and the run's metrics.jsonl."""
+    from tinytitan.checkpoint.reader import open_checkpoint
+    from tinytitan.export.source import checkpoint_stats
+
+    stats = checkpoint_stats(open_checkpoint(checkpoint, step))
+    return stats.step, stats.ntokens_seen
+
+
+def score_model(lm, settings: TaskSettings, distributed: bool = False) -> dict[str, dict[str, float]] | None:
+    """task -> metric dict for a loaded ``LanguageModel`` (torchtitan's model), None off rank 0."""
+    from tinytitan.observe.harness import metric_dict, run_tasks, titan_lm
+
+    def forward(ids):
+        return lm.module(ids)
+
+    harness = titan_lm(forward, lm.tokenizer, lm.max_seq_len, lm.device, settings.batch_size, distributed)
+    results = run_tasks(harness, settings.tasks, include_path=settings.include_path, limit=settings.limit,
+                        num_fewshot=settings.num_fewshot)  # fmt: skip
+    return None if results is None else metric_dict(results)
+
+
+def evaluate_checkpoint(checkpoint, config, step, settings: TaskSettings, device=None) -> dict:
+    from tinytitan.observe.harness import require_lm_eval
+    from tinytitan.observe.loading import from_checkpoint
+
+    require_lm_eval()
+    lm = from_checkpoint(checkpoint, config, step, device)
+    at_step, tokens = checkpoint_position(checkpoint, step)
+    return {"model": lm.name, "step": at_step, "tokens": tokens, "tasks": score_model(lm, settings)}
+
+
+def evaluate_random_init(config, settings: TaskSettings, device=None, seed: int = 0) -> dict:
+    """The chance baseline: the config's model as initialised, before training (step 0)."""
+    from tinytitan.observe.harness import require_lm_eval
+    from tinytitan.observe.loading import from_random_init
+
+    require_lm_eval()
+    lm = from_random_init(config, seed, device)
+    return {"model": lm.name, "step": 0, "tokens": 0, "tasks": score_model(lm, settings)}
+
+
+def evaluate_export(folder: str | os.PathLike, settings: TaskSettings, device=None) -> dict:
+    """lm-eval's HFLM on an export (step and tokens are the export's, unknown here)."""
+    from pathlib import Path
+
+    from tinytitan.observe.harness import hf_harness_model, metric_dict, run_tasks
+
+    if not (Path(folder) / "config.json").is_file():
+        raise TinytitanError(f"{folder} has no config.json: pass the folder written by `tinytitan export --format hf`")
+    harness = hf_harness_model(folder, settings.batch_size, device or "cpu")
+    results = run_tasks(harness, settings.tasks, include_path=settings.include_path, limit=settings.limit,
+                        num_fewshot=settings.num_fewshot)  # fmt: skip
+    return {"model": str(folder), "step": None, "tokens": None, "tasks": metric_dict(results)}
+
+
+def format_table(result: dict) -> str:
+    """task / metric / value lines, for the terminal."""
+    lines = [f"{result['model']}  step {result['step']}  tokens {result['tokens']}",
+             f"{'task':<28} {'metric':<20} {'value':>8}"]  # fmt: skip
+    for task, metrics in result["tasks"].items():
+        for metric, value in metrics.items():
+            lines.append(f"{task:<28} {metric:<20} {value:>8.4f}")
+    return "\n".join(lines)
