@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,10 +115,16 @@ HUB_FILES = ("tokenizer.json", "tokenizer_config.json", "original/tokenizer.mode
 
 def _http_status(e: BaseException) -> int | None:
     """The HTTP status behind a Hub error (or the error it wraps), if the server answered."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
     while e is not None:
         status = getattr(getattr(e, "response", None), "status_code", None)
         if status is not None:
             return status
+        if isinstance(e, LocalEntryNotFoundError):  # a refused metadata request: "403 Forbidden: ..."
+            match = re.match(r"(\d{3}) ", str(e))
+            if match:
+                return int(match.group(1))
         e = e.__cause__ or e.__context__
     return None
 
@@ -136,7 +143,9 @@ def _download_error(e: BaseException, repo_id: str, filename: str, token: str | 
     if isinstance(e, RepositoryNotFoundError):
         hint = "set HF_TOKEN or run `hf auth login`" if not token else "check the repo id and the token's access"
         return TinytitanError(f"repo {repo_id} not found or not visible without a token: {hint}")
-    if isinstance(e, FileNotFoundError):  # a local folder given as --repo-id
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if isinstance(e, FileNotFoundError) and not isinstance(e, LocalEntryNotFoundError):  # a local folder as --repo-id
         return TinytitanError(
             f"folder {repo_id} has no {filename}: give a folder laid out like the Hub repo "
             "(tokenizer.json, tokenizer_config.json, original/tokenizer.model)"
@@ -159,10 +168,15 @@ def _download_error(e: BaseException, repo_id: str, filename: str, token: str | 
 
 
 def _missing(e: BaseException) -> bool:
-    """The repo answered that it has no such file (as opposed to refusing or failing)."""
-    from huggingface_hub.errors import EntryNotFoundError
+    """The repo answered that it has no such file (as opposed to refusing, failing, or not answering)."""
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    return isinstance(e, (EntryNotFoundError, FileNotFoundError)) or _http_status(e) == 404
+    if isinstance(e, LocalEntryNotFoundError):  # the Hub could not be reached (and nothing is cached)
+        return False
+    status = _http_status(e)
+    if status is not None:  # 401/403/5xx are refusals or failures, never "not there"
+        return status == 404
+    return isinstance(e, (EntryNotFoundError, FileNotFoundError))
 
 
 def _local_client(folder: Path):
