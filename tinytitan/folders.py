@@ -64,7 +64,7 @@ def check_free_space(out: Path, need: int, what: str, flag: str = "--out") -> No
         )
 
 
-def disk_full_error(e: OSError, out: Path, need: int, what: str) -> TinytitanError:
+def write_filled_disk_error(e: OSError, out: Path, need: int, what: str) -> TinytitanError:
     """The one line for a disk that filled during a write (another process took the space)."""
     return TinytitanError(
         f"the disk of {out} filled up while writing {what} ({e.strerror}); it needs {need / 2**20:.1f} MiB, "

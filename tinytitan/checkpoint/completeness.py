@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from tinytitan.errors import TinytitanError
+from tinytitan.folders import free_bytes
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 METADATA = ".metadata"
@@ -106,7 +107,7 @@ def disk_full_error(exc: BaseException, folder: str | os.PathLike) -> TinytitanE
     complete = [p for _, p in steps if folder_problem(p) is None]
     sizes = [folder_bytes(p) for _, p in steps]
     needed = max(sizes, default=0)
-    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    free = free_bytes(folder)
     last = "no complete checkpoint exists yet"
     if complete:
         last = f"the last complete checkpoint, {complete[-1].name}, is intact and a rerun resumes from it"

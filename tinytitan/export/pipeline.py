@@ -19,7 +19,13 @@ from pathlib import Path
 import torch
 
 from tinytitan.errors import TinytitanError
-from tinytitan.folders import check_free_space, check_output_folder, disk_full_error, make_temp_dir, replace_folder
+from tinytitan.folders import (
+    check_free_space,
+    check_output_folder,
+    make_temp_dir,
+    replace_folder,
+    write_filled_disk_error,
+)
 
 FORMATS = ("hf", "meta", "both")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -214,7 +220,7 @@ def export(
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise disk_full_error(e, out, need, f"the {fmt} export") from e
+            raise write_filled_disk_error(e, out, need, f"the {fmt} export") from e
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
