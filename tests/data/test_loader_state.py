@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tests.data.fixtures import loader, make_corpus, sources
-from tinytitan.data.loader_state import STATE_KEY, STATE_VERSION
+from tinytitan.data.loader_state import LANE_FIELDS, STATE_KEY, STATE_VERSION
 from tinytitan.data.planner import forget_plans
 from tinytitan.errors import TinytitanError
 
@@ -20,11 +21,43 @@ def saved_state(corpus, **kw):
     return first.state_dict()
 
 
-def test_the_same_config_resumes(corpus):
+def next_batches(dl, n=3):
+    it = iter(dl)
+    return [next(it)[0]["input"] for _ in range(n)]
+
+
+def as_version_1(doc: dict) -> dict:
+    """The same state in the format checkpoints had until 2026-12-02: a lane as 13 integers."""
+    lanes = {name: {lid: [st[f] for f in LANE_FIELDS] for lid, st in ls.items()} for name, ls in doc["lanes"].items()}
+    v1 = {k: v for k, v in doc.items() if k != "unreadable"}
+    return {**v1, "version": 1, "lanes": lanes, "errors": doc["unreadable"]}
+
+
+def test_the_state_is_a_versioned_document_with_named_fields(corpus):
+    doc = json.loads(saved_state(corpus)[STATE_KEY])
+    assert doc["version"] == STATE_VERSION == 2 and doc["windows"] == 12  # 3 batches of 4 windows
+    assert doc["layout"] == {"dp_world_size": 1, "workers": 1, "batch_size": 4, "seq_len": 64}
+    lane = doc["lanes"]["slimpajama"]["0"]
+    assert sorted(lane) == sorted(LANE_FIELDS) and lane["tokens"] > 0 and lane["docs"] > 0
+
+
+def test_a_version_1_checkpoint_resumes_exactly_as_today(corpus):
     state = saved_state(corpus)
-    doc = json.loads(state[STATE_KEY])
-    assert doc["version"] == STATE_VERSION and doc["windows"] == 12  # 3 batches of 4 windows
-    loader(corpus, batch=4, seq_len=64).load_state_dict(state)
+    v1 = {STATE_KEY: json.dumps(as_version_1(json.loads(state[STATE_KEY])))}
+    today, old = loader(corpus, batch=4, seq_len=64), loader(corpus, batch=4, seq_len=64)
+    today.load_state_dict(state)
+    old.load_state_dict(v1)
+    for a, b in zip(next_batches(today), next_batches(old), strict=True):
+        assert torch.equal(a, b)
+    assert today.stats() == old.stats() and today.stats()["tokens/slimpajama"] > 0
+    assert json.loads(old.state_dict()[STATE_KEY])["version"] == STATE_VERSION  # saved again: upgraded
+
+
+def test_a_damaged_version_1_lane_is_refused(corpus):
+    doc = as_version_1(json.loads(saved_state(corpus)[STATE_KEY]))
+    doc["lanes"]["slimpajama"]["0"] = doc["lanes"]["slimpajama"]["0"][:8]
+    with pytest.raises(TinytitanError, match="lane 0 of 'slimpajama' has 8 fields, not 13.*exclude_from_loading"):
+        loader(corpus).load_state_dict({STATE_KEY: json.dumps(doc)})
 
 
 def test_another_loaders_state_is_refused(corpus):
@@ -35,7 +68,10 @@ def test_another_loaders_state_is_refused(corpus):
 def test_another_state_version_is_refused_naming_it(corpus):
     doc = json.loads(saved_state(corpus)[STATE_KEY])
     doc["version"] = 99
-    with pytest.raises(TinytitanError, match=f"data loader state version 99 is not {STATE_VERSION}"):
+    with pytest.raises(
+        TinytitanError,
+        match=r"data loader state version 99 is not one this tinytitan reads \(1, 2\).*exclude_from_loading",
+    ):
         loader(corpus).load_state_dict({STATE_KEY: json.dumps(doc)})
 
 

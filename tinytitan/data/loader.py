@@ -28,8 +28,19 @@ import torch
 from torchtitan.components.dataloader import BaseDataLoader
 
 from tinytitan.data.config import Data, data_config
-from tinytitan.data.loader_state import check_fingerprint, dump_state, load_state, merge_states, warn_on_weight_change
-from tinytitan.data.mixture import Reader, Sampler, fresh_lane_state, lane_stats
+from tinytitan.data.loader_state import (
+    Lanes,
+    LaneState,
+    Layout,
+    LoaderState,
+    RankState,
+    check_fingerprint,
+    dump_state,
+    load_state,
+    merge_states,
+    warn_on_weight_change,
+)
+from tinytitan.data.mixture import Reader, Sampler, lane_stats
 from tinytitan.data.plan import MixturePlan
 from tinytitan.data.planner import make_plan
 from tinytitan.data.tok import Encoder
@@ -74,12 +85,12 @@ class MixtureDataLoader(BaseDataLoader):
         self.batches_base = 0  # batches this rank consumed before this (re)start
         self.b = 0  # batches consumed since this (re)start
         # lanes state of each local reader as of the last consumed batch
-        self._reader_states: list[dict | None] = [None] * self.n_local
+        self._reader_states: list[Lanes | None] = [None] * self.n_local
         self._readers: list[Reader] | None = None  # in-process readers (num_workers == 0)
         self._procs: list = []
         self._queues: list = []
         self._errors: list[str] = []
-        self._loaded_state: dict | None = None
+        self._loaded_lanes: Lanes | None = None
         self.trace: list[tuple[int, int]] | None = None  # (source, lane) per window, in-process readers only
         self.process_group = None  # gathered over in state_dict(); None: the default group
         if self.n_readers > plan.lanes:
@@ -99,8 +110,8 @@ class MixtureDataLoader(BaseDataLoader):
     def _schedule(self) -> Schedule:
         return Schedule(self.windows_base, self.dp_world_size, self.dp_rank, self.batch_size)
 
-    def _initial_lanes(self) -> dict:
-        return self._loaded_state or {}
+    def _initial_lanes(self) -> Lanes:
+        return self._loaded_lanes or {}
 
     def _make_readers(self) -> list[Reader]:
         backend = make_backend(self.backend_spec)
@@ -199,9 +210,9 @@ class MixtureDataLoader(BaseDataLoader):
             yield self.next_batch()
 
     # ---------------------------------------------------------- state
-    def _local_lanes(self) -> dict:
+    def _local_lanes(self) -> Lanes:
         """Lanes of this rank's readers as of the last consumed batch."""
-        merged: dict[str, dict] = {s.name: {} for s in self.plan.sources}
+        merged: Lanes = {s.name: {} for s in self.plan.sources}
         initial = self._initial_lanes()
         for k in range(self.n_local):
             if self._readers is not None:
@@ -212,7 +223,7 @@ class MixtureDataLoader(BaseDataLoader):
                 rid = self.reader_id(k)
                 st = {
                     s.name: {
-                        str(lid): initial.get(s.name, {}).get(str(lid), fresh_lane_state())
+                        lid: initial.get(s.name, {}).get(lid) or LaneState()
                         for lid in range(rid, self.plan.lanes, self.n_readers)
                     }
                     for s in self.plan.sources
@@ -221,16 +232,16 @@ class MixtureDataLoader(BaseDataLoader):
                 merged[name].update(lanes)
         return merged
 
-    def _local_state(self) -> dict:
-        return {
-            "rank": self.dp_rank,
-            "windows": self.windows_base + self.b * self.dp_world_size * self.batch_size,
-            "batches": self.batches_base + self.b,
-            "lanes": self._local_lanes(),
-            "errors": sorted(set(self._errors)),
-        }
+    def _local_state(self) -> RankState:
+        return RankState(
+            rank=self.dp_rank,
+            windows=self.windows_base + self.b * self.dp_world_size * self.batch_size,
+            batches=self.batches_base + self.b,
+            lanes=self._local_lanes(),
+            unreadable=sorted(set(self._errors)),
+        )
 
-    def _global_state(self) -> dict:
+    def _global_state(self) -> LoaderState:
         local = self._local_state()
         parts = [local]
         dist = torch.distributed
@@ -241,16 +252,11 @@ class MixtureDataLoader(BaseDataLoader):
                 dist.all_gather_object(parts, local, group=self.process_group)
         return self._merge(parts)
 
-    def _merge(self, parts: list[dict]) -> dict:
-        layout = {
-            "dp_world_size": self.dp_world_size,
-            "workers": self.n_local,
-            "batch_size": self.batch_size,
-            "seq_len": self.seq_len,
-        }
+    def _merge(self, parts: list[RankState]) -> LoaderState:
+        layout = Layout(self.dp_world_size, self.n_local, self.batch_size, self.seq_len)
         return merge_states(self.plan, layout, parts)
 
-    def local_state_dict(self) -> dict:
+    def local_state_dict(self) -> RankState:
         """This rank's part of the state (no communication); see merge_rank_states."""
         return self._local_state()
 
@@ -262,27 +268,27 @@ class MixtureDataLoader(BaseDataLoader):
         if not state_dict:
             return
         st = load_state(state_dict)
-        check_fingerprint(st["fingerprint"], self.plan.fingerprint())
+        check_fingerprint(st.fingerprint, self.plan.fingerprint())
         if self.dp_rank == 0:
-            warn_on_weight_change(st.get("weights"), self.plan)
-        old = st["layout"]
-        self.windows_base = int(st["windows"])
-        self.batches_base = int(st["batches"])
+            warn_on_weight_change(st.weights, self.plan)
+        old = st.layout
+        self.windows_base = st.windows
+        self.batches_base = st.batches
         self.b = 0
-        self._loaded_state = st["lanes"]
-        self._errors = list(st.get("errors", []))
+        self._loaded_lanes = st.lanes
+        self._errors = list(st.unreadable)
         self._reader_states = [None] * self.n_local
         self._stop_workers()
         if self._readers is not None:
             for r in self._readers:
                 r.close()
             self._readers = None
-        if (old["dp_world_size"], old["workers"]) != (self.dp_world_size, self.n_local):
+        if (old.dp_world_size, old.workers) != (self.dp_world_size, self.n_local):
             logger.info(
                 "data: resuming a stream written by %d dp ranks x %d loader readers on %d x %d: "
                 "lanes re-dealt (lane l -> reader l mod %d); every lane continues where it stopped",
-                old["dp_world_size"],
-                old["workers"],
+                old.dp_world_size,
+                old.workers,
                 self.dp_world_size,
                 self.n_local,
                 self.n_readers,

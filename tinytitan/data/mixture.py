@@ -14,9 +14,9 @@ Vocabulary (see docs/data.md):
   golden-ratio (Weyl) sequence: the realized share of every source stays within a few
   windows of its weight at any point, with no state but ``g``.
 
-The state of a lane is a handful of integers: where the first unused token sits
-(pass, part, document, token offset), how far reading got (for counters), and counters.
-Resuming re-reads and re-tokenizes from that document.
+The state of a lane (``LaneState`` in ``tinytitan.data.loader_state``) is a handful of
+integers: where the first unused token sits (pass, part, document, token offset), how far
+reading got (for counters), and counters. Resuming re-reads and re-tokenizes from that document.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import logging
 
 import numpy as np
 
+from tinytitan.data.loader_state import Lanes, LaneState
 from tinytitan.data.plan import MixturePlan, SourcePlan, lane_parts, source_seed
 from tinytitan.errors import TinytitanError
 
@@ -56,57 +57,43 @@ class Sampler:
 # ---------------------------------------------------------------- lanes
 
 
-# Lane state layout (a list of ints in checkpoints)
-LANE_FIELDS = (
-    "serving",  # the pass this lane currently serves (lanes are used in (serving, lane) order)
-    "pass",
-    "part",
-    "doc",
-    "offset",  # first unused token: pass, part (in the lane's list), document, token offset
-    "read_pass",
-    "read_part",
-    "read_doc",  # furthest read position (documents before it are already counted)
-    "tokens",
-    "docs",
-    "empty",
-    "excluded",
-    "file_errors",
-)
-
-
 class Lane:
+    """One lane of one source while it is read; ``state()``/``load()`` convert to its saved LaneState."""
+
     __slots__ = (
         "src",
         "lid",
         "seed",
         "n_lanes",
         "serving",
-        "rp",
-        "rk",
-        "rt",
-        "hw",
+        "fetch_pass",
+        "fetch_part",
+        "fetch_doc",
+        "counted_to",
         "chunks",
         "head",
-        "avail",
-        "skip",
+        "buffered",
+        "skip_tokens",
         "stream",
         "tokens",
         "docs",
         "empty",
         "excluded",
-        "file_errors",
+        "unreadable",
         "_parts",
     )
 
     def __init__(self, src: SourcePlan, lid: int, seed: int, n_lanes: int):
         self.src, self.lid, self.seed, self.n_lanes = src, lid, seed, n_lanes
-        self.serving = 0
-        self.rp = self.rk = self.rt = 0
-        self.hw = (0, 0, 0)
-        self.chunks: list[tuple] = []
-        self.head = self.avail = self.skip = 0
+        self.serving = 0  # the pass this lane serves
+        self.fetch_pass = self.fetch_part = self.fetch_doc = 0  # the next document to read
+        self.counted_to = (0, 0, 0)  # (pass, part, doc): documents before it are counted
+        self.chunks: list[tuple] = []  # (tokens, doc starts, doc indices, pass, part) read, not yet taken
+        self.head = 0  # tokens of chunks[0] already taken
+        self.buffered = 0  # tokens in chunks not yet taken
+        self.skip_tokens = 0  # tokens of the first document read to drop (a resume inside a document)
         self.stream = None
-        self.tokens = self.docs = self.empty = self.excluded = self.file_errors = 0
+        self.tokens = self.docs = self.empty = self.excluded = self.unreadable = 0
         self._parts: tuple[int, np.ndarray] | None = None
 
     def parts(self, pass_: int) -> np.ndarray:
@@ -116,50 +103,52 @@ class Lane:
 
     # -- reading
     def fetch_once(self, backend, on_error: str, errors: list[str]) -> None:
-        parts = self.parts(self.rp)
-        if self.rk >= len(parts):  # no part in this pass
-            self.rp, self.rk, self.rt = self.rp + 1, 0, 0
+        parts = self.parts(self.fetch_pass)
+        if self.fetch_part >= len(parts):  # no part in this pass
+            self.fetch_pass, self.fetch_part, self.fetch_doc = self.fetch_pass + 1, 0, 0
             return
         if self.stream is None:
-            pos = (self.rp, self.rk)
-            count_from = _INF if pos < self.hw[:2] else (self.hw[2] if pos == self.hw[:2] else 0)
-            self.stream = backend.open(self.src, int(parts[self.rk]), self.rt, count_from)
+            pos = (self.fetch_pass, self.fetch_part)
+            count_from = (
+                _INF if pos < self.counted_to[:2] else (self.counted_to[2] if pos == self.counted_to[:2] else 0)
+            )
+            self.stream = backend.open(self.src, int(parts[self.fetch_part]), self.fetch_doc, count_from)
         f = self.stream.fetch()
         if f.tokens.size:
             head = 0
-            if self.skip:
-                head, self.skip = self.skip, 0
+            if self.skip_tokens:
+                head, self.skip_tokens = self.skip_tokens, 0
                 if self.chunks:
                     raise AssertionError("resume offset with tokens already buffered")
                 self.head = head
-            self.chunks.append((f.tokens, f.starts, f.ts, self.rp, self.rk))
-            self.avail += int(f.tokens.size) - head
+            self.chunks.append((f.tokens, f.starts, f.ts, self.fetch_pass, self.fetch_part))
+            self.buffered += int(f.tokens.size) - head
         self.docs += f.docs
         self.empty += f.empty
         self.excluded += f.excluded
         if f.error is not None:
-            self.skip = 0  # the resume point is gone with the file
-            part = self.src.parts[int(parts[self.rk])]
-            fresh = (self.rp, self.rk, f.error_t) >= self.hw
+            self.skip_tokens = 0  # the resume point is gone with the file
+            part = self.src.parts[int(parts[self.fetch_part])]
+            fresh = (self.fetch_pass, self.fetch_part, f.error_t) >= self.counted_to
             if on_error == "fail":
                 raise TinytitanError(
                     f"data source {self.src.name!r}: cannot read {f.error}; fix or remove the file, "
                     "or set data.on_error = 'skip'"
                 )
             if fresh and part.index == 0:
-                self.file_errors += 1
+                self.unreadable += 1
                 errors.append(f.error)
                 logger.warning("data source %r: skipping unreadable file %s", self.src.name, f.error)
-        self.rt = f.next_t
+        self.fetch_doc = f.next_t
         if f.done:
             self.stream.close()
             self.stream = None
-            self.rk, self.rt = self.rk + 1, 0
-            if self.rk >= len(parts):
-                self.rp, self.rk = self.rp + 1, 0
-        pos = (self.rp, self.rk, self.rt)
-        if pos > self.hw:
-            self.hw = pos
+            self.fetch_part, self.fetch_doc = self.fetch_part + 1, 0
+            if self.fetch_part >= len(parts):
+                self.fetch_pass, self.fetch_part = self.fetch_pass + 1, 0
+        pos = (self.fetch_pass, self.fetch_part, self.fetch_doc)
+        if pos > self.counted_to:
+            self.counted_to = pos
 
     def take(self, out: np.ndarray, need: int) -> None:
         pos = 0
@@ -173,7 +162,7 @@ class Lane:
             if self.head == tokens.size:
                 chunks.pop(0)
                 self.head = 0
-        self.avail -= need
+        self.buffered -= need
 
     def close(self) -> None:
         if self.stream is not None:
@@ -186,30 +175,36 @@ class Lane:
             _, starts, ts, p, k = self.chunks[0]
             i = int(np.searchsorted(starts, self.head, side="right")) - 1
             return p, k, int(ts[i]), self.head - int(starts[i])
-        return self.rp, self.rk, self.rt, self.skip
+        return self.fetch_pass, self.fetch_part, self.fetch_doc, self.skip_tokens
 
-    def state(self) -> list[int]:
-        return [
+    def state(self) -> LaneState:
+        next_pass, next_part, next_doc, next_token = self.cursor()
+        counted_pass, counted_part, counted_doc = self.counted_to
+        return LaneState(
             self.serving,
-            *self.cursor(),
-            *self.hw,
+            next_pass,
+            next_part,
+            next_doc,
+            next_token,
+            counted_pass,
+            counted_part,
+            counted_doc,
             self.tokens,
             self.docs,
             self.empty,
             self.excluded,
-            self.file_errors,
-        ]
+            self.unreadable,
+        )
 
-    def load(self, st: list[int]) -> None:
+    def load(self, st: LaneState) -> None:
         self.close()
-        (self.serving, self.rp, self.rk, self.rt, self.skip, hp, hk, ht) = (int(x) for x in st[:8])
-        self.hw = (hp, hk, ht)
-        self.tokens, self.docs, self.empty, self.excluded, self.file_errors = (int(x) for x in st[8:13])
-        self.chunks, self.head, self.avail = [], 0, 0
-
-
-def fresh_lane_state() -> list[int]:
-    return [0] * len(LANE_FIELDS)
+        self.serving = st.serving_pass
+        self.fetch_pass, self.fetch_part, self.fetch_doc = st.next_pass, st.next_part, st.next_doc
+        self.skip_tokens = st.next_token
+        self.counted_to = (st.counted_pass, st.counted_part, st.counted_doc)
+        self.tokens, self.docs, self.empty = st.tokens, st.docs, st.empty_docs
+        self.excluded, self.unreadable = st.excluded_docs, st.unreadable_files
+        self.chunks, self.head, self.buffered = [], 0, 0
 
 
 # ---------------------------------------------------------------- readers
@@ -249,20 +244,20 @@ class Reader:
         idle = 0
         while True:
             lane = lanes[heap[0][1]]
-            if lane.avail >= need:
+            if lane.buffered >= need:
                 lane.take(out, need)
                 lane.tokens += self.seq_len
                 if self.trace is not None:
                     self.trace.append((s, lane.lid))
                 return
-            if lane.rp <= lane.serving:
-                before = lane.avail
+            if lane.fetch_pass <= lane.serving:
+                before = lane.buffered
                 lane.fetch_once(self.backend, self.plan.on_error, self.errors)
-                if lane.avail > before:
+                if lane.buffered > before:
                     idle = 0
                 continue
             # this lane has served its share of the pass: the next lane in (pass, id) order
-            lane.serving = lane.rp
+            lane.serving = lane.fetch_pass
             heapq.heapreplace(heap, (lane.serving, lane.lid))
             idle += 1
             if idle > 2 * len(lanes) + 2:
@@ -289,17 +284,17 @@ class Reader:
         return out
 
     # -- state
-    def state(self) -> dict:
+    def state(self) -> Lanes:
         return {
-            src.name: {str(lid): lane.state() for lid, lane in lanes.items()}
+            src.name: {lid: lane.state() for lid, lane in lanes.items()}
             for src, lanes in zip(self.plan.sources, self.lanes, strict=True)
         }
 
-    def load(self, lanes_state: dict) -> None:
+    def load(self, lanes_state: Lanes) -> None:
         for src, lanes in zip(self.plan.sources, self.lanes, strict=True):
             saved = lanes_state.get(src.name, {})
             for lid, lane in lanes.items():
-                lane.load(saved.get(str(lid), fresh_lane_state()))
+                lane.load(saved.get(lid) or LaneState())
         self._rebuild_heaps()
 
     def close(self) -> None:
@@ -308,19 +303,17 @@ class Reader:
                 lane.close()
 
 
-def lane_stats(plan: MixturePlan, lanes_state: dict) -> dict[str, float]:
+def lane_stats(plan: MixturePlan, lanes_state: Lanes) -> dict[str, float]:
     """Counters summed over the given lanes (see loader.stats)."""
     out: dict[str, float] = {}
     files = 0
     for src in plan.sources:
-        rows = list(lanes_state.get(src.name, {}).values())
-        arr = np.asarray(rows, np.int64).reshape(-1, len(LANE_FIELDS))
-        col = {f: i for i, f in enumerate(LANE_FIELDS)}
-        out[f"tokens/{src.name}"] = float(arr[:, col["tokens"]].sum())
-        out[f"docs/{src.name}"] = float(arr[:, col["docs"]].sum())
-        out[f"docs_skipped/{src.name}"] = float(arr[:, col["empty"]].sum())
-        out[f"docs_excluded/{src.name}"] = float(arr[:, col["excluded"]].sum())
-        out[f"passes/{src.name}"] = float(arr[:, col["serving"]].sum()) / plan.lanes
-        files += int(arr[:, col["file_errors"]].sum())
+        lanes = list(lanes_state.get(src.name, {}).values())
+        out[f"tokens/{src.name}"] = float(sum(st.tokens for st in lanes))
+        out[f"docs/{src.name}"] = float(sum(st.docs for st in lanes))
+        out[f"docs_skipped/{src.name}"] = float(sum(st.empty_docs for st in lanes))
+        out[f"docs_excluded/{src.name}"] = float(sum(st.excluded_docs for st in lanes))
+        out[f"passes/{src.name}"] = float(sum(st.serving_pass for st in lanes)) / plan.lanes
+        files += sum(st.unreadable_files for st in lanes)
     out["files_skipped"] = float(files)
     return out
