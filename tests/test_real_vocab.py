@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers import launch, small_run_overrides, train_losses
 from tinytitan.cli import main
-from tinytitan.data.tok import Encoder
+from tinytitan.data.encode import Encoder
 from tinytitan.tokenizer import EMBEDDED_TOKENIZER, load_tokenizer
 
 TEXT = "def greet(name):\n    return f'Hello, {name}!'  # 3 spaces   and unicode: café 東京"

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from tinytitan.cli import main
-from tinytitan.data.tok import Encoder
+from tinytitan.data.encode import Encoder
 from tinytitan.tokenizer import load_tokenizer
 
 TEXTS = [

@@ -128,10 +128,10 @@ def plan_push(
 
 def verify_folder(folder: Path, log: Callable[[str], None] = print):
     """``export``'s checks on the folder's own files; returns the verification."""
-    from tinytitan.export.checks import check_hf_folder, reference_from_hf
+    from tinytitan.export.parity import verify_hf_folder, verify_meta_folder
     from tinytitan.export.pipeline import META_SUBFOLDER
     from tinytitan.export.settings import read_tokenizer
-    from tinytitan.export.verify import verify_hf_folder, verify_meta_folder
+    from tinytitan.export.static_checks import check_hf_folder, reference_from_hf
     from tinytitan.models import flavor_args
 
     info = check_hf_folder(folder)

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from tests.helpers import DEBUG_CONFIG, REPO, read_metrics
 from tinytitan.checkpoint.reader import load_model_state
 from tinytitan.cli import main
-from tinytitan.export.verify import build_torchtitan, greedy_torchtitan, random_ids
+from tinytitan.export.parity import build_torchtitan, greedy_torchtitan, random_ids
 from tinytitan.models import flavor_args
 
 SEQ_LEN = 256  # training.seq_len of the debug config
@@ -152,7 +152,7 @@ def test_bfloat16_export_is_verified_with_its_own_bound(step20, tmp_path, capsys
 def test_missing_rope_scaling_changes_the_logits(exported, reference, tmp_path):
     """Why config.json is derived: without rope_parameters transformers loads fine but computes other logits."""
     from tinytitan.errors import TinytitanError
-    from tinytitan.export.verify import verify_hf_folder
+    from tinytitan.export.parity import verify_hf_folder
 
     broken = tmp_path / "no-rope"
     shutil.copytree(exported, broken, ignore=shutil.ignore_patterns("original"))
@@ -165,13 +165,13 @@ def test_missing_rope_scaling_changes_the_logits(exported, reference, tmp_path):
 
 def test_an_inconclusive_float32_comparison_is_decided_in_float64(exported, reference, monkeypatch):
     """Float32 noise depends on kernels and threads; a correct export must never be called wrong for it."""
-    from tinytitan.export import verify
+    from tinytitan.export import parity
 
-    monkeypatch.setattr(verify, "FP32_BOUND", 0.0)  # every float32 figure is now "over the bound"
-    result = verify.verify_hf_folder(exported, flavor_args("debug"), reference, seq_len=SEQ_LEN, dtype=torch.float32)
+    monkeypatch.setattr(parity, "FP32_BOUND", 0.0)  # every float32 figure is now "over the bound"
+    result = parity.verify_hf_folder(exported, flavor_args("debug"), reference, seq_len=SEQ_LEN, dtype=torch.float32)
     assert result.max_abs_diff > 0.0 and result.fp64_max_abs_diff is not None
     assert result.fp64_max_abs_diff < result.max_abs_diff  # float64 is the more precise arbiter
-    assert result.fp64_max_abs_diff <= verify.FP64_BOUND and result.greedy_match
+    assert result.fp64_max_abs_diff <= parity.FP64_BOUND and result.greedy_match
     assert "float64 decided" in result.describe()
 
 

@@ -130,7 +130,7 @@ def base_config(flavor: str) -> Path:
 
 
 @dataclass(frozen=True)
-class Schedule:
+class StepSchedule:
     """Steps per run: ``warmup`` steps are not averaged, then ``measure`` steps; one log row per ``log_freq``."""
 
     warmup: int
@@ -142,7 +142,7 @@ class Schedule:
         return self.warmup + self.measure
 
 
-def make_schedule(warmup: int, measure: int, log_freq: int) -> Schedule:
+def make_schedule(warmup: int, measure: int, log_freq: int) -> StepSchedule:
     """Rounds warm-up and measurement up to whole log windows, so every averaged row covers measured steps only."""
     if warmup < 1 or measure < 1 or log_freq < 1:
         raise TinytitanError("--warmup, --steps and --log-freq must be at least 1 (step 1 always compiles or warms up)")
@@ -150,11 +150,11 @@ def make_schedule(warmup: int, measure: int, log_freq: int) -> Schedule:
     def up(n: int) -> int:
         return math.ceil(n / log_freq) * log_freq
 
-    return Schedule(warmup=up(warmup), measure=up(measure), log_freq=log_freq)
+    return StepSchedule(warmup=up(warmup), measure=up(measure), log_freq=log_freq)
 
 
 def training_overrides(
-    s: Settings, schedule: Schedule, dump: Path, machine: Machine, profile: bool = False
+    s: Settings, schedule: StepSchedule, dump: Path, machine: Machine, profile: bool = False
 ) -> list[str]:
     """torchtitan overrides on top of the flavor's config."""
     steps = schedule.steps + (PROFILE_EXTRA_STEPS if profile else 0)
@@ -199,7 +199,7 @@ def effective(s: Settings, machine: Machine) -> Settings:
     return dataclasses.replace(s, compile=False, float8=False)
 
 
-def summarize_rows(rows: list[dict], s: Settings, schedule: Schedule, machine: Machine) -> dict:
+def summarize_rows(rows: list[dict], s: Settings, schedule: StepSchedule, machine: Machine) -> dict:
     """Averages the measured log rows (steps after the warm-up) of one run's metrics.jsonl."""
     from tinytitan.models import summarize
 
@@ -236,7 +236,7 @@ def last_error_line(log_text: str) -> str:
 
 
 def run_once(
-    s: Settings, schedule: Schedule, machine: Machine, work_dir: Path, timeout_s: float, profile: bool = False
+    s: Settings, schedule: StepSchedule, machine: Machine, work_dir: Path, timeout_s: float, profile: bool = False
 ) -> dict:
     """One training run; returns the JSON record (status ok, oom, failed or timeout).
 

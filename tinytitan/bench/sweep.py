@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from tinytitan.bench.run import Machine, Schedule, Settings, emit, float8_available, run_once
+from tinytitan.bench.run import Machine, Settings, StepSchedule, emit, float8_available, run_once
 
 CPU_BATCH = 4
 SMOKE = {"flavor": "debug", "seq_len": 64, "batch": 2}
@@ -45,7 +45,7 @@ def default_batch(flavor: str, on_gpu: bool) -> int:
 class Runner:
     """Runs settings once each, inside the budget, and remembers the records."""
 
-    def __init__(self, schedule: Schedule, machine: Machine, work_dir: Path, args):
+    def __init__(self, schedule: StepSchedule, machine: Machine, work_dir: Path, args):
         self.schedule, self.machine, self.work_dir = schedule, machine, work_dir
         self.deadline = time.monotonic() + args.budget_s
         self.timeout_s, self.out, self.profile = args.timeout_s, args.out, args.profile
@@ -99,7 +99,7 @@ def _batches(runner: Runner, base: Settings) -> None:
             runner.run(dataclasses.replace(base, local_batch_size=base.local_batch_size // 2))
 
 
-def run_sweep(flavors: list[str], seq_len: int, schedule: Schedule, machine: Machine, work_dir: Path, args) -> int:
+def run_sweep(flavors: list[str], seq_len: int, schedule: StepSchedule, machine: Machine, work_dir: Path, args) -> int:
     on_gpu = bool(machine.gpus)
     if args.smoke:
         flavors, seq_len = [SMOKE["flavor"]], SMOKE["seq_len"]

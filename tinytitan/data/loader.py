@@ -28,6 +28,7 @@ import torch
 from torchtitan.components.dataloader import BaseDataLoader
 
 from tinytitan.data.config import Data, data_config
+from tinytitan.data.encode import Encoder
 from tinytitan.data.loader_state import (
     Lanes,
     LaneState,
@@ -43,8 +44,7 @@ from tinytitan.data.loader_state import (
 from tinytitan.data.mixture import Reader, Sampler, lane_stats
 from tinytitan.data.plan import MixturePlan
 from tinytitan.data.planner import make_plan
-from tinytitan.data.tok import Encoder
-from tinytitan.data.workers import Schedule, make_backend, worker_main
+from tinytitan.data.workers import WindowSchedule, make_backend, worker_main
 from tinytitan.errors import TinytitanError
 
 logger = logging.getLogger("tinytitan.data")
@@ -107,8 +107,8 @@ class MixtureDataLoader(BaseDataLoader):
     def _local_for(self, b: int) -> int:
         return (self.batches_base + b) % self.n_local
 
-    def _schedule(self) -> Schedule:
-        return Schedule(self.windows_base, self.dp_world_size, self.dp_rank, self.batch_size)
+    def _schedule(self) -> WindowSchedule:
+        return WindowSchedule(self.windows_base, self.dp_world_size, self.dp_rank, self.batch_size)
 
     def _initial_lanes(self) -> Lanes:
         return self._loaded_lanes or {}

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 from tinytitan.data.config import Data, Source, hub_repo, list_files, validate_sources
+from tinytitan.data.encode import Encoder
 from tinytitan.data.files import FileInfo, Filter, Opener, Part, ReadError, file_info, iter_part
 from tinytitan.data.shards import FORMAT_VERSION, MANIFEST, shard_base, shard_bytes, source_settings
-from tinytitan.data.tok import Encoder
 from tinytitan.errors import TinytitanError
 
 logger = logging.getLogger("tinytitan.data")

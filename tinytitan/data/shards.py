@@ -30,10 +30,10 @@ from collections import OrderedDict
 import numpy as np
 
 from tinytitan.data.config import Data, Source, data_config, validate_sources
+from tinytitan.data.encode import TOKEN_DTYPE, Encoder
 from tinytitan.data.files import FileInfo, Part, row_range
 from tinytitan.data.plan import MixturePlan, SourcePlan, plan_from_infos
 from tinytitan.data.text_backend import Fetch
-from tinytitan.data.tok import TOKEN_DTYPE, Encoder
 from tinytitan.errors import TinytitanError
 
 MANIFEST = "manifest.json"

@@ -30,9 +30,9 @@ from torchtitan.distributed import utils as dist_utils
 from torchtitan.tools import utils as tt_utils
 
 from tinytitan.data.config import Data, data_config, hub_repo, list_files
+from tinytitan.data.encode import Encoder
 from tinytitan.data.files import Filter, Opener, ReadError, file_info, iter_file
 from tinytitan.data.plan import SourcePlan
-from tinytitan.data.tok import Encoder
 
 logger = logging.getLogger("tinytitan.data")
 

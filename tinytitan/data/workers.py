@@ -17,7 +17,7 @@ from tinytitan.errors import TinytitanError
 
 
 @dataclass
-class Schedule:
+class WindowSchedule:
     """Which global window indices batch ``b`` (counted since the loader (re)started) covers."""
 
     windows_base: int  # global windows consumed before the (re)start
@@ -47,7 +47,7 @@ def worker_main(
     reader_id: int,
     n_readers: int,
     lanes_state: dict,
-    schedule: Schedule,
+    schedule: WindowSchedule,
     first_b: int,
     step: int,
     weights: list[float],

@@ -40,7 +40,7 @@ class ExportResult:
     dtype: str
     source: str
     files: list[Path] = field(default_factory=list)
-    verification: object = None  # tinytitan.export.verify.Verification, for the HF part
+    verification: object = None  # tinytitan.export.parity.Verification, for the HF part
 
 
 def _progress(total: int, enabled: bool):
@@ -230,8 +230,8 @@ def export(
 
 
 def _verify(tmp, meta_dir, fmt, source, args, seq_len, dtype, tok, result, log) -> None:
-    from tinytitan.export.checks import check_hf_folder
-    from tinytitan.export.verify import verify_hf_folder, verify_meta_folder
+    from tinytitan.export.parity import verify_hf_folder, verify_meta_folder
+    from tinytitan.export.static_checks import check_hf_folder
 
     reference = {name: source.load(name, torch.float32) for name in source.names()}
     if fmt in ("meta", "both"):

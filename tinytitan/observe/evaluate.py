@@ -41,7 +41,7 @@ class SourceResult:
 def held_out(data, tokenizer, seq_len: int, max_windows: int) -> Iterator[tuple[str, float, torch.Tensor]]:
     """(source, mixture weight, windows) for every source with a held-out split, as the training validator builds them."""
     from tinytitan.data.config import validate_sources
-    from tinytitan.data.tok import Encoder
+    from tinytitan.data.encode import Encoder
     from tinytitan.data.validate import heldout_windows
 
     if data.format == "tokens":

@@ -147,7 +147,7 @@ def from_random_init(config: str | os.PathLike, seed: int = 0, device=None) -> L
 def from_hf(folder: str | os.PathLike, device=None) -> LanguageModel:
     from transformers import AutoModelForCausalLM
 
-    from tinytitan.export.checks import check_hf_folder
+    from tinytitan.export.static_checks import check_hf_folder
     from tinytitan.tokenizer import load_tokenizer
 
     folder = Path(folder)
