@@ -70,10 +70,15 @@ def test_a_killed_rank_is_restarted_and_the_run_matches_an_uninterrupted_one(uni
     assert [resumed[s] for s in range(N + 1, 2 * N + 1)] == [expected[s] for s in range(N + 1, 2 * N + 1)]
 
 
-def test_kill_9_of_the_launcher_ends_torchrun_and_every_rank(tmp_path):
-    proc = start(small_run_overrides(tmp_path, steps=50, interval=100), tmp_path / "log.txt")
-    wait_until(proc, lambda: len(ranks(proc.pid)) == 2, "both ranks")
+def test_kill_9_of_the_launcher_ends_every_process_and_the_rerun_resumes_exactly(uninterrupted, tmp_path):
+    """SIGKILL to the launcher alone: torchrun, the ranks and their loader workers die with it (nothing
+    races the next launcher). The same command again resumes from the step-N checkpoint, bit for bit,
+    and with a loader worker per rank the stream is the one the in-process loader gives `uninterrupted`."""
+    overrides = [*small_run_overrides(tmp_path, steps=2 * N, interval=N), "--training.dataloader.num_workers", "1"]
+    proc = start(overrides, tmp_path / "log.txt")
+    wait_until(proc, lambda: (tmp_path / "checkpoint" / f"step-{N}" / ".metadata").exists(), "the checkpoint")
     below = descendants(proc.pid)
+    assert len([p for p in below if b"spawn_main" in _cmdline(p)]) == 2, "one loader worker per rank"
     proc.kill()
     proc.wait()
     deadline = time.monotonic() + 30
@@ -82,6 +87,23 @@ def test_kill_9_of_the_launcher_ends_torchrun_and_every_rank(tmp_path):
     ) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert alive == []
+    assert not (tmp_path / "checkpoint" / f"step-{2 * N}" / ".metadata").exists()
+
+    rerun = launch(overrides)
+    assert f"Training starts at step {N + 1}" in rerun.stdout + rerun.stderr
+    expected, resumed = train_losses(uninterrupted), train_losses(tmp_path)
+    assert [resumed[s] for s in range(N + 1, 2 * N + 1)] == [expected[s] for s in range(N + 1, 2 * N + 1)]
+    tokens = [
+        [r["n_tokens_seen"] for r in read_metrics(d) if r["step"] == 2 * N][-1] for d in (tmp_path, uninterrupted)
+    ]
+    assert tokens[0] == tokens[1]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _state(pid: int) -> str:

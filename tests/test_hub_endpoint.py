@@ -25,14 +25,24 @@ def hub_files() -> dict[str, bytes]:
     return files
 
 
-def tinytitan(hub: HubServer | None, *args: str, token: str = TOKEN, endpoint: str | None = None):
+def tinytitan(hub: HubServer | None, *args: str, token: str = TOKEN, endpoint: str | None = None, sleeps=None):
+    """The CLI in a subprocess against `hub`; with `sleeps` (a file), huggingface_hub's retry waits are
+    written there instead of slept, so its five retries of a refused connection take no time."""
     env = {**os.environ, "HF_ENDPOINT": endpoint or hub.url, "HF_TOKEN": token, "HF_HUB_DISABLE_XET": "1"}
     env.pop("HF_HUB_OFFLINE", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "tinytitan.cli", *args], env=env, capture_output=True, text=True, timeout=120
-    )
+    command = [sys.executable, "-m", "tinytitan.cli", *args]
+    if sleeps is not None:
+        command = [sys.executable, "-c", NO_BACKOFF, str(sleeps), *args]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert token not in proc.stdout + proc.stderr  # the token is never shown
     return proc
+
+
+NO_BACKOFF = (
+    "import sys, time; from pathlib import Path; "
+    "time.sleep = lambda s: Path(sys.argv[1]).open('a').write(f'{s}\\n'); "
+    "from tinytitan.cli import main; sys.exit(main(sys.argv[2:]))"
+)
 
 
 def one_line_error(proc) -> str:
@@ -82,11 +92,13 @@ def test_an_existing_tokenizer_folder_survives_a_failed_forced_download(tmp_path
 
 
 def test_an_unreachable_hub_ends_in_one_error_line(tmp_path):
-    """huggingface_hub retries a refused connection 5 times (~25 s) and says so; then one error line."""
-    proc = tinytitan(
-        None, "download-tokenizer", "--repo-id", REPO_ID, "--out", str(tmp_path / "t"), endpoint="http://127.0.0.1:9"
-    )
+    """huggingface_hub retries a refused connection 5 times (1+2+4+8+8 s) and says so; then one error line."""
+    sleeps = tmp_path.parent / f"{tmp_path.name}-sleeps.txt"
+    out = tmp_path / "t"
+    proc = tinytitan(None, "download-tokenizer", "--repo-id", REPO_ID, "--out", str(out), endpoint="http://127.0.0.1:9",
+                     sleeps=sleeps)  # fmt: skip
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [float(s) for s in sleeps.read_text().split()] == [1, 2, 4, 8, 8]  # the client's own backoff, not slept
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert errors == [proc.stderr.strip().splitlines()[-1]]
     assert "cannot reach the Hugging Face Hub" in errors[0] and list(tmp_path.iterdir()) == []

@@ -10,14 +10,17 @@ import os
 import sys
 
 from tinytitan import faults
+from tinytitan.errors import TinytitanError
 
-faults.rank_dies_with_torchrun()  # first, before the slow imports: a killed launcher leaves nothing behind
-
-from tinytitan import device  # noqa: E402
-from tinytitan.errors import TinytitanError  # noqa: E402
+if __name__ == "__main__":
+    # First, before the slow imports: a killed launcher leaves nothing behind. Only in the rank
+    # itself: a spawned data loader worker re-imports this module as __mp_main__, and must
+    # neither die here (its parent is the rank, not torchrun) nor import torch.
+    faults.rank_dies_with_torchrun()
 
 
 def main() -> None:
+    from tinytitan import device
     from tinytitan.preemption import StopRequest
 
     stop = StopRequest()

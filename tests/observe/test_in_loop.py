@@ -6,30 +6,29 @@ import json
 
 import pytest
 
-from tests.helpers import DEBUG_CONFIG, launch, read_metrics, small_run_overrides, train_losses
+from tests.helpers import DEBUG_CONFIG, N, launch, read_metrics, small_run_overrides, train_losses
 from tinytitan.cli import main
 from tinytitan.observe.events import read_scalars
 from tinytitan.observe.harness import SAMPLE_TASK
 
-STEPS = 4
-EVAL = ["--eval.tasks", SAMPLE_TASK, "--eval.freq", "2", "--eval.limit", "6", "--eval.batch_size", "4"]
+STEPS = 2 * N  # the `uninterrupted` fixture's run, the same but for [eval]
+EVAL = ["--eval.tasks", SAMPLE_TASK, "--eval.freq", str(N), "--eval.limit", "6", "--eval.batch_size", "4"]
 
 
-def test_in_loop_eval_logs_scores_and_changes_no_loss(tmp_path, capsys):
-    plain, with_eval = tmp_path / "plain", tmp_path / "eval"
-    launch(small_run_overrides(plain, steps=STEPS, interval=STEPS))
-    proc = launch([*small_run_overrides(with_eval, steps=STEPS, interval=STEPS), *EVAL])
+def test_in_loop_eval_logs_scores_and_changes_no_loss(uninterrupted, tmp_path, capsys):
+    with_eval = tmp_path / "eval"
+    proc = launch([*small_run_overrides(with_eval, steps=STEPS, interval=N), *EVAL])
 
     # Bit for bit: the same losses at every step, also after the evaluations (the data order is untouched).
-    assert train_losses(with_eval) == train_losses(plain)
-    assert sorted(train_losses(plain)) == list(range(1, STEPS + 1))
+    assert train_losses(with_eval) == train_losses(uninterrupted)
+    assert sorted(train_losses(with_eval)) == list(range(1, STEPS + 1))
 
     rows = {r["step"]: r for r in read_metrics(with_eval) if f"eval/{SAMPLE_TASK}/acc" in r}
-    assert sorted(rows) == [2, 4]
+    assert sorted(rows) == [N, 2 * N]
     assert all(r["eval/time_s"] > 0 for r in rows.values())
-    assert "eval at step 2 took" in proc.stdout + proc.stderr
+    assert f"eval at step {N} took" in proc.stdout + proc.stderr
     scalars = read_scalars(with_eval)
-    assert [s for s, _ in scalars[f"eval/{SAMPLE_TASK}/acc_norm"]] == [2, 4]
+    assert [s for s, _ in scalars[f"eval/{SAMPLE_TASK}/acc_norm"]] == [N, 2 * N]
 
     # The two ranks split the documents; gathered, they score what one process scores on the checkpoint.
     capsys.readouterr()

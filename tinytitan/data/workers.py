@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import traceback
 from dataclasses import dataclass
 
 import numpy as np
 
+from tinytitan import faults
 from tinytitan.data.mixture import Reader, Sampler
 from tinytitan.errors import TinytitanError
 
@@ -55,6 +57,9 @@ def worker_main(
     parent_pid: int,
 ) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.getppid() != parent_pid:
+        return  # the rank died while this worker started
+    faults.die_with_parent(signal.SIGKILL)  # a killed rank leaves no worker behind
     try:
         reader = Reader(plan, make_backend(backend_spec), seq_len, reader_id, n_readers)
         reader.load(lanes_state)
