@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 source util/bootstrap.sh
-exec "$PYTHON" -m pytest -q "$@"
+# Two test files at a time (TEST_WORKERS=0: one process, e.g. for --pdb). A file's tests stay in
+# one worker, so a file's module fixtures (the SLURM cluster, the Nano run) are built once.
+exec "$PYTHON" -m pytest -q -n "${TEST_WORKERS:-2}" --dist loadfile "$@"

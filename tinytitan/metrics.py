@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -66,7 +67,7 @@ class TinyMetricsProcessor(MetricsProcessor):
         self.logger = _KeepLast(self.logger)
         if device.cpu_mode():
             self.gpu_peak_flops = float("inf")  # no known peak: MFU reads 0 on CPU
-        self.dataloader = None
+        self._loader_stats: Callable[[], dict[str, float]] | None = None
         self.total_steps = job_config.training.steps
         self._first_log: tuple[int, float] | None = None
         self._is_writer = not dist.is_initialized() or dist.get_rank() == 0
@@ -91,11 +92,14 @@ class TinyMetricsProcessor(MetricsProcessor):
             progress["time/eta_s"] = elapsed / done * (self.total_steps - step)
         return progress
 
+    def count_data_with(self, loader_stats: Callable[[], dict[str, float]]) -> None:
+        """The data loader's per-rank counters (``stats``), summed over ranks into data/* at each log step."""
+        self._loader_stats = loader_stats
+
     def _data_stats(self) -> dict[str, float]:
-        stats_fn = getattr(self.dataloader, "stats", None)
-        if stats_fn is None:
+        if self._loader_stats is None:
             return {}
-        return {f"data/{k}": v for k, v in sum_over_ranks(stats_fn()).items()}
+        return {f"data/{k}": v for k, v in sum_over_ranks(self._loader_stats()).items()}
 
     def log(self, step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=None):
         extra = dict(extra_metrics or {})

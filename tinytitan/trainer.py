@@ -32,7 +32,8 @@ class TinyTrainer(Trainer):
         device.adapt_job_config(job_config)
         resolve_job_paths(job_config)
         super().__init__(job_config)
-        self.metrics_processor.dataloader = self.dataloader
+        if hasattr(self.dataloader, "stats"):
+            self.metrics_processor.count_data_with(self.dataloader.stats)
         # purged here, see purge_checkpoints (a disabled CheckpointManager has no keep_latest_k)
         self.keep_latest_k = getattr(self.checkpointer, "keep_latest_k", 0)
         if self.checkpointer.enable:

@@ -308,17 +308,16 @@ class MixtureDataLoader(BaseDataLoader):
         return sorted(set(self._errors))
 
     def close(self) -> None:
+        """Stops the worker processes and closes the readers' files (TinyTrainer.close calls it); idempotent."""
         self._stop_workers()
         if self._readers is not None:
             for r in self._readers:
                 r.close()
             self._readers = None
 
-    def __del__(self):
-        try:
+    def __del__(self):  # a loader dropped without close(): its workers must not outlive it
+        if getattr(self, "_procs", None):
             self._stop_workers()
-        except Exception:
-            pass
 
 
 def merge_rank_states(loaders_or_states: list) -> dict[str, Any]:
@@ -350,8 +349,8 @@ def _report_at_exit() -> None:
                     "; ".join(files),
                 )
             loader.close()
-        except Exception:
-            pass
+        except Exception as e:  # at exit: report, and go on closing the others
+            logger.warning("data: closing the loader of dp rank %d at exit failed: %r", loader.dp_rank, e)
 
 
 # ---------------------------------------------------------- builders
