@@ -1,35 +1,63 @@
 """Shared fixtures. ``debug_run`` trains the debug model once per session (2 CPU processes)
-and is reused by the checkpoint, export and observe tests, so the suite trains it once."""
+and is reused by the checkpoint, export and observe tests, so the suite trains it once, also
+when pytest-xdist runs test files in several worker processes (``built_once``)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
+from filelock import FileLock
 
 from tests.helpers import N, launch, small_run_overrides
 
 DEBUG_RUN_STEPS = 20
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(folder)` once per test session, even with pytest-xdist's worker processes: they share
+    the session's temp root, and the first to take the lock builds while the others wait.
+    Callers treat the folder as read-only (copy it to change it)."""
+    shared = os.environ.get("PYTEST_XDIST_WORKER") is not None
+    root = tmp_path_factory.getbasetemp().parent if shared else tmp_path_factory.getbasetemp()
+    folder, done = root / f"shared-{name}", root / f"shared-{name}.done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build by another worker left
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory):
     """2N steps with a checkpoint every N: the reference losses of the resume and fault tests."""
-    dump = tmp_path_factory.mktemp("uninterrupted")
-    launch(small_run_overrides(dump, steps=2 * N, interval=N))
-    return dump
+    return built_once(tmp_path_factory, "uninterrupted", lambda dump: launch(small_run_overrides(dump, 2 * N, N)))
 
 
 @pytest.fixture(scope="session")
 def debug_run(tmp_path_factory):
     """A finished debug run: checkpoints at steps 10 and 20 (full state), TensorBoard, metrics.jsonl."""
-    dump = tmp_path_factory.mktemp("debug_run")
-    overrides = small_run_overrides(dump, steps=DEBUG_RUN_STEPS, interval=10)
-    overrides = [*overrides, "--validation.enable", "--validation.freq", "10", "--validation.steps", "2"]
-    launch(overrides)
-    return dump
+
+    def build(dump):
+        overrides = small_run_overrides(dump, steps=DEBUG_RUN_STEPS, interval=10)
+        launch([*overrides, "--validation.enable", "--validation.freq", "10", "--validation.steps", "2"])
+
+    return built_once(tmp_path_factory, "debug_run", build)
+
+
+# The longest test files first (several minutes of training each), so that pytest-xdist's two
+# workers finish together rather than one running the last long file alone.
+LONGEST_FIRST = ("test_faults.py", "test_real_vocab.py", "test_slurm.py", "test_train.py", "test_sweep.py",
+                 "test_multinode.py", "test_in_loop.py", "test_completeness.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
@@ -52,6 +80,6 @@ def llama3_tokenizer(llama3_model, tmp_path_factory):
     """The real 128,256-token Llama 3 tokenizer folder, converted once per session (~8 s)."""
     from tinytitan.tokenizer_convert import convert_tokenizer
 
-    out = tmp_path_factory.mktemp("llama3") / "tokenizer"
-    convert_tokenizer(llama3_model, out, log=lambda _: None)
-    return out
+    return built_once(
+        tmp_path_factory, "llama3-tokenizer", lambda out: convert_tokenizer(llama3_model, out, log=lambda _: None)
+    )
