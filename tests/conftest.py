@@ -12,7 +12,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from tests.helpers import N, launch, small_run_overrides
+from tests.helpers import DEBUG_CONFIG, N, launch, small_run_overrides
 
 DEBUG_RUN_STEPS = 20
 
@@ -47,6 +47,18 @@ def debug_run(tmp_path_factory):
         launch([*overrides, "--validation.enable", "--validation.freq", "10", "--validation.steps", "2"])
 
     return built_once(tmp_path_factory, "debug_run", build)
+
+
+@pytest.fixture(scope="session")
+def debug_export(debug_run, tmp_path_factory):
+    """``tinytitan export`` (verified) of the debug run's step 20: the push, Hub and damaged-input tests' folder."""
+    from tinytitan.cli import main
+
+    def build(out):
+        step20 = debug_run / "checkpoint" / "step-20"
+        assert main(["export", str(step20), "--out", str(out), "--config", str(DEBUG_CONFIG)]) == 0
+
+    return built_once(tmp_path_factory, "debug_export", build)
 
 
 # The longest test files first (several minutes of training each), so that pytest-xdist's two

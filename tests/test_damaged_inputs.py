@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import DEBUG_CONFIG, tree_digest
-from tests.test_hub import folder  # noqa: F401 - an export of the session's debug run
 
 
 def tinytitan(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -83,9 +82,9 @@ def test_inspect_reports_a_truncated_checkpoint_as_not_resumable(truncated_step)
 
 
 @pytest.fixture
-def damaged_export(folder, tmp_path) -> Path:  # noqa: F811
+def damaged_export(debug_export, tmp_path) -> Path:
     copy = tmp_path / "export"
-    shutil.copytree(folder, copy)
+    shutil.copytree(debug_export, copy)
     return copy
 
 

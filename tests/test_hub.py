@@ -14,7 +14,6 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-from tests.helpers import DEBUG_CONFIG
 from tinytitan import hub
 from tinytitan.cli import main
 from tinytitan.errors import TinytitanError
@@ -68,14 +67,9 @@ class NoNetwork:
         raise AssertionError(f"the Hub client was used ({name}) where it must not be")
 
 
-@pytest.fixture(scope="module")
-def folder(debug_run, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("push") / "tinytitan-debug"
-    assert (
-        main(["export", str(debug_run / "checkpoint" / "step-20"), "--out", str(out), "--config", str(DEBUG_CONFIG)])
-        == 0
-    )
-    return out
+@pytest.fixture
+def folder(debug_export) -> Path:
+    return debug_export
 
 
 def _push(folder, client, **kw):

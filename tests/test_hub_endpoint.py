@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import REPO, tree_digest
 from tests.hub_server import HubServer
-from tests.test_hub import TOKEN, folder  # noqa: F401 - the exported folder fixture
+from tests.test_hub import TOKEN
 
 TOKENIZER = REPO / "tinytitan" / "assets" / "tokenizer"
 REPO_ID = "org/llama"
@@ -111,21 +111,21 @@ def test_an_unreachable_hub_ends_in_one_error_line(tmp_path):
         ({"/api/models/org/tiny": 401}, "token was rejected \\(401\\)"),
     ],
 )
-def test_push_errors_are_one_line_and_change_nothing(folder, statuses, message):  # noqa: F811
+def test_push_errors_are_one_line_and_change_nothing(debug_export, statuses, message):
     import re
 
-    before = tree_digest(folder)
+    before = tree_digest(debug_export)
     with HubServer(statuses=statuses) as hub:
-        proc = tinytitan(hub, "push", str(folder), "--repo-id", "org/tiny")
+        proc = tinytitan(hub, "push", str(debug_export), "--repo-id", "org/tiny")
     assert re.search(message, one_line_error(proc))
-    assert tree_digest(folder) == before
+    assert tree_digest(debug_export) == before
     assert [m for m, p, h in hub.requests if p.startswith("/api/models/org/tiny")]  # it did reach the server
 
 
-def test_a_token_that_cannot_be_sent_is_refused_without_showing_it(folder, tmp_path):  # noqa: F811
+def test_a_token_that_cannot_be_sent_is_refused_without_showing_it(debug_export, tmp_path):
     bad = "hf_s\u00e9cret"
     with HubServer() as hub:
-        proc = tinytitan(hub, "push", str(folder), "--repo-id", "org/tiny", token=bad)
+        proc = tinytitan(hub, "push", str(debug_export), "--repo-id", "org/tiny", token=bad)
         assert "non-ASCII" in one_line_error(proc) and not hub.requests
         proc = tinytitan(hub, "download-tokenizer", "--out", str(tmp_path / "t"), token=bad)
         assert "non-ASCII" in one_line_error(proc) and not hub.requests
