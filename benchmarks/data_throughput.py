@@ -34,7 +34,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,13 +148,14 @@ def job_config(root: Path, tokenizer: str, seq_len: int, batch: int, lanes: int,
                  text_field="content", weight=CODE_WEIGHT),
         ],
     )  # fmt: skip
-    return types.SimpleNamespace(
-        data=data,
-        model=types.SimpleNamespace(hf_assets_path=tokenizer),
-        training=types.SimpleNamespace(
-            local_batch_size=batch, seq_len=seq_len, dataloader=types.SimpleNamespace(num_workers=0)
-        ),
-    )
+    from tinytitan.config import load_job_config
+
+    cfg = load_job_config(None, [])  # the debug config, with this corpus, tokenizer and shapes
+    cfg.data = data
+    cfg.model.hf_assets_path = tokenizer
+    cfg.training.local_batch_size, cfg.training.seq_len = batch, seq_len
+    cfg.training.dataloader.num_workers = 0
+    return cfg
 
 
 def raw_encode(tok, texts: list[str]) -> dict:
