@@ -57,9 +57,9 @@ def worker_main(
     parent_pid: int,
 ) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if os.getppid() != parent_pid:
-        return  # the rank died while this worker started
     faults.die_with_parent(signal.SIGKILL)  # a killed rank leaves no worker behind
+    if os.getppid() != parent_pid:
+        return  # the rank died before the request above: it cannot reach this worker any more
     try:
         reader = Reader(plan, make_backend(backend_spec), seq_len, reader_id, n_readers)
         reader.load(lanes_state)
