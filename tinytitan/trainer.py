@@ -17,7 +17,7 @@ from torchtitan.tools.logging import logger
 from torchtitan.train import Trainer
 
 from tinytitan import device, faults
-from tinytitan.checkpoint.completeness import METADATA, disk_full_error, folder_problem, purge_checkpoints, step_folders
+from tinytitan.checkpoint.completeness import disk_full_error, folder_problem, purge_checkpoints, saved_step_folders
 from tinytitan.config import resolve_job_paths
 from tinytitan.errors import TinytitanError
 from tinytitan.preemption import StepAgreement, StopRequest
@@ -74,7 +74,7 @@ class TinyTrainer(Trainer):
         ckpt = self.checkpointer
         if not ckpt.enable or self.job_config.checkpoint.load_step != -1:
             return
-        with_metadata = [(s, p) for s, p in step_folders(ckpt.folder) if (p / METADATA).is_file()]
+        with_metadata = saved_step_folders(ckpt.folder)
         for step, path in reversed(with_metadata):
             problem = folder_problem(path)
             if problem is None:
@@ -94,7 +94,7 @@ class TinyTrainer(Trainer):
         if self.step == 1:
             self.agreement.set_timeout(self.job_config.comm.train_timeout_seconds)
         if rank == 0 and self.keep_latest_k > 0 and self.checkpointer.enable:
-            finished = {p for _, p in step_folders(self.checkpointer.folder) if (p / METADATA).is_file()}
+            finished = {p for _, p in saved_step_folders(self.checkpointer.folder)}
             if finished != self.finished_saves:  # a save completed: purge (reading .metadata files is not free)
                 self.finished_saves = finished
                 purge_checkpoints(self.checkpointer.folder, self.keep_latest_k)

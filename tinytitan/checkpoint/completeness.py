@@ -54,6 +54,14 @@ def step_folders(folder: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def saved_step_folders(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The ``step-N`` folders whose save finished (DCP writes ``.metadata`` last), oldest first.
+
+    Their data files may still be truncated since: ``folder_problem`` reads them.
+    """
+    return [(step, path) for step, path in step_folders(folder) if (path / METADATA).is_file()]
+
+
 def purge_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
     """Keep the newest `keep` complete checkpoints; delete older ones and partial folders older than those.
 

@@ -16,7 +16,6 @@ same here: names are always the flat torchtitan names, ``freqs_cis`` is skipped.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -25,13 +24,12 @@ from pathlib import Path
 
 import torch
 
+from tinytitan.checkpoint.completeness import METADATA, STEP_DIR, folder_problem, saved_step_folders
 from tinytitan.errors import TinytitanError
 
-METADATA_FILE = ".metadata"
 MODEL_PREFIX = "model."
 FREQS_CIS = "freqs_cis"
 STATE_ROOTS = ("optimizer", "lr_scheduler", "dataloader", "train_state")
-STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -82,17 +80,6 @@ def _load(state: dict, reader) -> None:
         dcp.load(state, storage_reader=reader, no_dist=True)
 
 
-def step_folders(folder: Path) -> dict[int, Path]:
-    """``step-N`` sub-folders that hold a DCP checkpoint, by step."""
-    found = {}
-    if folder.is_dir():
-        for child in folder.iterdir():
-            m = STEP_DIR.match(child.name)
-            if m and (child / METADATA_FILE).is_file():
-                found[int(m.group(1))] = child
-    return found
-
-
 def resolve_checkpoint(path: str | os.PathLike, step: int | str | None = None) -> Path:
     """A step folder, or a checkpoint folder (or the run folder above it) plus ``step``."""
     path = Path(path)
@@ -100,7 +87,7 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
         raise TinytitanError(
             f"checkpoint {path} does not exist: pass a step folder such as outputs/debug/checkpoint/step-20"
         )
-    if (path / METADATA_FILE).is_file():
+    if (path / METADATA).is_file():
         if (
             step not in (None, "latest")
             and STEP_DIR.match(path.name)
@@ -108,10 +95,10 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
         ):
             raise TinytitanError(f"{path} is the checkpoint of one step; --step {step} applies to a checkpoint folder")
         return path
-    steps = step_folders(path) or step_folders(path / "checkpoint")
+    steps = dict(saved_step_folders(path) or saved_step_folders(path / "checkpoint"))
     if not steps:
         raise TinytitanError(
-            f"{path} is not a DCP checkpoint (no {METADATA_FILE}) and has no step-N checkpoints: "
+            f"{path} is not a DCP checkpoint (no {METADATA}) and has no step-N checkpoints: "
             "pass a step folder such as outputs/debug/checkpoint/step-20"
         )
     listed = ", ".join(str(s) for s in sorted(steps))
@@ -154,8 +141,6 @@ class Checkpoint:
 
     def check_complete(self) -> None:
         """One line naming what is missing or short, instead of DCP's EOFError on reading it."""
-        from tinytitan.checkpoint.completeness import folder_problem
-
         problem = folder_problem(self.path)
         if problem is not None:
             raise TinytitanError(
@@ -223,7 +208,7 @@ def open_checkpoint(path: str | os.PathLike, step: int | str | None = None, *, c
         metadata = reader.read_metadata()
     except Exception as e:  # a truncated or foreign file
         raise TinytitanError(
-            f"cannot read {folder / METADATA_FILE} ({type(e).__name__}): the checkpoint is damaged"
+            f"cannot read {folder / METADATA} ({type(e).__name__}): the checkpoint is damaged"
         ) from None
     keys = metadata.state_dict_metadata
     prefixed = any(k.startswith(MODEL_PREFIX) for k in keys)

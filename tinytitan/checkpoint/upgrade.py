@@ -23,7 +23,8 @@ import pickle
 import shutil
 from pathlib import Path
 
-from tinytitan.checkpoint.reader import METADATA_FILE, MODEL_PREFIX, open_checkpoint
+from tinytitan.checkpoint.completeness import METADATA
+from tinytitan.checkpoint.reader import MODEL_PREFIX, open_checkpoint
 from tinytitan.errors import TinytitanError
 from tinytitan.folders import check_output_folder, make_temp_dir, replace_folder
 
@@ -85,7 +86,7 @@ def upgrade_checkpoint(old: str | os.PathLike, new: str | os.PathLike, *, step=N
     try:
         for name in data_files:
             shutil.copyfile(ckpt.path / name, tmp / name)
-        with open(tmp / METADATA_FILE, "wb") as f:
+        with open(tmp / METADATA, "wb") as f:
             pickle.dump(metadata, f)
         check = open_checkpoint(tmp)
         if check.layout != "flat" or check.freqs_cis_key or check.shapes() != ckpt.shapes():

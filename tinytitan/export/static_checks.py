@@ -117,7 +117,7 @@ def check_hf_folder(folder: str | Path) -> HFFolder:
     provenance = {}
     if (folder / PROVENANCE_FILE).is_file():
         provenance = json.loads((folder / PROVENANCE_FILE).read_text())
-    seq_len = int(provenance.get("seq_len") or flavor_args(flavor).max_seq_len)
+    seq_len = int(provenance.get("seq_len") or flavor_arguments.max_seq_len)
     return HFFolder(folder, config, flavor, _DTYPES[next(iter(dtypes))], seq_len, provenance)
 
 

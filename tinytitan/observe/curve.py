@@ -11,6 +11,8 @@ the scalars ``eval/<task>/<metric>`` into ``RUN_DIR/tb/eval`` for TensorBoard an
 from __future__ import annotations
 
 import csv
+import dataclasses
+import io
 import json
 import os
 import sys
@@ -47,12 +49,12 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def run_checkpoints(run_dir: Path) -> dict[int, Path]:
-    from tinytitan.checkpoint.reader import step_folders
+    from tinytitan.checkpoint.completeness import saved_step_folders
 
-    steps = step_folders(run_dir / "checkpoint") or step_folders(run_dir)
+    steps = saved_step_folders(run_dir / "checkpoint") or saved_step_folders(run_dir)
     if not steps:
         raise TinytitanError(f"{run_dir} has no complete step-N checkpoints: pass a run's dump folder")
-    return dict(sorted(steps.items()))
+    return dict(steps)
 
 
 def evaluate_run(run_dir, config, settings: TaskSettings, device=None, progress: bool = True, force=False) -> list:
@@ -80,9 +82,7 @@ def evaluate_run(run_dir, config, settings: TaskSettings, device=None, progress:
         missing = [t for t in settings.tasks if t not in saved["tasks"]]
         if missing:
             bar.set_postfix_str(f"step {step}")
-            partial = TaskSettings(missing, settings.include_path, settings.limit, settings.num_fewshot,
-                                   settings.batch_size)  # fmt: skip
-            result = evaluate_checkpoint(folder, config, None, partial, device)
+            result = evaluate_checkpoint(folder, config, None, dataclasses.replace(settings, tasks=missing), device)
             saved.update(step=result["step"], tokens=result["tokens"], model=result["model"])
             saved["tasks"].update(result["tasks"])
             _write_atomic(path, json.dumps(saved, indent=1) + "\n")
@@ -100,11 +100,11 @@ def write_summaries(out: Path, results: list[dict]) -> None:
     columns = _columns(results)
     header = ["step", "tokens", *(f"{task}/{metric}" for task, metric in columns)]
     rows = [[r["step"], r["tokens"], *(r["tasks"].get(t, {}).get(m) for t, m in columns)] for r in results]
-    with (out / "summary.csv.tmp").open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(out / "summary.csv.tmp", out / "summary.csv")
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(header)
+    writer.writerows(rows)
+    _write_atomic(out / "summary.csv", table.getvalue())
     cell = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else f"{v:,}")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

@@ -51,10 +51,10 @@ def reshard(model) -> None:
 
 def check_eval_config(eval_config, parallel_dims) -> bool:
     """Whether ``[eval]`` is on; refuses at start what it cannot run (before any step is spent)."""
-    if not eval_config.tasks or eval_config.freq <= 0:
-        if eval_config.tasks and eval_config.freq <= 0:
-            raise TinytitanError(f"[eval] tasks {eval_config.tasks} but freq {eval_config.freq}: set freq to N >= 1")
+    if not eval_config.tasks:
         return False
+    if eval_config.freq <= 0:
+        raise TinytitanError(f"[eval] tasks {eval_config.tasks} but freq {eval_config.freq}: set freq to N >= 1")
     from tinytitan.observe.harness import require_lm_eval
     from tinytitan.observe.task_eval import TaskSettings
 
@@ -104,7 +104,8 @@ class InLoopEval:
     @torch.no_grad()
     def run(self, model_parts, step: int) -> dict[str, float] | None:
         from tinytitan.observe.curve import scalar_tag
-        from tinytitan.observe.harness import metric_dict, run_tasks, titan_lm
+        from tinytitan.observe.harness import titan_lm
+        from tinytitan.observe.task_eval import score
 
         (model,) = model_parts
         start = time.perf_counter()
@@ -113,18 +114,15 @@ class InLoopEval:
             with kept_rng_states():
                 harness = titan_lm(lambda ids: model(ids), self.tokenizer, self.max_seq_len, self.device,
                                    self.settings.batch_size, distributed=True)  # fmt: skip
-                results = run_tasks(harness, self.settings.tasks, include_path=self.settings.include_path,
-                                    limit=self.settings.limit, num_fewshot=self.settings.num_fewshot)  # fmt: skip
+                scores = score(harness, self.settings)
         finally:
             reshard(model)
             model.train()
         seconds = time.perf_counter() - start
         logger.info("eval at step %d took %.1f s", step, seconds)
-        if results is None:  # not rank 0
+        if scores is None:  # not rank 0
             return None
-        metrics = {
-            scalar_tag(task, metric): value for task, ms in metric_dict(results).items() for metric, value in ms.items()
-        }
+        metrics = {scalar_tag(task, metric): value for task, ms in scores.items() for metric, value in ms.items()}
         metrics["eval/time_s"] = seconds
         self.log_fn(metrics, step)
         logger.info("eval step %d: %s", step, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))

@@ -44,23 +44,29 @@ def parse_tasks(text: str | Sequence[str]) -> list[str]:
 def checkpoint_position(checkpoint, step=None) -> tuple[int | None, int | None]:
     """(step, global tokens seen) of a checkpoint, from its train state and the run's metrics.jsonl."""
     from tinytitan.checkpoint.reader import open_checkpoint
-    from tinytitan.export.source import checkpoint_stats
+    from tinytitan.checkpoint.stats import checkpoint_stats
 
     stats = checkpoint_stats(open_checkpoint(checkpoint, step))
     return stats.step, stats.ntokens_seen
 
 
+def score(harness, settings: TaskSettings) -> dict[str, dict[str, float]] | None:
+    """task -> lm-eval's metric dict for an lm-eval model, with ``settings``; None off rank 0."""
+    from tinytitan.observe.harness import metric_dict, run_tasks
+
+    results = run_tasks(harness, settings.tasks, include_path=settings.include_path, limit=settings.limit,
+                        num_fewshot=settings.num_fewshot)  # fmt: skip
+    return None if results is None else metric_dict(results)
+
+
 def score_model(lm, settings: TaskSettings, distributed: bool = False) -> dict[str, dict[str, float]] | None:
-    """task -> metric dict for a loaded ``LanguageModel`` (torchtitan's model), None off rank 0."""
-    from tinytitan.observe.harness import metric_dict, run_tasks, titan_lm
+    """``score`` for a loaded ``LanguageModel`` (torchtitan's model)."""
+    from tinytitan.observe.harness import titan_lm
 
     def forward(ids):
         return lm.module(ids)
 
-    harness = titan_lm(forward, lm.tokenizer, lm.max_seq_len, lm.device, settings.batch_size, distributed)
-    results = run_tasks(harness, settings.tasks, include_path=settings.include_path, limit=settings.limit,
-                        num_fewshot=settings.num_fewshot)  # fmt: skip
-    return None if results is None else metric_dict(results)
+    return score(titan_lm(forward, lm.tokenizer, lm.max_seq_len, lm.device, settings.batch_size, distributed), settings)
 
 
 def evaluate_checkpoint(checkpoint, config, step, settings: TaskSettings, device=None) -> dict:
@@ -87,14 +93,12 @@ def evaluate_export(folder: str | os.PathLike, settings: TaskSettings, device=No
     """lm-eval's HFLM on an export (step and tokens are the export's, unknown here)."""
     from pathlib import Path
 
-    from tinytitan.observe.harness import hf_harness_model, metric_dict, run_tasks
+    from tinytitan.observe.harness import hf_harness_model
 
     if not (Path(folder) / "config.json").is_file():
         raise TinytitanError(f"{folder} has no config.json: pass the folder written by `tinytitan export --format hf`")
     harness = hf_harness_model(folder, settings.batch_size, device or "cpu")
-    results = run_tasks(harness, settings.tasks, include_path=settings.include_path, limit=settings.limit,
-                        num_fewshot=settings.num_fewshot)  # fmt: skip
-    return {"model": str(folder), "step": None, "tokens": None, "tasks": metric_dict(results)}
+    return {"model": str(folder), "step": None, "tokens": None, "tasks": score(harness, settings)}
 
 
 def format_table(result: dict) -> str:
