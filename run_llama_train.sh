@@ -10,4 +10,4 @@ if [ -n "${CONFIG_FILE:-}" ] && [ -e "$CONFIG_FILE" ]; then
 fi
 cd "$(dirname "$0")"
 source util/bootstrap.sh
-exec "$PYTHON" -m tinytitan.launch "$@"
+exec "$PYTHON" -m tinytitan.launcher.launch "$@"

@@ -57,7 +57,7 @@ def step_times(log: str) -> dict[int, float]:
 
 def measure_mode(mode: str, steps: int, interval: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "tinytitan.launch", *overrides(Path(tmp), steps, interval, mode)]
+        cmd = [sys.executable, "-m", "tinytitan.launcher.launch", *overrides(Path(tmp), steps, interval, mode)]
         proc = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True)
         log = proc.stdout + proc.stderr
         if proc.returncode != 0:
@@ -80,7 +80,7 @@ def measure_restart(steps: int, interval: int) -> dict:
     """Seconds from SIGKILL of rank 1 to the restarted ranks' first step."""
     with tempfile.TemporaryDirectory() as tmp:
         dump = Path(tmp)
-        cmd = [sys.executable, "-m", "tinytitan.launch", *overrides(dump, steps, interval, "disabled")]
+        cmd = [sys.executable, "-m", "tinytitan.launcher.launch", *overrides(dump, steps, interval, "disabled")]
         log_path = dump / "log.txt"
         with open(log_path, "w") as out:
             proc = subprocess.Popen(cmd, cwd=REPO, env={**env(), "MAX_RESTARTS": "1"}, stdout=out, stderr=out)
@@ -109,7 +109,7 @@ def _rank_pid(launcher: int, rank: int) -> int:
         except OSError:
             continue
         if (
-            b"tinytitan.train" in cmdline
+            b"tinytitan.rank.main" in cmdline
             and b"torch.distributed.run" not in cmdline
             and f"RANK={rank}".encode() in environ
         ):

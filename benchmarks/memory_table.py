@@ -158,7 +158,7 @@ def check_cpu(seq: int, batch: int) -> None:
             "--training.seq_len", str(seq), "--training.local_batch_size", str(batch), "--validation.no-enable",
             "--checkpoint.no-enable", "--metrics.no-enable_tensorboard", "--job.dump_folder", str(Path(tmp) / "run"),
         ]  # fmt: skip
-        peak, seconds = _max_child_rss([sys.executable, "-m", "tinytitan.launch", *overrides], env)
+        peak, seconds = _max_child_rss([sys.executable, "-m", "tinytitan.launcher.launch", *overrides], env)
     pred = predicted_cpu_rank(s, seq, batch, ranks=2)
     total = base + sum(pred.values())
     # In the first step AdamW's state does not exist yet during the backward pass (it is made by

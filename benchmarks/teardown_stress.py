@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def one_run(dump: Path, steps: int, timeout: float) -> tuple[int, float, str]:
     env = {**os.environ, "NGPU": "2", "LOG_RANK": "0,1", "PYTHONFAULTHANDLER": "1"}
-    cmd = [sys.executable, "-m", "tinytitan.launch", "--job.dump_folder", str(dump), "--training.steps", str(steps),
+    cmd = [sys.executable, "-m", "tinytitan.launcher.launch", "--job.dump_folder", str(dump), "--training.steps", str(steps),
            "--training.local_batch_size", "2", "--checkpoint.interval", str(steps), "--validation.no-enable",
            "--metrics.log_freq", "1"]  # fmt: skip
     start = time.perf_counter()

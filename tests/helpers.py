@@ -37,12 +37,12 @@ def launch(
     env: dict | None = None,
     check: bool = True,
 ) -> subprocess.CompletedProcess:
-    """``python -m tinytitan.launch`` (what run_llama_train.sh runs), from the repo root."""
+    """``python -m tinytitan.launcher.launch`` (what run_llama_train.sh runs), from the repo root."""
     # Every rank's output, and Python's traceback of every thread if a rank dies of a signal.
     ranks = ",".join(str(r) for r in range(nproc))
     run_env = {**os.environ, "NGPU": str(nproc), "CONFIG_FILE": str(config), "LOG_RANK": ranks,
                "PYTHONFAULTHANDLER": "1", **(env or {})}  # fmt: skip
-    command = [sys.executable, "-m", "tinytitan.launch", *overrides]
+    command = [sys.executable, "-m", "tinytitan.launcher.launch", *overrides]
     proc = subprocess.run(command, cwd=REPO, env=run_env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"training failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
-from tinytitan import launch
+from tinytitan.launcher import launch
 from tinytitan.config import load_job_config
 from tinytitan.models import FLAVORS
 

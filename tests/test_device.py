@@ -16,7 +16,7 @@ def run_python(code: str) -> str:
 def test_activate_points_every_torchtitan_module_at_the_cpu():
     out = run_python(
         """
-        from tinytitan import device
+        from tinytitan.rank import device
         assert device.activate() is True and device.cpu_mode()
         import sys, torch, torchtitan.train, torchtitan.components.validate
         bad = [name for name, m in sys.modules.items() if name.startswith("torchtitan")
@@ -36,7 +36,7 @@ def test_activate_points_every_torchtitan_module_at_the_cpu():
 def test_adapt_job_config_forces_fp32_and_no_compile_on_cpu():
     out = run_python(
         """
-        from tinytitan import device
+        from tinytitan.rank import device
         device.activate()
         from torchtitan.config import JobConfig
         cfg = JobConfig()
@@ -55,6 +55,6 @@ def test_inactive_without_activate():
 
     if not torch.accelerator.is_available():
         out = run_python(
-            "from tinytitan import device; import torchtitan.tools.utils as u; print(device.cpu_mode(), u.device_type)"
+            "from tinytitan.rank import device; import torchtitan.tools.utils as u; print(device.cpu_mode(), u.device_type)"
         )
         assert out.split() == ["False", "cuda"]  # torchtitan's own fallback, which activate() exists to fix

@@ -19,7 +19,7 @@ from tinytitan.faults import PREEMPTED_EXIT_CODE
 def start(overrides: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     run_env = {**os.environ, "NGPU": "2", "CONFIG_FILE": str(DEBUG_CONFIG), "LOG_RANK": "0,1", **(env or {})}
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "tinytitan.launch", *overrides], cwd=REPO, env=run_env,
+        return subprocess.Popen([sys.executable, "-m", "tinytitan.launcher.launch", *overrides], cwd=REPO, env=run_env,
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
 
 
@@ -40,7 +40,7 @@ def ranks(launcher: int) -> dict[int, int]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"tinytitan.train" in cmdline and b"torch.distributed.run" not in cmdline:
+        if b"tinytitan.rank.main" in cmdline and b"torch.distributed.run" not in cmdline:
             rank = [e for e in environ if e.startswith(b"RANK=")]
             if rank:
                 found[int(rank[0].split(b"=")[1])] = pid

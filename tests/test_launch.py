@@ -7,7 +7,7 @@ import pytest
 
 from tests.helpers import REPO
 from tests.helpers import launch as run_training
-from tinytitan import launch
+from tinytitan.launcher import launch
 from tinytitan.errors import TinytitanError
 
 
@@ -74,7 +74,7 @@ def test_single_node_command_is_standalone_torchrun():
     cmd = launch.torchrun_command(2, ["--job.config_file", "x.toml"], {})
     assert cmd[1:3] == ["-m", "torch.distributed.run"]
     assert "--standalone" in cmd and "--nproc_per_node=2" in cmd
-    assert cmd[-4:] == ["-m", "tinytitan.train", "--job.config_file", "x.toml"]
+    assert cmd[-4:] == ["-m", "tinytitan.rank.main", "--job.config_file", "x.toml"]
     assert "--local-ranks-filter=0" in cmd
 
 
@@ -131,7 +131,7 @@ def test_the_default_config_trains_from_any_folder(tmp_path):
     env = {**os.environ, "NGPU": "2", "PYTHONPATH": str(REPO)}
     env.pop("CONFIG_FILE", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "tinytitan.launch", "--training.steps", "2", "--checkpoint.interval", "2",
+        [sys.executable, "-m", "tinytitan.launcher.launch", "--training.steps", "2", "--checkpoint.interval", "2",
          "--job.dump_folder", str(tmp_path / "run"), "--validation.no-enable", "--training.local_batch_size", "2"],
         cwd=work, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -24,7 +24,7 @@ def test_two_nodes_of_one_process_match_one_node_of_two(uninterrupted, tmp_path)
     for node in range(2):
         env = {**os.environ, "NGPU": "1", "NNODES": "2", "NODE_RANK": str(node), "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": port, "RDZV_ID": f"test-{port}", "CONFIG_FILE": str(DEBUG_CONFIG)}  # fmt: skip
-        nodes.append(subprocess.Popen([sys.executable, "-m", "tinytitan.launch", *overrides], cwd=REPO, env=env,
+        nodes.append(subprocess.Popen([sys.executable, "-m", "tinytitan.launcher.launch", *overrides], cwd=REPO, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))  # fmt: skip
     outputs = [p.communicate(timeout=600)[0] for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]

@@ -11,7 +11,7 @@ from tinytitan.faults import DUPLICATE_WINDOW_S, NOTES_ENV
 
 RANK = """
 import os, signal, sys, time
-from tinytitan.preemption import StopRequest
+from tinytitan.rank.preemption import StopRequest
 stop = StopRequest()
 stop.install()
 os.kill(os.getpid(), signal.SIGUSR1)

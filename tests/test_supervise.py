@@ -14,7 +14,7 @@ from tinytitan.faults import DUPLICATE_WINDOW_S
 # started with the preemption signals ignored) and would run for a minute.
 LAUNCHER = """
 import os, sys
-from tinytitan.supervise import Supervisor
+from tinytitan.launcher.supervise import Supervisor
 sys.exit(Supervisor([sys.executable, "-c", "import time; time.sleep(60)"], dict(os.environ), 1, 0).run())
 """
 

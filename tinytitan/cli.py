@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from tinytitan.errors import run_guarded
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("tinytitan.launch", "train with torchrun (GPU nodes, or CPU processes without a GPU)"),
+    "train": ("tinytitan.launcher.launch", "train with torchrun (GPU nodes, or CPU processes without a GPU)"),
     "models": ("tinytitan.models", "list the model flavors: shapes, parameters, FLOPs"),
     "download-tokenizer": ("tinytitan.tokenizer", "fetch the Llama 3 tokenizer from the Hugging Face Hub"),
     "convert-tokenizer": ("tinytitan.tokenizer_convert", "Meta's original/tokenizer.model -> a tokenizer.json folder"),

@@ -56,7 +56,7 @@ class Metrics:
 
 
 def _validator(jc, corpus):
-    from tinytitan import device
+    from tinytitan.rank import device
 
     device.activate()  # torchtitan on the CPU, as in training without a GPU
     metrics = Metrics()

@@ -3,7 +3,7 @@
 Training throughput and MFU per flavor: ``tinytitan bench`` / ``benchmarks/train_throughput.py``.
 
 Each measurement is a real torchtitan training run through tinytitan's entry
-(``torchrun -m tinytitan.train``, TinyTrainer, the flavor's own TOML config) with
+(``torchrun -m tinytitan.rank.main``, TinyTrainer, the flavor's own TOML config) with
 the ``tinytitan_bench`` TrainSpec, whose loader serves synthetic tokens so data
 never limits it. Checkpointing, validation and TensorBoard are off; everything
 else (mixed precision, compile, activation checkpointing, float8, FSDP) is the
@@ -97,7 +97,7 @@ class Machine:
 def detect_machine(ngpu: int | None = None) -> Machine:
     import torch
 
-    from tinytitan.launch import resolve_nproc, visible_gpus
+    from tinytitan.launcher.launch import resolve_nproc, visible_gpus
 
     gpus = visible_gpus()
     env = dict(os.environ)
@@ -245,7 +245,7 @@ def run_once(
     """
     import torch
 
-    from tinytitan.launch import process_env, torchrun_command
+    from tinytitan.launcher.launch import process_env, torchrun_command
     from tinytitan.models import FLAVORS
 
     s = effective(s, machine)

@@ -20,10 +20,11 @@ from collections.abc import Iterator
 
 import torch
 from torchtitan.components.dataloader import BaseDataLoader
-from torchtitan.protocols.train_spec import _extra_train_specs, register_train_spec
+from torchtitan.protocols.train_spec import register_train_spec
 
+from tinytitan.compat import spec_registered
 from tinytitan.models import FLAVORS
-from tinytitan.register import train_spec
+from tinytitan.rank.spec import train_spec
 
 SPEC_NAME = "tinytitan_bench"
 DISTINCT_BATCHES = 4  # enough that no step sees the previous step's tokens; cheap to hold
@@ -73,5 +74,5 @@ def bench_train_spec():
     )
 
 
-if SPEC_NAME not in _extra_train_specs:
+if not spec_registered(SPEC_NAME):
     register_train_spec(SPEC_NAME, bench_train_spec())

@@ -16,15 +16,17 @@ from torchtitan.components.checkpoint import AsyncMode
 from torchtitan.tools.logging import logger
 from torchtitan.train import Trainer
 
-from tinytitan import device, faults
+from tinytitan import faults
 from tinytitan.checkpoint.completeness import disk_full_error, folder_problem, purge_checkpoints, saved_step_folders
+from tinytitan.compat import checkpoint_due, checkpoint_folder, full_training_state, wait_for_async_save
 from tinytitan.config import resolve_job_paths
 from tinytitan.errors import TinytitanError
-from tinytitan.preemption import StepAgreement, StopRequest
+from tinytitan.rank import device
+from tinytitan.rank.preemption import StepAgreement, StopRequest
 
 
 class TinyTrainer(Trainer):
-    stop_request: StopRequest = StopRequest()  # tinytitan.train installs the signal handlers on it
+    stop_request: StopRequest = StopRequest()  # tinytitan.rank.main installs the signal handlers on it
 
     def __init__(self, job_config):
         from tinytitan.observe.in_loop import build_in_loop_eval
@@ -107,15 +109,15 @@ class TinyTrainer(Trainer):
         """A full checkpoint of the step just finished, unless the interval save already wrote it."""
         ckpt, step = self.checkpointer, self.step
         self.preempted_at = step
-        folder = ckpt._create_checkpoint_id(step)
+        folder = checkpoint_folder(ckpt, step)
         if step == 0 or not ckpt.enable:
             logger.warning(f"Asked to stop at step {step}: nothing to save, stopping.")
             return
-        saved = ckpt._should_save(step, last_step=step == self.job_config.training.steps)
+        saved = checkpoint_due(ckpt, step, last_step=step == self.job_config.training.steps)
         logger.info(f"Asked to stop ({self.stop_request.signal_name or 'another rank'}): saving step {step}.")
-        ckpt._async_wait()  # an interval save of this step may still be in flight
+        wait_for_async_save(ckpt)  # an interval save of this step may still be in flight
         if not saved:
-            states = ckpt._flattened_model_states_sd()
+            states = full_training_state(ckpt)
             try:
                 ckpt.dcp_save(
                     states, checkpoint_id=folder, async_mode=AsyncMode.DISABLED, enable_garbage_collection=True

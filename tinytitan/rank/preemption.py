@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from tinytitan import faults
+from tinytitan.compat import set_group_timeout
 from tinytitan.faults import DUPLICATE_WINDOW_S
 
 _TORCHRUN_GRACE_S = 1.0  # how long a SIGTERM waits for the launcher's request note
@@ -71,7 +72,7 @@ class StepAgreement:
 
     def set_timeout(self, timeout_s: float) -> None:
         """After the first step, as torchtitan does for its groups: a hung rank is noticed sooner."""
-        dist.distributed_c10d._set_pg_timeout(timedelta(seconds=timeout_s), self.group)
+        set_group_timeout(self.group, timeout_s)
 
     def any(self, flag: bool) -> bool:
         value = torch.tensor([1 if flag else 0], dtype=torch.int32)

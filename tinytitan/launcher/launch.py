@@ -1,4 +1,4 @@
-"""Starts training: checks the config, then runs torchrun with ``-m tinytitan.train``.
+"""Starts training: checks the config, then runs torchrun with ``-m tinytitan.rank.main``.
 
 Environment (the interface of torchtitan's run_train.sh): ``NGPU`` (default:
 visible GPUs, or 2 processes on a CPU-only machine), ``CONFIG_FILE`` (default:
@@ -10,7 +10,7 @@ after the config pass through to torchtitan as overrides.
 after one fails; each restart resumes from the newest complete checkpoint. Default
 3 with GPUs: Xid errors, a one-off out-of-memory or a lost node usually clear on a
 restart, while a bug fails again within minutes, so 3 bounds the waste. Default 0
-without a GPU (development: fail fast). tinytitan.supervise handles the signals.
+without a GPU (development: fail fast). tinytitan.launcher.supervise handles the signals.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tinytitan.config import DEFAULT_CONFIG, load_job_config, training_args
 from tinytitan.errors import TinytitanError, run_guarded
-from tinytitan.supervise import Supervisor
+from tinytitan.launcher.supervise import Supervisor
 
 CPU_PROCESSES = 2  # FSDP needs at least two ranks to shard anything
 GPU_MAX_RESTARTS = 3
@@ -86,7 +86,7 @@ def check_launch_env(env: Mapping[str, str], nproc: int) -> None:
 def check_job_config(job_config, world_size: int | None = None) -> None:
     """Everything that can be checked before a process starts."""
     from tinytitan.models import FLAVORS
-    from tinytitan.register import SPEC_NAME
+    from tinytitan.rank.spec import SPEC_NAME
     from tinytitan.tokenizer import load_tokenizer
 
     if job_config.model.name == SPEC_NAME and job_config.model.flavor not in FLAVORS:
@@ -134,7 +134,7 @@ def max_restarts(env: Mapping[str, str], gpus: int) -> int:
 
 def torchrun_command(nproc: int, args: Sequence[str], env: Mapping[str, str], restarts: int = 0) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--max-restarts={restarts}"]
-    # SIGTERM and SIGUSR1 reach the ranks from the launcher (tinytitan.supervise), not through torchrun.
+    # SIGTERM and SIGUSR1 reach the ranks from the launcher (tinytitan.launcher.supervise), not through torchrun.
     cmd.append("--signals-to-handle=SIGINT,SIGHUP,SIGQUIT")
     nnodes = int(env.get("NNODES", "1"))
     if nnodes > 1:
@@ -153,7 +153,7 @@ def torchrun_command(nproc: int, args: Sequence[str], env: Mapping[str, str], re
         cmd.append("--standalone")
     log_rank = env.get("LOG_RANK", "0")
     cmd += [f"--local-ranks-filter={log_rank}", "--role=rank", "--tee=3"]
-    return cmd + ["-m", "tinytitan.train", *args]
+    return cmd + ["-m", "tinytitan.rank.main", *args]
 
 
 def process_env(env: Mapping[str, str], nproc: int, gpus: int) -> dict[str, str]:
@@ -211,7 +211,7 @@ def run(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m tinytitan.launch [overrides]``: what run_llama_train.sh runs."""
+    """``python -m tinytitan.launcher.launch [overrides]``: what run_llama_train.sh runs."""
     argv = list(sys.argv[1:] if argv is None else argv)
     return run_guarded(lambda: launch(None, argv))
 

@@ -1,4 +1,4 @@
-"""Entry point of each training process: ``torchrun ... -m tinytitan.train --job.config_file X``.
+"""Entry point of each training process: ``torchrun ... -m tinytitan.rank.main --job.config_file X``.
 
 It differs from ``-m torchtitan.train`` in switching torchtitan to the CPU when there is
 no accelerator, in using ``TinyTrainer``, and in its fault handling: the rank dies with
@@ -20,8 +20,8 @@ if __name__ == "__main__":
 
 
 def main() -> None:
-    from tinytitan import device
-    from tinytitan.preemption import StopRequest
+    from tinytitan.rank import device
+    from tinytitan.rank.preemption import StopRequest
 
     stop = StopRequest()
     stop.install()
@@ -30,8 +30,10 @@ def main() -> None:
     device.activate()
     from torchtitan.train import main as torchtitan_main
 
-    import tinytitan.register  # noqa: F401  (registers the TrainSpec)
-    from tinytitan.trainer import TinyTrainer
+    from tinytitan.rank.spec import register
+    from tinytitan.rank.trainer import TinyTrainer
+
+    register()  # also done by the config's custom_import (tinytitan.register), which torchtitan runs later
 
     TinyTrainer.stop_request = stop
     try:

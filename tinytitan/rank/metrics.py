@@ -18,8 +18,8 @@ import torch.distributed as dist
 from torchtitan.components.metrics import MetricsProcessor
 from torchtitan.tools.logging import logger
 
-from tinytitan import device
 from tinytitan.config import METRICS_FILE
+from tinytitan.rank import device
 
 
 def format_duration(seconds: float) -> str:

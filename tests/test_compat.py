@@ -1,0 +1,78 @@
+"""Every private torchtitan/torch name in tinytitan.compat, checked against the installed packages.
+
+An upgrade that renames or changes one fails here, by name, instead of inside a training rank.
+CheckpointManager's methods run on an instance made without __init__ (no process group, no disk).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from torchtitan.components.checkpoint import AsyncMode, CheckpointManager
+
+from tinytitan import compat
+from tinytitan.errors import TinytitanError
+
+
+def bare_checkpointer(**attrs) -> CheckpointManager:
+    ckpt = object.__new__(CheckpointManager)
+    for name, value in attrs.items():
+        setattr(ckpt, name, value)
+    return ckpt
+
+
+def test_extra_train_specs_holds_the_registered_spec():
+    import tinytitan.register  # noqa: F401
+
+    assert compat.spec_registered("tinytitan")
+    assert not compat.spec_registered("no-such-spec")
+
+
+def test_create_checkpoint_id_names_the_step_folder():
+    assert compat.checkpoint_folder(bare_checkpointer(folder="/runs/a/checkpoint"), 12) == "/runs/a/checkpoint/step-12"
+
+
+def test_should_save_follows_the_interval_and_the_last_step():
+    ckpt = bare_checkpointer(enable=True, load_only=False, enable_first_step_checkpoint=False, interval=10)
+    assert [s for s in range(1, 31) if compat.checkpoint_due(ckpt, s, last_step=False)] == [10, 20, 30]
+    assert compat.checkpoint_due(ckpt, 7, last_step=True)
+    ckpt.enable = False
+    assert not compat.checkpoint_due(ckpt, 10, last_step=True)
+
+
+def test_async_wait_returns_with_nothing_in_flight_and_waits_for_a_future():
+    from concurrent.futures import Future
+
+    compat.wait_for_async_save(bare_checkpointer(async_mode=AsyncMode.DISABLED, enable_ft_dataloader_checkpoints=False,
+                                                 save_future=None))  # fmt: skip
+    done = Future()
+    done.set_result(None)
+    ckpt = bare_checkpointer(async_mode=AsyncMode.ASYNC, enable_ft_dataloader_checkpoints=False, save_future=done)
+    compat.wait_for_async_save(ckpt)
+    assert ckpt.save_future is None
+
+
+def test_flattened_model_states_puts_model_tensors_at_the_top_level():
+    class Model:
+        def state_dict(self):
+            return {"tok_embeddings.weight": 1, "output.weight": 2}
+
+    ckpt = bare_checkpointer(states={"model": Model(), "optimizer": {"x": 3}, "train_state": {"step": 4}})
+    assert compat.full_training_state(ckpt) == {
+        "tok_embeddings.weight": 1,
+        "output.weight": 2,
+        "optimizer": {"x": 3},
+        "train_state": {"step": 4},
+    }
+
+
+def test_set_pg_timeout_takes_a_timedelta_and_a_group():
+    from torch.distributed import distributed_c10d
+
+    assert list(inspect.signature(distributed_c10d._set_pg_timeout).parameters)[:2] == ["timeout", "group"]
+
+
+def test_a_missing_private_name_is_one_line_naming_it():
+    with pytest.raises(TinytitanError, match=r"no CheckpointManager\._should_save.*torchtitan==0\.2\.2"):
+        compat.checkpoint_due(object.__new__(type("CheckpointManager", (), {})), 1, last_step=False)

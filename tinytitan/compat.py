@@ -1,0 +1,73 @@
+"""Every private name of torchtitan (and torch) that tinytitan touches, in one place.
+
+tinytitan pins ``torchtitan==0.2.2`` and extends it through its public hooks. A few things
+have no public hook; each is reached here and nowhere else, so an upgrade that renames one
+fails in this module with one line naming it, and ``tests/test_compat.py`` checks every name
+against the installed torchtitan.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from tinytitan.errors import TinytitanError
+
+TESTED_TORCHTITAN = "0.2.2"
+
+
+def _private(owner: Any, name: str) -> Any:
+    """``owner.name``, or one line saying which private name the installed torchtitan lacks."""
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        where = getattr(owner, "__name__", type(owner).__name__)
+        raise TinytitanError(
+            f"the installed torchtitan has no {where}.{name}, which tinytitan uses (tinytitan.compat): "
+            f"install torchtitan=={TESTED_TORCHTITAN}"
+        ) from None
+
+
+# ---------------------------------------------------------------- TrainSpec registry
+
+
+def spec_registered(name: str) -> bool:
+    """Whether a TrainSpec of that name is registered (``register_train_spec`` raises on a second one)."""
+    from torchtitan.protocols import train_spec
+
+    return name in _private(train_spec, "_extra_train_specs")
+
+
+# ---------------------------------------------------------------- CheckpointManager
+# A preemption checkpoint is a full-state save of the step just finished, outside the interval,
+# synchronous, whatever last_save_model_only says: torchtitan's public save() cannot do that.
+
+
+def checkpoint_folder(checkpointer, step: int) -> str:
+    """The ``step-N`` folder torchtitan writes and resumes from."""
+    return _private(checkpointer, "_create_checkpoint_id")(step)
+
+
+def checkpoint_due(checkpointer, step: int, last_step: bool) -> bool:
+    """Whether torchtitan's own save of this step (interval or last step) is due."""
+    return _private(checkpointer, "_should_save")(step, last_step=last_step)
+
+
+def wait_for_async_save(checkpointer) -> None:
+    """Waits for an async save still in flight."""
+    _private(checkpointer, "_async_wait")()
+
+
+def full_training_state(checkpointer) -> dict[str, Any]:
+    """Model, optimizer, LR scheduler, data loader and train state, as torchtitan saves them."""
+    return _private(checkpointer, "_flattened_model_states_sd")()
+
+
+# ---------------------------------------------------------------- torch.distributed
+
+
+def set_group_timeout(group, seconds: float) -> None:
+    """A process group's collective timeout, changed after creation (torchtitan does so after step 1)."""
+    from torch.distributed import distributed_c10d
+
+    _private(distributed_c10d, "_set_pg_timeout")(timedelta(seconds=seconds), group)

@@ -1,0 +1,1 @@
+"""The launcher: start checks, then torchrun under a supervisor (one process per node)."""
