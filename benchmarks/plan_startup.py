@@ -44,7 +44,8 @@ def timed(fn):
 
 
 def main() -> int:
-    from tinytitan.data.config import Data, validate_sources
+    from tinytitan.data.config import Data
+    from tinytitan.data.listing import list_sources
     from tinytitan.data.planner import make_plan
     from tinytitan.data.preflight import probe_sources
 
@@ -56,7 +57,7 @@ def main() -> int:
         _, write_s = timed(lambda: write_tree(root / "SlimPajama-627B", args.files))
         data = Data(sources=[{"name": "slimpajama", "path": str(root / "SlimPajama-627B"),
                               "files": "train/chunk*/*.jsonl.zst", "weight": 1.0}])  # fmt: skip
-        files, list_s = timed(lambda: validate_sources(data))
+        files, list_s = timed(lambda: list_sources(data))
         _, probe_s = timed(lambda: probe_sources(data, files))
         plan, plan_s = timed(lambda: make_plan(data))
         again, again_s = timed(lambda: make_plan(data))

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
-from tinytitan.launcher import launch
 from tinytitan.config import load_job_config
+from tinytitan.launcher import launch
 from tinytitan.models import FLAVORS
 
 CONFIGS = sorted((REPO / "train_configs").glob("*.toml"))
@@ -56,4 +56,7 @@ def test_cli_overrides_win_over_the_toml():
 
 
 def test_debug_config_passes_the_start_checks():
-    launch.check_job_config(parse(REPO / "train_configs/llama3_debug.toml"))
+    from tinytitan.config import load_job_config
+    from tinytitan.launcher.preflight import preflight
+
+    preflight(load_job_config(REPO / "train_configs/llama3_debug.toml"), world_size=2, gpus=0, torch_version="2.13.0")

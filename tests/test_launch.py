@@ -7,8 +7,8 @@ import pytest
 
 from tests.helpers import REPO
 from tests.helpers import launch as run_training
-from tinytitan.launcher import launch
 from tinytitan.errors import TinytitanError
+from tinytitan.launcher import launch
 
 
 def run_launcher(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
@@ -143,14 +143,16 @@ def test_the_default_config_trains_from_any_folder(tmp_path):
 def test_async_with_pinned_memory_is_refused_where_it_cannot_work():
     from types import SimpleNamespace
 
+    from tinytitan.launcher.preflight import check_async_checkpoint
+
     config = SimpleNamespace(checkpoint=SimpleNamespace(async_mode="async_with_pinned_mem"))
     with pytest.raises(TinytitanError, match="needs a GPU"):
-        launch.check_async_checkpoint(config, gpus=0, torch_version="2.13.0")
+        check_async_checkpoint(config, gpus=0, torch_version="2.13.0")
     with pytest.raises(TinytitanError, match="torchtitan#3476"):
-        launch.check_async_checkpoint(config, gpus=8, torch_version="2.11.0+cu128")
-    launch.check_async_checkpoint(config, gpus=8, torch_version="2.13.0+cu128")
+        check_async_checkpoint(config, gpus=8, torch_version="2.11.0+cu128")
+    check_async_checkpoint(config, gpus=8, torch_version="2.13.0+cu128")
     config.checkpoint.async_mode = "async"
-    launch.check_async_checkpoint(config, gpus=0, torch_version="2.11.0")
+    check_async_checkpoint(config, gpus=0, torch_version="2.11.0")
 
 
 def test_max_restarts_default_depends_on_gpus_and_is_checked():

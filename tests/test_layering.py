@@ -134,7 +134,7 @@ def test_no_cycle_between_packages():
 def test_the_checker_sees_a_cycle_and_a_function_level_import(tmp_path):
     """The walker must not pass by seeing nothing: it finds a known function-level import and a made-up cycle."""
     graph = import_graph()
-    assert "tinytitan.data.preflight" in graph["tinytitan.launcher.launch"]  # imported inside check_job_config
+    assert "tinytitan.data.preflight" in graph["tinytitan.launcher.preflight"]  # imported inside preflight()
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 

@@ -28,7 +28,9 @@ def cluster(tmp_path_factory):
 
 
 def submit(cluster: Cluster, dump, overrides: list[str]) -> int:
-    env = {"CONFIG_FILE": str(DEBUG_CONFIG), "NGPU": "1", "LOG_RANK": "0"}
+    # One thread per process, as each of the reference run's two processes has: on one host the launcher
+    # would give a lone process both cores, and a CPU matmul split over 2 threads can round differently.
+    env = {"CONFIG_FILE": str(DEBUG_CONFIG), "NGPU": "1", "LOG_RANK": "0", "OMP_NUM_THREADS": "1"}
     return cluster.sbatch([*CPU_NODES, f"--output={dump}/slurm-%j.log", str(SCRIPT), *overrides], REPO, env)
 
 

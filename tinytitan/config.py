@@ -13,7 +13,12 @@ shipped configs work from any folder.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import types
+import typing
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -66,7 +71,10 @@ def parse_args(args: Sequence[str]):
     level = logger.level
     logger.setLevel("CRITICAL")  # ConfigManager logs a traceback before re-raising a bad file
     try:
-        return ConfigManager().parse_args(list(args))
+        with warnings.catch_warnings():
+            # tyro warns about a TOML value of the wrong type, then passes it on; check_value_types names it.
+            warnings.filterwarnings("ignore", module="tyro")
+            return ConfigManager().parse_args(list(args))
     except FileNotFoundError as e:
         raise TinytitanError(f"config file {e.filename} does not exist: pass an existing TOML file") from None
     except ValueError as e:  # tomllib.TOMLDecodeError is a ValueError too
@@ -90,9 +98,116 @@ def resolve_job_paths(job_config) -> None:
 
 
 def load_job_config(config_file: str | os.PathLike | None, overrides: Sequence[str] = ()):
-    """The JobConfig of a TOML file plus ``--section.key value`` overrides, with package paths resolved."""
+    """The JobConfig of a TOML file plus ``--section.key value`` overrides, with package paths resolved
+    and every value of the type its key declares."""
     path = find_config(config_file)
     job_config = parse_args(training_args(path, overrides))
     job_config.job.config_file = str(path)
+    check_value_types(job_config)
     resolve_job_paths(job_config)
     return job_config
+
+
+# ---------------------------------------------------------------- value types
+# torchtitan's ConfigManager passes TOML values into its dataclasses unchecked: `steps = "2"` or
+# `lr = "3e-3"` reached every rank and crashed there. Each value is checked against its field's
+# declared type, for torchtitan's sections and tinytitan's alike, in one walk.
+
+
+def _hints(cls) -> dict[str, typing.Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - a merged class may not resolve; use what is already a type
+        return {f.name: f.type for f in dataclasses.fields(cls) if not isinstance(f.type, str)}
+
+
+def _type_matches(value, tp) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is typing.Any or isinstance(tp, (str, typing.TypeVar)):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, set) or tp in (list, tuple, set):
+        if not isinstance(value, (list, tuple, set)):
+            return False
+        inner = args[0] if args and (origin is not tuple or len(args) == 2 and args[1] is Ellipsis) else None
+        return inner is None or all(_type_matches(v, inner) for v in value)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            return False
+        return not args or all(_type_matches(k, args[0]) and _type_matches(v, args[1]) for k, v in value.items())
+    if dataclasses.is_dataclass(tp):
+        return isinstance(value, tp)
+    return True  # a type this check does not know (torch.dtype, callables): the consumer checks it
+
+
+def _type_name(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args if a is not type(None)) + (
+            " (or left unset)" if type(None) in args else ""
+        )
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string (in quotes)"}
+    if tp in names:
+        return names[tp]
+    if origin in (list, tuple, set) or tp in (list, tuple, set):
+        return f"a list of {_type_name(args[0])}s" if args else "a list"
+    if origin is dict or tp is dict:
+        return "a table"
+    return getattr(tp, "__name__", str(tp))
+
+
+_TABLE_NAMES = {"data.sources": "data source", "data.stages": "data stage"}  # in messages
+
+
+def check_value_types(config, path: str = "", label: str = "") -> None:
+    """Raises one line naming the first value whose type differs from its key's declared type.
+
+    ``path`` is the dotted override name (``data.sources.1``), ``label`` how the table is named in
+    the message (``[training]``, ``data source 'starcoderdata':``).
+    """
+    hints = _hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        where = f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            check_value_types(value, where, f"[{where}]")
+            continue
+        if isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+            for i, item in enumerate(value):
+                name = getattr(item, "name", "")
+                kind = _TABLE_NAMES.get(where, f"[[{where}]]")
+                item_label = f"{kind} {name!r}:" if name else f"{kind} #{i}:"
+                check_value_types(item, f"{where}.{i}", item_label)
+            continue
+        tp = hints.get(f.name, typing.Any)
+        shown = f"{label} {f.name}" if label else f.name
+        if not _type_matches(value, tp):
+            got = "" if typing.get_origin(tp) is typing.Literal else f" is {_describe(value)}, but it"
+            raise TinytitanError(
+                f"{shown} = {value!r}{got} must be {_type_name(tp)}: fix it in the config file or the --{where} override"
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise TinytitanError(
+                f"{shown} = {value!r} is not a finite number: fix it in the config file or the --{where} override"
+            )
+
+
+def _describe(value) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "a table", type(None): "unset"}  # fmt: skip
+    return kinds.get(type(value), f"a {type(value).__name__}")

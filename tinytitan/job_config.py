@@ -1,11 +1,23 @@
-"""tinytitan's sections of the TOML job config, merged into torchtitan's JobConfig.
+"""tinytitan's sections of the TOML job config, merged into torchtitan's JobConfig, and the checks of all of them.
 
 Loaded by torchtitan through ``[job] custom_config_module = "tinytitan.job_config"``.
+
+``validate_job_config`` is the one pure check of a whole job config (no file is read): every
+section's own ``validate()`` plus the checks of torchtitan's sections and the checks that span
+sections. Value types were checked when the config was read (``tinytitan.config``). The launcher
+runs it before any process starts (``tinytitan.launcher.preflight`` adds the checks that read
+files), and each rank runs it again, so ``torchrun -m torchtitan.train`` with these hooks is
+guarded too.
+
+No ``from __future__ import annotations`` here: torchtitan merges these dataclasses into its
+JobConfig with ``make_dataclass``, and tyro must see real types, not strings.
 """
+
 
 from dataclasses import dataclass, field
 
 from tinytitan.data.config import Data
+from tinytitan.errors import TinytitanError
 
 
 @dataclass
@@ -25,8 +37,95 @@ class Eval:
     batch_size: int = 16
     """requests per forward pass on each rank"""
 
+    def task_settings(self):
+        """What lm-eval runs (``tinytitan.observe.task_eval.TaskSettings``); its checks name the [eval] key."""
+        from tinytitan.observe.task_eval import TaskSettings
+
+        try:
+            return TaskSettings(list(self.tasks), self.include_path or None, self.limit or None,
+                                None if self.num_fewshot < 0 else self.num_fewshot, self.batch_size)  # fmt: skip
+        except TinytitanError as e:
+            raise TinytitanError(f"[eval] {e}") from None
+
+    def validate(self) -> None:
+        if not self.tasks:
+            return
+        if self.freq <= 0:
+            raise TinytitanError(f"[eval] tasks {self.tasks} but freq {self.freq}: set freq to N >= 1")
+        self.task_settings()
+
 
 @dataclass
 class JobConfig:
     data: Data = field(default_factory=Data)
     eval: Eval = field(default_factory=Eval)
+
+
+def _require(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        section, _, name = key.rpartition(".")
+        raise TinytitanError(f"[{section}] {name} = {value!r}: {rule}")
+
+
+def validate_job_config(job_config, world_size: int | None = None) -> None:
+    """Every value check of a job config, pure; ``world_size`` (all ranks) adds the batch arithmetic."""
+    from tinytitan.models import FLAVORS, SPEC_NAME
+
+    model, training, opt, sched = job_config.model, job_config.training, job_config.optimizer, job_config.lr_scheduler
+    if model.name == SPEC_NAME and model.flavor not in FLAVORS:
+        raise TinytitanError(
+            f"[model] flavor = {model.flavor!r} is unknown: choose one of {', '.join(FLAVORS)} "
+            "(tinytitan/models.py defines them)"
+        )
+    _require(training.steps >= 1, "training.steps", training.steps, "train at least 1 step")
+    _require(training.seq_len >= 1, "training.seq_len", training.seq_len, "it must be at least 1")
+    _require(training.local_batch_size >= 1, "training.local_batch_size", training.local_batch_size,
+             "it must be at least 1")  # fmt: skip
+    _require(training.max_norm > 0, "training.max_norm", training.max_norm, "clip gradients at a norm > 0")
+    _require(opt.lr > 0, "optimizer.lr", opt.lr, "the learning rate must be > 0")
+    _require(opt.eps > 0, "optimizer.eps", opt.eps, "it must be > 0 (e.g. 1e-8)")
+    _require(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "it must be >= 0 (e.g. 0.1)")
+    for key in ("beta1", "beta2"):
+        value = getattr(opt, key)
+        _require(0 <= value < 1, f"optimizer.{key}", value, "it must be in [0, 1)")
+    _require(sched.warmup_steps >= 0, "lr_scheduler.warmup_steps", sched.warmup_steps, "it must be >= 0")
+    _require(0 <= sched.min_lr_factor <= 1, "lr_scheduler.min_lr_factor", sched.min_lr_factor,
+             "it must be in [0, 1]")  # fmt: skip
+    if sched.decay_ratio is not None:
+        _require(0 <= sched.decay_ratio <= 1, "lr_scheduler.decay_ratio", sched.decay_ratio, "it must be in [0, 1]")
+    _require(job_config.metrics.log_freq >= 1, "metrics.log_freq", job_config.metrics.log_freq, "it must be >= 1")
+    ckpt = job_config.checkpoint
+    if ckpt.enable:
+        _require(ckpt.interval >= 1, "checkpoint.interval", ckpt.interval, "save every N >= 1 steps")
+    val = job_config.validation
+    if val.enable:
+        _require(val.freq >= 1, "validation.freq", val.freq, "validate every N >= 1 steps")
+        _require(val.steps == -1 or val.steps >= 1, "validation.steps", val.steps, "use -1 (all) or N >= 1")
+        _require(val.seq_len >= 1, "validation.seq_len", val.seq_len, "it must be at least 1")
+        _require(val.local_batch_size >= 1, "validation.local_batch_size", val.local_batch_size, "it must be >= 1")
+    for key in ("init_timeout_seconds", "train_timeout_seconds"):
+        value = getattr(job_config.comm, key)
+        _require(value > 0, f"comm.{key}", value, "it must be > 0 seconds")
+    job_config.data.validate()
+    job_config.eval.validate()
+    p = job_config.parallelism
+    if job_config.eval.tasks:
+        for name, degree in (("tensor", p.tensor_parallel_degree), ("pipeline", p.pipeline_parallel_degree),
+                             ("context", p.context_parallel_degree)):  # fmt: skip
+            if degree > 1:
+                raise TinytitanError(
+                    f"[eval] runs on data-parallel (FSDP/DDP) models only; this run has {name}_parallel_degree "
+                    f"= {degree}: remove the [eval] tasks or the {name} parallelism"
+                )
+    _require(training.global_batch_size != 0, "training.global_batch_size", 0,
+             "use -1 (local_batch_size x data-parallel ranks) or a positive multiple of that")  # fmt: skip
+    if world_size is not None and training.global_batch_size > 0:
+        model_ranks = p.tensor_parallel_degree * p.pipeline_parallel_degree * p.context_parallel_degree
+        dp = max(1, world_size // max(1, model_ranks))
+        per_step = training.local_batch_size * dp
+        if training.global_batch_size % per_step:
+            raise TinytitanError(
+                f"[training] global_batch_size = {training.global_batch_size} is not a multiple of local_batch_size "
+                f"{training.local_batch_size} x {dp} data-parallel ranks = {per_step}: set global_batch_size to a "
+                f"multiple of {per_step} (gradient accumulation makes up the rest)"
+            )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from torchtitan.models.llama3 import TransformerModelArgs
 
+SPEC_NAME = "tinytitan"  # [model] name of tinytitan's TrainSpec, whose flavors are FLAVORS
 LLAMA3_VOCAB = 128256  # Llama 3 tokenizer, incl. 256 reserved special tokens
 DEBUG_VOCAB = 4096  # the embedded tokenizer in tinytitan/assets/tokenizer
 TRAIN_SEQ_LEN = 2048

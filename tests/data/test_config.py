@@ -9,7 +9,7 @@ from torchtitan.config import ConfigManager
 
 from tests.data.fixtures import job_config, sources
 from tinytitan.data.config import Data, Source
-from tinytitan.data.preflight import validate_data_config
+from tinytitan.data.preflight import check_data
 from tinytitan.errors import TinytitanError
 
 
@@ -61,7 +61,7 @@ def test_toml_sources_parse_and_cli_overrides_work(tmp_path, corpus):
     sp, sc = data.sources
     assert sp.exclude == {"meta.redpajama_set_name": ["RedPajamaGithub"]}
     assert sc.text_field == "content" and sc.validation_docs == 10
-    validate_data_config(cfg)
+    check_data(cfg)
 
     cfg = parse(write_toml(tmp_path, corpus), "--data.seed", "7", "--data.sources.1.weight", "0.5")
     assert cfg.data.seed == 7
@@ -83,8 +83,8 @@ def test_unknown_data_key_is_rejected(tmp_path, corpus):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"weight": 0}, r"'slimpajama'.*weight = 0 is not positive"),
-        ({"weight": -1.5}, r"'slimpajama'.*weight = -1.5 is not positive"),
+        ({"weight": 0}, r"'slimpajama'.*weight = 0 is not a positive number"),
+        ({"weight": -1.5}, r"'slimpajama'.*weight = -1.5 is not a positive number"),
         (
             {"path": "/nonexistent/SlimPajama-627B"},
             r"'slimpajama' \(path '/nonexistent/SlimPajama-627B'\).*does not exist.*expected",
@@ -99,20 +99,20 @@ def test_bad_sources_fail_with_one_clear_error(corpus, change, message):
     srcs = sources(corpus)
     srcs[0].update(change)
     with pytest.raises(TinytitanError, match=message):
-        validate_data_config(job_config(corpus, source_list=srcs))
+        check_data(job_config(corpus, source_list=srcs))
 
 
 def test_bad_data_settings(corpus):
     with pytest.raises(TinytitanError, match="data.format"):
-        validate_data_config(job_config(corpus, data_overrides={"format": "bytes"}))
+        check_data(job_config(corpus, data_overrides={"format": "bytes"}))
     with pytest.raises(TinytitanError, match="on_error"):
-        validate_data_config(job_config(corpus, data_overrides={"on_error": "ignore"}))
+        check_data(job_config(corpus, data_overrides={"on_error": "ignore"}))
     srcs = sources(corpus)
     srcs[1]["name"] = "slimpajama"
     with pytest.raises(TinytitanError, match="used twice"):
-        validate_data_config(job_config(corpus, source_list=srcs))
+        check_data(job_config(corpus, source_list=srcs))
     with pytest.raises(TinytitanError, match="no sources"):
-        validate_data_config(job_config(corpus, source_list=[]))
+        check_data(job_config(corpus, source_list=[]))
 
 
 def test_too_many_readers_for_lanes(corpus):

@@ -6,12 +6,12 @@ import pytest
 
 from tests.data.fixtures import job_config, make_corpus, sources
 from tests.helpers import DEBUG_CONFIG, launch, tree_digest
-from tinytitan.data.preflight import validate_data_config
+from tinytitan.data.preflight import check_data
 from tinytitan.errors import TinytitanError
 
 
 def test_the_fixture_corpus_passes(corpus):
-    validate_data_config(job_config(corpus))
+    check_data(job_config(corpus))
 
 
 @pytest.mark.parametrize("source,field,shown", [(0, "body", "meta"), (1, "text", "content")])
@@ -19,14 +19,14 @@ def test_a_text_field_missing_from_the_records_names_the_fields_it_has(corpus, s
     srcs = sources(corpus)
     srcs[source]["text_field"] = field
     with pytest.raises(TinytitanError, match=f"no field '{field}' \\(fields: .*{shown}") as e:
-        validate_data_config(job_config(corpus, source_list=srcs))
+        check_data(job_config(corpus, source_list=srcs))
     assert "set text_field" in str(e.value)
 
 
 def test_a_nested_text_field_is_found(corpus):
     srcs = sources(corpus)[:1]
     srcs[0]["text_field"] = "meta.redpajama_set_name"  # a string inside a dict: a valid dotted path
-    validate_data_config(job_config(corpus, source_list=srcs))
+    check_data(job_config(corpus, source_list=srcs))
 
 
 def test_a_source_none_of_whose_files_opens_is_refused(tmp_path):
@@ -34,14 +34,14 @@ def test_a_source_none_of_whose_files_opens_is_refused(tmp_path):
     for path in corpus.starcoderdata.rglob("*.parquet"):
         path.write_bytes(b"not a parquet file")
     with pytest.raises(TinytitanError, match=r"starcoderdata.*all 3 of its files cannot be read \(first: python/"):
-        validate_data_config(job_config(corpus))
+        check_data(job_config(corpus))
 
 
 def test_an_unreadable_first_file_is_skipped(tmp_path):
     corpus = make_corpus(tmp_path)  # changed below: not the shared session corpus
     first = sorted(corpus.starcoderdata.rglob("*.parquet"))[0]
     first.write_bytes(b"garbage")
-    validate_data_config(job_config(corpus))  # the next file opens: the readers skip the bad one
+    check_data(job_config(corpus))  # the next file opens: the readers skip the bad one
 
 
 def test_the_launcher_refuses_a_wrong_text_field_in_one_line(tmp_path):

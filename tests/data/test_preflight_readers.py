@@ -8,7 +8,7 @@ import pytest
 
 from tests.helpers import launch
 from tinytitan.config import load_job_config
-from tinytitan.data.preflight import validate_data_config
+from tinytitan.data.preflight import check_data
 from tinytitan.errors import TinytitanError
 
 
@@ -37,7 +37,7 @@ def test_a_source_with_fewer_documents_than_readers_is_refused(tmp_path):
         ["--data.sources.1.path", str(tmp_path / "tiny"), "--data.sources.1.files", "*.jsonl",
          "--data.sources.1.text_field", "text", "--data.sources.1.validation_docs", "1"],
     )  # fmt: skip
-    validate_data_config(job_config, world_size=8)  # 8 training documents for 8 readers: one each
+    check_data(job_config, world_size=8)  # 8 training documents for 8 readers: one each
     job_config.training.dataloader.num_workers = 2  # 16 readers
     with pytest.raises(TinytitanError, match=r"'starcoderdata' .* has 8 training documents but 16 data readers"):
-        validate_data_config(job_config, world_size=8)
+        check_data(job_config, world_size=8)

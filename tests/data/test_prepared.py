@@ -14,7 +14,7 @@ import torch
 from tests.data.fixtures import Corpus, job_config, loader, make_corpus, tokenizer, write_tokenizer
 from tinytitan.data import cli
 from tinytitan.data.loader import merge_rank_states
-from tinytitan.data.preflight import validate_data_config
+from tinytitan.data.preflight import check_data
 from tinytitan.data.prepare import prepare
 from tinytitan.data.shards import load_manifest, plan_from_prepared
 from tinytitan.errors import TinytitanError
@@ -107,20 +107,20 @@ def test_shards_of_another_tokenizer_are_refused(corpus, prepared, tmp_path):
     jc = job_config(corpus, data_overrides=tokens_format(prepared))
     jc.model.hf_assets_path = str(other)
     with pytest.raises(TinytitanError, match="another tokenizer.*rerun `tinytitan data prepare"):
-        validate_data_config(jc)
+        check_data(jc)
     jc.model.hf_assets_path = str(corpus.tokenizer)
-    validate_data_config(jc)
+    check_data(jc)
 
 
 def test_missing_or_stale_shards_are_refused(corpus, prepared, tmp_path):
     with pytest.raises(TinytitanError, match="run `tinytitan data prepare"):
-        validate_data_config(job_config(corpus, data_overrides=tokens_format(str(tmp_path / "none"))))
+        check_data(job_config(corpus, data_overrides=tokens_format(str(tmp_path / "none"))))
     srcs = job_config(corpus).data.sources
     srcs[0].exclude = {}
     jc = job_config(corpus, data_overrides=tokens_format(prepared))
     jc.data.sources[0].exclude = {}
     with pytest.raises(TinytitanError, match="'slimpajama'.*differ from the prepared shards"):
-        validate_data_config(jc)
+        check_data(jc)
 
 
 def test_a_truncated_shard_is_refused_at_start_and_redone_by_prepare(corpus, prepared, tmp_path, caplog):
@@ -133,11 +133,11 @@ def test_a_truncated_shard_is_refused_at_start_and_redone_by_prepare(corpus, pre
     os.truncate(victim, whole // 2)
     jc = job_config(corpus, data_overrides=tokens_format(copy))
     with pytest.raises(TinytitanError, match=rf"{whole // 2:,} bytes but .* need {whole:,} .*rerun `tinytitan data"):
-        validate_data_config(jc)
+        check_data(jc)
     with caplog.at_level("INFO", logger="tinytitan.data"):
         prepare(jc.data, tokenizer(corpus), copy, workers=1, progress=False)
     assert "1 to tokenize" in caplog.text and os.path.getsize(victim) == whole
-    validate_data_config(jc)
+    check_data(jc)
 
 
 def _toml(corpus, tmp_path, fmt="text", prepared_dir=""):

@@ -40,20 +40,26 @@ def test_in_loop_eval_logs_scores_and_changes_no_loss(uninterrupted, tmp_path, c
 
 
 def test_eval_section_is_checked_at_start():
-    from torchtitan.distributed import ParallelDims
-
     from tinytitan.config import load_job_config
     from tinytitan.errors import TinytitanError
-    from tinytitan.observe.in_loop import check_eval_config
+    from tinytitan.job_config import validate_job_config
+    from tinytitan.launcher.preflight import check_eval_tasks
 
-    def dims(tp=1):
-        return ParallelDims(dp_replicate=1, dp_shard=2, cp=1, tp=tp, pp=1, ep=1, etp=1, world_size=2 * tp)
-
-    assert check_eval_config(load_job_config(DEBUG_CONFIG).eval, dims()) is False  # off by default
-    on = load_job_config(DEBUG_CONFIG, ["--eval.tasks", f"{SAMPLE_TASK},hellaswag", "--eval.freq", "50"]).eval
-    assert on.tasks == [SAMPLE_TASK, "hellaswag"] and check_eval_config(on, dims()) is True
-    no_freq = load_job_config(DEBUG_CONFIG, ["--eval.tasks", SAMPLE_TASK]).eval
+    validate_job_config(load_job_config(DEBUG_CONFIG))  # off by default
+    on = load_job_config(DEBUG_CONFIG, ["--eval.tasks", f"{SAMPLE_TASK},hellaswag", "--eval.freq", "50"])
+    assert on.eval.tasks == [SAMPLE_TASK, "hellaswag"]
+    validate_job_config(on)
+    check_eval_tasks(on)  # lm-eval knows both
+    with pytest.raises(TinytitanError, match=r"unknown lm-eval task\(s\) no_such_task"):
+        check_eval_tasks(load_job_config(DEBUG_CONFIG, ["--eval.tasks", "no_such_task", "--eval.freq", "5"]))
     with pytest.raises(TinytitanError, match="freq 0: set freq to N >= 1"):
-        check_eval_config(no_freq, dims())
-    with pytest.raises(TinytitanError, match="data-parallel"):
-        check_eval_config(on, dims(tp=2))
+        validate_job_config(load_job_config(DEBUG_CONFIG, ["--eval.tasks", SAMPLE_TASK]))
+    with pytest.raises(TinytitanError, match=r"\[eval\] batch_size 0 must be at least 1"):
+        validate_job_config(load_job_config(DEBUG_CONFIG, [*on_args(), "--eval.batch_size", "0"]))
+    on.parallelism.tensor_parallel_degree = 2
+    with pytest.raises(TinytitanError, match="data-parallel.*tensor_parallel_degree = 2"):
+        validate_job_config(on)
+
+
+def on_args() -> list[str]:
+    return ["--eval.tasks", SAMPLE_TASK, "--eval.freq", "5"]

@@ -57,12 +57,10 @@ def _overrides(args) -> list[str]:
 
 
 def _prepare(args) -> int:
-    from tinytitan.data.config import validate_sources
     from tinytitan.data.prepare import prepare
     from tinytitan.data.shards import summary
 
     cfg = load_job_config(args.config, _overrides(args))
-    validate_sources(cfg.data)
     out = args.out or cfg.data.prepared_dir
     manifest = prepare(
         cfg.data,
@@ -79,9 +77,9 @@ def _prepare(args) -> int:
 def bench(job_config, tokens: int, *, dp_world_size: int = 1, dp_rank: int = 0, tokenizer=None) -> dict:
     """Reads `tokens` tokens through the configured loader; returns the measurements."""
     from tinytitan.data.loader import build_dataloader
-    from tinytitan.data.preflight import validate_data_config
+    from tinytitan.data.preflight import check_data
 
-    validate_data_config(job_config)
+    check_data(job_config)
     if tokenizer is None and job_config.data.format == "text":
         tokenizer = load_tokenizer(job_config.model.hf_assets_path)
     t0 = time.perf_counter()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torchtitan.components.dataloader import BaseDataLoader
 
-from tinytitan.data.config import Data, data_config
+from tinytitan.data.config import Data, data_config, require_lanes
 from tinytitan.data.encode import Encoder
 from tinytitan.data.loader_state import (
     Lanes,
@@ -93,11 +93,7 @@ class MixtureDataLoader(BaseDataLoader):
         self._loaded_lanes: Lanes | None = None
         self.trace: list[tuple[int, int]] | None = None  # (source, lane) per window, in-process readers only
         self.process_group = None  # gathered over in state_dict(); None: the default group
-        if self.n_readers > plan.lanes:
-            raise TinytitanError(
-                f"{self.n_readers} data readers ({dp_world_size} dp ranks x {self.n_local} loader workers) but "
-                f"data.lanes = {plan.lanes}; set data.lanes >= {self.n_readers} (a new data stream) or use fewer workers"
-            )
+        require_lanes(plan.lanes, self.n_readers)
         _LIVE.add(self)
 
     # ---------------------------------------------------------- iteration

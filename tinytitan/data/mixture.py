@@ -26,6 +26,7 @@ import logging
 
 import numpy as np
 
+from tinytitan.data.config import require_lanes
 from tinytitan.data.loader_state import Lanes, LaneState
 from tinytitan.data.plan import MixturePlan, SourcePlan, lane_parts, source_seed
 from tinytitan.errors import TinytitanError
@@ -214,11 +215,7 @@ class Reader:
     """Produces windows for one (dp rank, loader worker)."""
 
     def __init__(self, plan: MixturePlan, backend, seq_len: int, reader_id: int, n_readers: int):
-        if n_readers > plan.lanes:
-            raise TinytitanError(
-                f"{n_readers} data readers (dp ranks x loader workers) but data.lanes = {plan.lanes}; "
-                f"set data.lanes >= {n_readers} (this restarts the data stream) or use fewer loader workers"
-            )
+        require_lanes(plan.lanes, n_readers)
         self.plan = plan
         self.backend = backend
         self.seq_len = seq_len

@@ -20,8 +20,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from tinytitan.data.config import Data, Source, hub_repo, list_files
+from tinytitan.data.config import Data, Source
 from tinytitan.data.files import FileInfo, Filter, Opener, Part, file_info, row_range
+from tinytitan.data.listing import hub_repo, list_files
 
 
 @dataclass

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from tinytitan.data.config import Data, validate_sources
+from tinytitan.data.config import Data
+from tinytitan.data.listing import list_sources
 from tinytitan.data.plan import MixturePlan, build_plan
 
 _TEXT_PLANS: dict[str, MixturePlan] = {}  # per process: the loader and the validator share one listing
@@ -33,5 +34,6 @@ def make_plan(data: Data, tokenizer=None) -> MixturePlan:
         return plan_from_prepared(data, tokenizer)
     key = json.dumps(dataclasses.asdict(data), sort_keys=True, default=str)
     if key not in _TEXT_PLANS:
-        _TEXT_PLANS[key] = build_plan(data, validate_sources(data))
+        data.validate()
+        _TEXT_PLANS[key] = build_plan(data, list_sources(data))
     return _TEXT_PLANS[key]

@@ -1,8 +1,8 @@
-"""Start checks of the data: everything the launcher can check before any process starts.
+"""Start checks of the data that read files: what the launcher checks before any process starts.
 
-``validate_data_config`` runs the config checks (keys, weights, paths, globs), then reads
-what it must: each source opens and its records hold the text field, and prepared shards
-match the config.
+``check_data`` runs ``Data.validate`` (the values), lists the files (``tinytitan.data.listing``),
+then reads what it must: each source opens and its records hold the text field, prepared shards
+match the config, and every data reader gets a lane and a document.
 
 The launcher runs these before any process starts, so a wrong ``text_field`` or a folder of
 unreadable files is one line instead of an error inside every rank minutes later. Only the
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tinytitan.data.config import Data, Source, data_config, hub_repo, validate_sources
+from tinytitan.data.config import Data, Source, data_config, require_lanes
 from tinytitan.data.files import FileInfo, Opener, ReadError, _loads, file_info, get_field, iter_lines
+from tinytitan.data.listing import hub_repo, list_sources
 from tinytitan.errors import TinytitanError
 
 MAX_FAILED_FILES = 64  # stop probing a source after this many unreadable files in a row
@@ -88,7 +89,7 @@ def probe_source(source: Source, files: list[str]) -> None:
 
 
 def probe_sources(data: Data, files: dict[str, list[str]]) -> None:
-    """Probes every source; `files` is what ``validate_sources`` listed."""
+    """Probes every source; `files` is what ``list_sources`` listed."""
     for source in data.sources:
         probe_source(source, files[source.name])
 
@@ -150,32 +151,27 @@ def _check_documents(source: Source, rels: list[str], readers: int) -> None:
 def check_against_readers(job_config, data: Data, files: dict[str, list[str]], world_size: int) -> None:
     """Lanes against readers, and every text source's documents against its held-out split and the readers."""
     readers = data_readers(job_config, world_size)
-    if data.lanes < readers:
-        raise TinytitanError(
-            f"data.lanes = {data.lanes} but the run has {readers} data readers (dp ranks x loader workers), "
-            f"and every reader needs a lane: set data.lanes >= {readers} (a new data stream) or use fewer "
-            "processes or [training.dataloader] num_workers"
-        )
+    require_lanes(data.lanes, readers)
     if data.format != "text":
         return
     for source in data.sources:
         _check_documents(source, files[source.name], readers)
 
 
-def validate_data_config(job_config, world_size: int | None = None) -> None:
-    """Fails fast with one clear TinytitanError; the launcher calls this before starting processes.
+def check_data(job_config, world_size: int | None = None) -> None:
+    """Fails fast with one clear TinytitanError; the launcher's preflight calls this before starting processes.
 
     ``world_size`` (all ranks of the run) adds the checks against the number of data readers.
     """
     data = data_config(job_config)
-    files = validate_sources(data, check_files=data.format == "text")
-    if job_config.training.seq_len < 1:
-        raise TinytitanError(f"training.seq_len = {job_config.training.seq_len}; it must be positive")
+    data.validate()
     if data.format == "tokens":
         from tinytitan.data.shards import check_prepared
 
+        files: dict[str, list[str]] = {}
         check_prepared(job_config)
     else:
+        files = list_sources(data)
         probe_sources(data, files)
     if world_size is not None:
         check_against_readers(job_config, data, files, world_size)

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from tinytitan.data.config import Data, Source, hub_repo, list_files, validate_sources
+from tinytitan.data.config import Data, Source
 from tinytitan.data.encode import Encoder
 from tinytitan.data.files import FileInfo, Filter, Opener, Part, ReadError, file_info, iter_part
+from tinytitan.data.listing import hub_repo, list_files, list_sources
 from tinytitan.data.shards import FORMAT_VERSION, MANIFEST, shard_base, shard_bytes, source_settings
 from tinytitan.errors import TinytitanError
 
@@ -156,7 +157,8 @@ def prepare(
     progress: bool = True,
 ) -> dict:
     """Tokenizes every source (training and validation files) into ``out``. Returns the manifest."""
-    files = validate_sources(data)
+    data.validate()
+    files = list_sources(data)
     encoder = Encoder(tokenizer)
     tok_hash = encoder.fingerprint()
     os.makedirs(out, exist_ok=True)

@@ -29,7 +29,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from tinytitan.data.config import Data, Source, data_config, validate_sources
+from tinytitan.data.config import Data, Source, data_config
 from tinytitan.data.encode import TOKEN_DTYPE, Encoder
 from tinytitan.data.files import FileInfo, Part, row_range
 from tinytitan.data.plan import MixturePlan, SourcePlan, plan_from_infos
@@ -125,7 +125,7 @@ def _infos(recs: list[dict]) -> list[FileInfo]:
 
 
 def plan_from_prepared(data: Data, tokenizer=None) -> MixturePlan:
-    validate_sources(data, check_files=False)
+    data.validate()
     manifest = load_manifest(data.prepared_dir)
     _check_manifest(data, manifest, Encoder(tokenizer).fingerprint() if tokenizer is not None else None)
     return plan_from_infos(data, {s.name: _infos(manifest["sources"][s.name]["files"]) for s in data.sources})

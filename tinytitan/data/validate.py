@@ -29,9 +29,10 @@ from torchtitan.components.validate import BaseValidator, Validator
 from torchtitan.distributed import utils as dist_utils
 from torchtitan.tools import utils as tt_utils
 
-from tinytitan.data.config import Data, data_config, hub_repo, list_files
+from tinytitan.data.config import Data, data_config
 from tinytitan.data.encode import Encoder
 from tinytitan.data.files import Filter, Opener, ReadError, file_info, iter_file
+from tinytitan.data.listing import hub_repo, list_files
 from tinytitan.data.plan import SourcePlan
 
 logger = logging.getLogger("tinytitan.data")

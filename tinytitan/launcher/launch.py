@@ -18,10 +18,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from tinytitan.config import DEFAULT_CONFIG, load_job_config, training_args
 from tinytitan.errors import TinytitanError, run_guarded
+from tinytitan.launcher.preflight import preflight
 from tinytitan.launcher.supervise import Supervisor
 
 CPU_PROCESSES = 2  # FSDP needs at least two ranks to shard anything
@@ -83,51 +83,6 @@ def check_launch_env(env: Mapping[str, str], nproc: int) -> None:
             )
 
 
-def check_job_config(job_config, world_size: int | None = None) -> None:
-    """Everything that can be checked before a process starts."""
-    from tinytitan.models import FLAVORS
-    from tinytitan.rank.spec import SPEC_NAME
-    from tinytitan.tokenizer import load_tokenizer
-
-    if job_config.model.name == SPEC_NAME and job_config.model.flavor not in FLAVORS:
-        raise TinytitanError(
-            f"[model] flavor = {job_config.model.flavor!r} is unknown: choose one of {', '.join(FLAVORS)} "
-            "(tinytitan/models.py defines them)"
-        )
-    if job_config.model.name == SPEC_NAME:
-        _check_vocab(job_config, load_tokenizer(job_config.model.hf_assets_path).vocab_size)
-    from tinytitan.data.preflight import validate_data_config
-
-    validate_data_config(job_config, world_size)
-
-
-def check_async_checkpoint(job_config, gpus: int, torch_version: str) -> None:
-    """async_with_pinned_mem stages into CUDA pinned memory, and torch 2.11 crashes on its second save."""
-    if job_config.checkpoint.async_mode != "async_with_pinned_mem":
-        return
-    if not gpus:
-        raise TinytitanError(
-            "[checkpoint] async_mode = 'async_with_pinned_mem' needs a GPU (pinned memory): use 'async' or 'disabled'"
-        )
-    if torch_version.startswith("2.11."):
-        raise TinytitanError(
-            f"[checkpoint] async_mode = 'async_with_pinned_mem' crashes on the second save with torch {torch_version} "
-            "(torchtitan#3476, pytorch#183413): use async_mode = 'async'"
-        )
-
-
-def _check_vocab(job_config, vocab: int) -> None:
-    from tinytitan.models import FLAVORS
-
-    path = Path(job_config.model.hf_assets_path) / "tokenizer.json"
-    model_vocab = FLAVORS[job_config.model.flavor].vocab_size
-    if vocab > model_vocab:
-        raise TinytitanError(
-            f"tokenizer {path} has {vocab} tokens but flavor {job_config.model.flavor!r} embeds {model_vocab}: "
-            "use the tokenizer the flavor was made for"
-        )
-
-
 def max_restarts(env: Mapping[str, str], gpus: int) -> int:
     return env_int(env, "MAX_RESTARTS", GPU_MAX_RESTARTS if gpus else 0, 0, 1000)
 
@@ -174,10 +129,9 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     nproc = resolve_nproc(env, gpus)
     check_launch_env(env, nproc)
     job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
-    check_job_config(job_config, world_size=nproc * int(env.get("NNODES") or 1))
     import torch
 
-    check_async_checkpoint(job_config, gpus, torch.__version__)
+    preflight(job_config, nproc * int(env.get("NNODES") or 1), gpus, torch.__version__)
     config_file = job_config.job.config_file
     restarts = max_restarts(env, gpus)
     cmd = torchrun_command(nproc, training_args(config_file, overrides), env, restarts)

@@ -40,18 +40,12 @@ class SourceResult:
 
 def held_out(data, tokenizer, seq_len: int, max_windows: int) -> Iterator[tuple[str, float, torch.Tensor]]:
     """(source, mixture weight, windows) for every source with a held-out split, as the training validator builds them."""
-    from tinytitan.data.config import validate_sources
     from tinytitan.data.encode import Encoder
+    from tinytitan.data.planner import make_plan
     from tinytitan.data.validate import heldout_windows
 
-    if data.format == "tokens":
-        from tinytitan.data.shards import plan_from_prepared
-
-        plan, encoder = plan_from_prepared(data, tokenizer), None  # checks the shards' tokenizer
-    else:
-        from tinytitan.data.plan import build_plan
-
-        plan, encoder = build_plan(data, validate_sources(data)), Encoder(tokenizer)
+    plan = make_plan(data, tokenizer)  # tokens format: checks the shards' tokenizer
+    encoder = Encoder(tokenizer) if data.format == "text" else None
     for src, cfg in zip(plan.sources, data.sources, strict=True):
         if cfg.validation_files or cfg.validation_docs:
             yield src.name, cfg.weight, heldout_windows(src, cfg, data, seq_len, encoder, max_windows)

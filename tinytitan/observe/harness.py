@@ -84,6 +84,18 @@ def task_manager(include_path: str | os.PathLike | None = None):
     return _MANAGERS[key]
 
 
+def check_tasks(tasks: Sequence[str], include_path=None):
+    """lm-eval is installed and knows every task; returns the task manager."""
+    manager = task_manager(include_path)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise TinytitanError(
+            f"unknown lm-eval task(s) {', '.join(unknown)}: use lm-eval's task names "
+            f"(`lm-eval ls tasks`), {SAMPLE_TASK}, or pass --include-path DIR with their YAML files"
+        )
+    return manager
+
+
 def run_tasks(lm, tasks: Sequence[str], *, include_path=None, limit: int | None = None,
               num_fewshot: int | None = None, log_samples: bool = False) -> dict[str, Any] | None:  # fmt: skip
     """lm-eval's simple_evaluate on ``lm``: its results dict on rank 0 (None on the other ranks).
@@ -93,13 +105,7 @@ def run_tasks(lm, tasks: Sequence[str], *, include_path=None, limit: int | None 
     """
     from lm_eval import simple_evaluate
 
-    manager = task_manager(include_path)
-    unknown = [t for t in tasks if t not in manager.all_tasks]
-    if unknown:
-        raise TinytitanError(
-            f"unknown lm-eval task(s) {', '.join(unknown)}: use lm-eval's task names "
-            f"(`lm-eval ls tasks`), {SAMPLE_TASK}, or pass --include-path DIR with their YAML files"
-        )
+    manager = check_tasks(tasks, include_path)
     return simple_evaluate(
         model=lm,
         tasks=list(tasks),

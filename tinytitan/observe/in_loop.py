@@ -21,8 +21,6 @@ from contextlib import contextmanager
 
 import torch
 
-from tinytitan.errors import TinytitanError
-
 logger = logging.getLogger("tinytitan.eval")
 
 
@@ -49,49 +47,26 @@ def reshard(model) -> None:
             module.reshard()
 
 
-def check_eval_config(eval_config, parallel_dims) -> bool:
-    """Whether ``[eval]`` is on; refuses at start what it cannot run (before any step is spent)."""
-    if not eval_config.tasks:
-        return False
-    if eval_config.freq <= 0:
-        raise TinytitanError(f"[eval] tasks {eval_config.tasks} but freq {eval_config.freq}: set freq to N >= 1")
-    from tinytitan.observe.harness import require_lm_eval
-    from tinytitan.observe.task_eval import TaskSettings
-
-    require_lm_eval()
-    TaskSettings(*settings_args(eval_config))  # checks the numbers
-    for name in ("tp", "pp", "cp"):
-        if getattr(parallel_dims, name, 1) > 1:
-            raise TinytitanError(f"[eval] runs on data-parallel (FSDP/DDP) models only; this run has {name} > 1")
-    return True
-
-
-def settings_args(eval_config) -> tuple:
-    limit = eval_config.limit or None
-    fewshot = None if eval_config.num_fewshot < 0 else eval_config.num_fewshot
-    return list(eval_config.tasks), eval_config.include_path or None, limit, fewshot, eval_config.batch_size
-
-
 def build_in_loop_eval(trainer) -> InLoopEval | None:
-    """The trainer's ``[eval]``, or None when it is off (checked at start)."""
+    """The trainer's ``[eval]``, or None when it is off (its values were checked by ``validate_job_config``)."""
     from tinytitan.models import FLAVORS
+    from tinytitan.observe.harness import require_lm_eval
 
     job = trainer.job_config
-    if not check_eval_config(job.eval, trainer.parallel_dims):
+    if not job.eval.tasks:
         return None
+    require_lm_eval()
     max_seq_len = FLAVORS[job.model.flavor].max_seq_len
-    return InLoopEval(job.eval, trainer.tokenizer.loaded, max_seq_len, trainer.device, job.training.steps,
-                      trainer.metrics_processor.log_eval)  # fmt: skip
+    return InLoopEval(job.eval.task_settings(), job.eval.freq, trainer.tokenizer.loaded, max_seq_len, trainer.device,
+                      job.training.steps, trainer.metrics_processor.log_eval)  # fmt: skip
 
 
 class InLoopEval:
     """Scores the tasks at steps ``freq, 2 freq, ...`` and the last step."""
 
-    def __init__(self, eval_config, tokenizer, max_seq_len: int, device, last_step: int, log_fn):
-        from tinytitan.observe.task_eval import TaskSettings
-
-        self.settings = TaskSettings(*settings_args(eval_config))
-        self.freq = eval_config.freq
+    def __init__(self, settings, freq: int, tokenizer, max_seq_len: int, device, last_step: int, log_fn):
+        self.settings = settings  # tinytitan.observe.task_eval.TaskSettings
+        self.freq = freq
         self.tokenizer = tokenizer  # tinytitan.tokenizer.LoadedTokenizer
         self.max_seq_len = max_seq_len
         self.device = device

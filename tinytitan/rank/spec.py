@@ -17,11 +17,9 @@ from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAda
 from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
 from tinytitan.compat import spec_registered
-from tinytitan.models import FLAVORS
+from tinytitan.models import FLAVORS, SPEC_NAME
 from tinytitan.rank import device
 from tinytitan.tokenizer import LoadedTokenizer, load_tokenizer
-
-SPEC_NAME = "tinytitan"
 
 
 class TrainingTokenizer(BaseTokenizer):

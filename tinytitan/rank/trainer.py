@@ -21,6 +21,7 @@ from tinytitan.checkpoint.completeness import disk_full_error, folder_problem, p
 from tinytitan.compat import checkpoint_due, checkpoint_folder, full_training_state, wait_for_async_save
 from tinytitan.config import resolve_job_paths
 from tinytitan.errors import TinytitanError
+from tinytitan.job_config import validate_job_config
 from tinytitan.rank import device
 from tinytitan.rank.preemption import StepAgreement, StopRequest
 
@@ -33,6 +34,7 @@ class TinyTrainer(Trainer):
 
         device.adapt_job_config(job_config)
         resolve_job_paths(job_config)
+        validate_job_config(job_config)  # the launcher's checks, again: `torchrun -m torchtitan.train` skips it
         super().__init__(job_config)
         if hasattr(self.dataloader, "stats"):
             self.metrics_processor.count_data_with(self.dataloader.stats)
