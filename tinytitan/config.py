@@ -1,7 +1,7 @@
 """The one way a TOML job config is read: torchtitan's ConfigManager with tinytitan's sections.
 
-Every command that takes ``--config`` (train, data, export, eval, generate, bench)
-calls :func:`load_job_config` and gets torchtitan's ``JobConfig`` with the
+Every command that takes ``--config`` (train, data, export, eval, generate), and bench
+for a flavor's shipped config, calls :func:`load_job_config` and gets torchtitan's ``JobConfig`` with the
 ``[data]`` (and other tinytitan) sections merged in, exactly as each training
 rank sees it. No other module parses TOML.
 
