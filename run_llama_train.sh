@@ -9,5 +9,6 @@ if [ -n "${CONFIG_FILE:-}" ] && [ -e "$CONFIG_FILE" ]; then
   export CONFIG_FILE
 fi
 cd "$(dirname "$0")"
+_extras="" # training needs the package and its runtime dependencies only
 source util/bootstrap.sh
 exec "$PYTHON" -m tinytitan.launcher.launch "$@"

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
-from tinytitan.config import load_job_config
-from tinytitan.launcher import launch
+from tinytitan.config import CONFIG_DIR, find_config, load_job_config
+from tinytitan.errors import TinytitanError
 from tinytitan.models import FLAVORS
 
 CONFIGS = sorted((REPO / "train_configs").glob("*.toml"))
@@ -60,3 +60,29 @@ def test_debug_config_passes_the_start_checks():
     from tinytitan.launcher.preflight import preflight
 
     preflight(load_job_config(REPO / "train_configs/llama3_debug.toml"), world_size=2, gpus=0, torch_version="2.13.0")
+
+
+def test_the_checkouts_train_configs_is_the_packages():
+    """One copy: the configs are package data (what a wheel ships); train_configs/ links to them."""
+    assert (REPO / "train_configs").resolve() == CONFIG_DIR == REPO / "tinytitan" / "train_configs"
+
+
+@pytest.mark.parametrize("name", ["tiny", "llama3_tiny", "llama3_tiny.toml", "train_configs/llama3_tiny.toml"])
+def test_a_shipped_config_by_name_from_any_folder(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no train_configs/ here: the names resolve against the package
+    monkeypatch.delenv("CONFIG_FILE", raising=False)
+    assert find_config(name).resolve() == CONFIG_DIR / "llama3_tiny.toml"
+    assert find_config(None).resolve() == CONFIG_DIR / "llama3_debug.toml"  # the embedded default
+    assert parse(name).model.flavor == "tiny"
+
+
+def test_a_file_in_the_working_directory_wins_over_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").write_text((CONFIG_DIR / "llama3_debug.toml").read_text())
+    assert find_config("tiny") == Path("tiny")
+
+
+def test_an_unknown_config_lists_the_shipped_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TinytitanError, match=r"config file huge does not exist: .*\(debug, micro, nano, tiny\)"):
+        find_config("huge")

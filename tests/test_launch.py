@@ -2,10 +2,11 @@
 
 import os
 import subprocess
+import sys
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, tree_digest
 from tests.helpers import launch as run_training
 from tinytitan.errors import TinytitanError
 from tinytitan.launcher import launch
@@ -19,8 +20,24 @@ def test_missing_config_file_is_one_line_and_exit_2():
     proc = run_launcher({"CONFIG_FILE": "train_configs/nope.toml"})
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and "nope.toml does not exist" in err[0] and "llama3_debug.toml" in err[0]
+    assert len(err) == 1 and "nope.toml does not exist" in err[0] and "(debug, micro, nano, tiny)" in err[0]
     assert "torch.distributed.run" not in proc.stdout
+
+
+def test_a_config_folder_is_named_as_a_folder(tmp_path):
+    """#22 case 14: a folder as the config said "does not exist"; now it says folder and lists what to pass."""
+    (tmp_path / "mine.toml").write_text("")
+    before = tree_digest(tmp_path)
+    by_env = run_launcher({"CONFIG_FILE": str(tmp_path)})
+    assert tree_digest(tmp_path) == before
+    by_flag = subprocess.run([sys.executable, "-m", "tinytitan.cli", "train", "--config", "train_configs"],
+                             cwd=REPO, capture_output=True, text=True, timeout=120)  # fmt: skip
+    for proc, folder, listed in ((by_env, tmp_path, "mine.toml"), (by_flag, "train_configs", "llama3_debug.toml, ")):
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        err = proc.stderr.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"tinytitan: error: config {folder} is a folder: pass one of its ")
+        assert listed in err[0] and err[0].endswith("or a shipped config name (debug, micro, nano, tiny)")
+        assert "torch.distributed.run" not in proc.stdout
 
 
 def test_unknown_toml_key_is_named(tmp_path):

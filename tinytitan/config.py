@@ -1,14 +1,19 @@
 """The one way a TOML job config is read: torchtitan's ConfigManager with tinytitan's sections.
 
-Every command that takes ``--config`` (train, data, export, eval, generate, bench)
-calls :func:`load_job_config` and gets torchtitan's ``JobConfig`` with the
+Every command that takes ``--config`` (train, data, export, eval, generate), and bench
+for a flavor's shipped config, calls :func:`load_job_config` and gets torchtitan's ``JobConfig`` with the
 ``[data]`` (and other tinytitan) sections merged in, exactly as each training
 rank sees it. No other module parses TOML.
 
 Input paths (the tokenizer folder, data sources) resolve as torchtitan does,
-against the current directory, and else against the checkout that holds the
-package: the embedded tokenizer and sample (``tinytitan/assets/...``) and the
-shipped configs work from any folder.
+against the current directory, and else against the folder that holds the
+package (a checkout, or site-packages): the embedded tokenizer and sample
+(``tinytitan/assets/...``) work from any folder, installed or not.
+
+The shipped configs are package data (``tinytitan/train_configs/``; the
+checkout's ``train_configs/`` is a link to it). ``--config`` takes a file, or a
+shipped config's name: ``tiny`` (its flavor), ``llama3_tiny`` or
+``train_configs/llama3_tiny.toml`` from any folder.
 """
 
 from __future__ import annotations
@@ -27,28 +32,60 @@ from tinytitan.errors import TinytitanError
 CONFIG_MODULE = "tinytitan.job_config"
 METRICS_FILE = "metrics.jsonl"  # in the run folder: one JSON row per logged step (rank 0)
 PACKAGE_DIR = Path(__file__).resolve().parent
-# The checkout (or source tree) that holds train_configs/ next to the package, when there is one.
+# The folder that holds the package: the checkout, or site-packages when installed from a wheel.
 SOURCE_ROOT = PACKAGE_DIR.parent
+CONFIG_DIR = PACKAGE_DIR / "train_configs"  # the shipped configs, package data
+CONFIG_PREFIX = "llama3_"  # shipped config llama3_<flavor>.toml
 DEFAULT_CONFIG = "train_configs/llama3_debug.toml"
 
 
 def resolve_path(raw: str | os.PathLike) -> Path:
-    """An input path of a config: as torchtitan reads it (relative to the working directory),
-    else relative to the checkout that holds the package (the embedded assets, train_configs/)."""
+    """An input path of a config: as torchtitan reads it (relative to the working directory), else
+    relative to the folder that holds the package (``tinytitan/assets/...``), else to the package
+    itself (``train_configs/...``, which an installed package holds inside)."""
     path = Path(raw)
-    if path.is_absolute() or path.exists() or not (SOURCE_ROOT / path).exists():
+    if path.is_absolute() or path.exists():
         return path
-    return SOURCE_ROOT / path
+    for root in (SOURCE_ROOT, PACKAGE_DIR):
+        if (root / path).exists():
+            return root / path
+    return path
+
+
+def shipped_configs() -> dict[str, Path]:
+    """name -> file of every shipped config; the name is the flavor (``tiny`` for llama3_tiny.toml)."""
+    return {p.stem.removeprefix(CONFIG_PREFIX): p for p in sorted(CONFIG_DIR.glob("*.toml"))}
+
+
+def _shipped(raw: str) -> Path | None:
+    """A shipped config named by its flavor (``tiny``), its stem (``llama3_tiny``) or file name."""
+    if os.sep in raw or "/" in raw:
+        return None
+    name = raw.removesuffix(".toml").removeprefix(CONFIG_PREFIX)
+    return shipped_configs().get(name)
 
 
 def find_config(config_file: str | os.PathLike | None) -> Path:
-    """The config file to read: the given one, else ``$CONFIG_FILE``, else the embedded default."""
-    raw = config_file or os.environ.get("CONFIG_FILE") or DEFAULT_CONFIG
+    """The config file to read: the given one, else ``$CONFIG_FILE``, else the embedded default.
+
+    A path is read as torchtitan would (then as :func:`resolve_path`); a bare name is a shipped config.
+    """
+    raw = str(config_file or os.environ.get("CONFIG_FILE") or DEFAULT_CONFIG)
     path = resolve_path(raw)
     if path.is_file():
         return path
-    shipped = sorted(str(p) for p in Path("train_configs").glob("*.toml")) or [DEFAULT_CONFIG]
-    raise TinytitanError(f"config file {raw} does not exist: use one of (CONFIG_FILE or --config) {', '.join(shipped)}")
+    names = ", ".join(shipped_configs()) or "none shipped"
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.toml"))
+        files = f"one of its TOML files ({', '.join(inside)}) or " if inside else "a TOML file or "
+        raise TinytitanError(f"config {raw} is a folder: pass {files}a shipped config name ({names})")
+    shipped = _shipped(raw)
+    if shipped is not None:
+        return shipped
+    raise TinytitanError(
+        f"config file {raw} does not exist: pass an existing TOML file (CONFIG_FILE or --config) "
+        f"or a shipped config name ({names})"
+    )
 
 
 def _has_arg(args: Sequence[str], *names: str) -> bool:
@@ -95,6 +132,15 @@ def resolve_job_paths(job_config) -> None:
     for source in job_config.data.sources:
         if source.path and "://" not in source.path:
             source.path = str(resolve_path(source.path))
+
+
+def rank_overrides(job_config, overrides: Sequence[str] = ()) -> list[str]:
+    """The overrides the ranks get: the user's, then the tokenizer folder as resolved here. torchtitan
+    checks that folder against the working directory before tinytitan resolves it, and warns
+    "does not exist!" about the embedded tokenizer when training runs outside the checkout."""
+    if not job_config.model.hf_assets_path:
+        return list(overrides)
+    return [*overrides, "--model.hf_assets_path", job_config.model.hf_assets_path]
 
 
 def load_job_config(config_file: str | os.PathLike | None, overrides: Sequence[str] = ()):

@@ -13,7 +13,6 @@ No ``from __future__ import annotations`` here: torchtitan merges these dataclas
 JobConfig with ``make_dataclass``, and tyro must see real types, not strings.
 """
 
-
 from dataclasses import dataclass, field
 
 from tinytitan.data.config import Data

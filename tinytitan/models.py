@@ -91,16 +91,9 @@ def summarize(flavor: str, seq_len: int = TRAIN_SEQ_LEN) -> FlavorSummary:
 
 
 def args_to_dict(args: TransformerModelArgs) -> dict:
-    """Every field torchtitan builds with, JSON-ready; ``args_from_dict`` inverts it."""
+    """Every field torchtitan builds with, JSON-ready: ``TransformerModelArgs(**...)`` rebuilds the flavor
+    (with ``rope_scaling_args`` as ``RoPEScalingArgs(**...)``)."""
     return {k: v for k, v in dataclasses.asdict(args).items() if not k.startswith("_")}
-
-
-def args_from_dict(values: dict) -> TransformerModelArgs:
-    from torchtitan.models.llama3.model.args import RoPEScalingArgs
-
-    values = dict(values)
-    values["rope_scaling_args"] = RoPEScalingArgs(**values.get("rope_scaling_args", {}))
-    return TransformerModelArgs(**values)
 
 
 def _human(n: int) -> str:

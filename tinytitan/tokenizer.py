@@ -1,4 +1,7 @@
-"""Tokenizer folders: where they live, checking them, building torchtitan's tokenizer."""
+"""Tokenizer folders: the one loader (BOS/EOS ids, vocabulary), checking a folder, ``download-tokenizer``.
+
+torchtitan's tokenizer interface over this loader is ``tinytitan.rank.spec.TrainingTokenizer``.
+"""
 
 from __future__ import annotations
 

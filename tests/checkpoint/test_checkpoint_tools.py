@@ -13,7 +13,7 @@ import torch
 from tests.checkpoint.old_layout import write_old_layout
 from tests.conftest import DEBUG_RUN_STEPS
 from tests.helpers import DEBUG_CONFIG, launch, read_metrics, small_run_overrides, train_losses
-from tinytitan.checkpoint.reader import load_model_state, open_checkpoint
+from tinytitan.checkpoint.reader import open_checkpoint
 from tinytitan.cli import main
 
 
@@ -74,7 +74,7 @@ def test_inspect_old_layout(old_layout, tmp_path, step10, capsys):
 
 
 def test_reader_accepts_both_layouts(old_layout, step10):
-    old, new = load_model_state(old_layout), load_model_state(step10)
+    old, new = dict(open_checkpoint(old_layout).iter_tensors()), dict(open_checkpoint(step10).iter_tensors())
     assert old.keys() == new.keys() and "freqs_cis" not in old
     assert all(torch.equal(old[k], new[k]) for k in new)
 
@@ -86,8 +86,8 @@ def test_upgrade_keeps_everything_but_freqs_cis(old_layout, upgraded, step10):
     assert sorted(after.other_keys) == sorted(before.other_keys)
     # torchtitan counts one rank's tokens: 10 steps x local batch 4 x seq_len 256 (small_run_overrides)
     assert after.train_state() == before.train_state() == {"step": 10, "ntokens_seen": 10 * 4 * 256}
-    state = load_model_state(upgraded)
-    reference = load_model_state(step10)
+    state = dict(open_checkpoint(upgraded).iter_tensors())
+    reference = dict(open_checkpoint(step10).iter_tensors())
     assert all(torch.equal(state[k], reference[k]) for k in reference)
     exp_avg = "optimizer.state.layers.0.attention.wq.weight.exp_avg"
     assert after.metadata.state_dict_metadata[exp_avg].size == torch.Size([256, 256])

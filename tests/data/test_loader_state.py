@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from tests.data.fixtures import loader, make_corpus, sources
+from tests.helpers import REPO
 from tinytitan.data.loader_state import LANE_FIELDS, STATE_KEY, STATE_VERSION
-from tinytitan.data.planner import forget_plans
 from tinytitan.errors import TinytitanError
 
 
@@ -108,11 +110,31 @@ def test_a_stream_that_cannot_continue_is_refused(corpus, change, message):
     assert "exclude_from_loading dataloader" in str(e.value)
 
 
+# The resumed run is a new process: it lists the files again (a process lists a config's files once).
+RESUME_IN_A_NEW_PROCESS = """
+import sys
+from pathlib import Path
+
+import torch
+
+from tests.data.fixtures import Corpus, loader
+from tinytitan.errors import TinytitanError
+
+root = Path(sys.argv[1])
+corpus = Corpus(root, root / "SlimPajama-627B", root / "starcoderdata", root / "tokenizer")
+try:
+    loader(corpus, batch=4, seq_len=64).load_state_dict(torch.load(sys.argv[2]))
+except TinytitanError as e:
+    sys.exit(str(e))
+"""
+
+
 def test_changed_files_are_refused(tmp_path):
-    corpus = make_corpus(tmp_path)  # changed below: not the shared session corpus
-    state = saved_state(corpus)
+    corpus = make_corpus(tmp_path / "corpus")  # changed below: not the shared session corpus
+    torch.save(saved_state(corpus), tmp_path / "state.pt")
     extra = corpus.starcoderdata / "python" / "train-00002-of-00002.parquet"
     extra.write_bytes((corpus.starcoderdata / "python" / "train-00000-of-00002.parquet").read_bytes())
-    forget_plans()  # the resumed run is a new process: it lists the files again
-    with pytest.raises(TinytitanError, match="'starcoderdata': its files, filter or held-out split changed"):
-        loader(corpus, batch=4, seq_len=64).load_state_dict(state)
+    command = [sys.executable, "-c", RESUME_IN_A_NEW_PROCESS, str(corpus.root), str(tmp_path / "state.pt")]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "'starcoderdata': its files, filter or held-out split changed" in proc.stderr

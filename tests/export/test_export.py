@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer
 
 from tests.helpers import DEBUG_CONFIG, REPO, read_metrics
-from tinytitan.checkpoint.reader import load_model_state
+from tinytitan.checkpoint.reader import open_checkpoint
 from tinytitan.cli import main
 from tinytitan.export.parity import build_torchtitan, greedy_torchtitan, random_ids
 from tinytitan.models import flavor_args
@@ -50,7 +50,7 @@ def exported(step20, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(step20):
-    return load_model_state(step20)
+    return dict(open_checkpoint(step20).iter_tensors())
 
 
 def test_hf_folder_matches_the_trained_model(exported, reference):

@@ -9,7 +9,7 @@ import json
 import torch
 
 from tests.helpers import DEBUG_CONFIG, REPO
-from tinytitan.checkpoint.reader import load_model_state
+from tinytitan.checkpoint.reader import open_checkpoint
 
 
 def _script(name: str):
@@ -34,7 +34,7 @@ def test_three_steps(debug_run, tmp_path, capsys):
     assert record["flavor"] == "debug" and record["verification"]["max_abs_diff"] <= 1e-4
     from safetensors import safe_open
 
-    reference = load_model_state(step20)
+    reference = dict(open_checkpoint(step20).iter_tensors())
     with safe_open(str(hf / "model.safetensors"), "pt") as f:
         assert torch.equal(f.get_tensor("model.embed_tokens.weight"), reference["tok_embeddings.weight"])
 

@@ -32,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tinytitan.bench.profile import TRACE_FOLDER, profile_overrides, read_profile
-from tinytitan.config import SOURCE_ROOT
+from tinytitan.config import SOURCE_ROOT, shipped_configs
 from tinytitan.errors import TinytitanError
 
-REPO = SOURCE_ROOT  # cwd and PYTHONPATH of the benchmarked training processes
+# On the benchmarked processes' PYTHONPATH: they import this tinytitan, from a checkout or an installed wheel.
+IMPORT_ROOT = SOURCE_ROOT
 AC_MODES = ("none", "selective", "full")
 RESHARD_POLICIES = ("default", "always", "never")
 FLOAT8_CONVERTER = "quantize.linear.float8"
@@ -123,9 +124,9 @@ def float8_available(machine: Machine) -> bool:
 
 def base_config(flavor: str) -> Path:
     """The flavor's shipped training config: the benchmark measures what training would run."""
-    path = REPO / "train_configs" / f"llama3_{flavor}.toml"
-    if not path.is_file():
-        raise TinytitanError(f"no config {path} for flavor {flavor!r}: add it or choose debug, nano, micro, tiny")
+    path = shipped_configs().get(flavor)
+    if path is None:
+        raise TinytitanError(f"no shipped config for flavor {flavor!r}: choose one of {', '.join(shipped_configs())}")
     return path
 
 
@@ -251,11 +252,11 @@ def run_once(
     s = effective(s, machine)
     if s.flavor not in FLAVORS:
         raise TinytitanError(f"unknown flavor {s.flavor!r}: choose one of {', '.join(FLAVORS)}")
-    dump = work_dir / s.label().replace(" ", "_").replace("=", "-")
+    dump = work_dir.resolve() / s.label().replace(" ", "_").replace("=", "-")
     shutil.rmtree(dump, ignore_errors=True)
     dump.mkdir(parents=True)
     env = process_env(os.environ, machine.nproc, machine.gpus)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(IMPORT_ROOT), env.get("PYTHONPATH", "")) if p)
     cmd = torchrun_command(machine.nproc, training_overrides(s, schedule, dump, machine, profile), env)
     record = {
         **dataclasses.asdict(s),
@@ -273,7 +274,7 @@ def run_once(
     log_path = dump / "train.log"
     start = time.perf_counter()
     with log_path.open("w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             returncode = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:

@@ -26,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from tinytitan.bench.run import Machine, Settings, StepSchedule, emit, float8_available, run_once
+from tinytitan.bench.run import Machine, Settings, StepSchedule, base_config, emit, float8_available, run_once
 
 CPU_BATCH = 4
 SMOKE = {"flavor": "debug", "seq_len": 64, "batch": 2}
@@ -39,7 +39,7 @@ def default_batch(flavor: str, on_gpu: bool) -> int:
         return CPU_BATCH
     from tinytitan.config import load_job_config
 
-    return load_job_config(f"train_configs/llama3_{flavor}.toml").training.local_batch_size
+    return load_job_config(base_config(flavor)).training.local_batch_size
 
 
 class Runner:

@@ -234,11 +234,3 @@ def open_checkpoint(path: str | os.PathLike, step: int | str | None = None, *, c
     if check:
         ckpt.check_complete()
     return ckpt
-
-
-def load_model_state(
-    checkpoint_dir: str | os.PathLike, step: int | str | None = None, dtype: torch.dtype | None = None
-) -> dict[str, torch.Tensor]:
-    """All model tensors under their flat torchtitan names (``freqs_cis`` left out), loaded one by one."""
-    ckpt = open_checkpoint(checkpoint_dir, step)
-    return dict(ckpt.iter_tensors(dtype))

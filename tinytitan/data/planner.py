@@ -17,11 +17,6 @@ from tinytitan.data.plan import MixturePlan, build_plan
 _TEXT_PLANS: dict[str, MixturePlan] = {}  # per process: the loader and the validator share one listing
 
 
-def forget_plans() -> None:
-    """Drops the cached text plans: for one process that builds loaders over files that change (tests)."""
-    _TEXT_PLANS.clear()
-
-
 def make_plan(data: Data, tokenizer=None) -> MixturePlan:
     """The mixture plan; a text plan (listing every file, reading parquet footers) is built once per process.
 

@@ -31,9 +31,6 @@ class DcpSource:
     def names(self) -> list[str]:
         return list(self.checkpoint.model)
 
-    def nbytes(self, name: str, dtype: torch.dtype) -> int:
-        return self.checkpoint.model[name].numel * dtype.itemsize
-
     def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         return self.checkpoint.load_tensor(name, dtype)
 
@@ -63,27 +60,9 @@ class MetaSource:
     def names(self) -> list[str]:
         return list(self.state)
 
-    def nbytes(self, name: str, dtype: torch.dtype) -> int:
-        return self.state[name].numel() * dtype.itemsize
-
     def load(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         t = self.state[name]
         return t.to(dtype) if dtype is not None and dtype != t.dtype else t
 
     def run_stats(self) -> RunStats:
         return RunStats()
-
-
-class StateSource:
-    """Tensors already in memory (tests, and callers that hold a state dict)."""
-
-    def __init__(self, state: dict[str, torch.Tensor], description: str = "state dict", stats: RunStats | None = None):
-        self.state, self.description, self._stats = state, description, stats or RunStats()
-
-    shapes = MetaSource.shapes
-    names = MetaSource.names
-    nbytes = MetaSource.nbytes
-    load = MetaSource.load
-
-    def run_stats(self) -> RunStats:
-        return self._stats

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from tinytitan.config import DEFAULT_CONFIG, load_job_config, training_args
+from tinytitan.config import DEFAULT_CONFIG, load_job_config, rank_overrides, training_args
 from tinytitan.errors import TinytitanError, run_guarded
 from tinytitan.launcher.preflight import preflight
 from tinytitan.launcher.supervise import Supervisor
@@ -134,7 +134,7 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     preflight(job_config, nproc * int(env.get("NNODES") or 1), gpus, torch.__version__)
     config_file = job_config.job.config_file
     restarts = max_restarts(env, gpus)
-    cmd = torchrun_command(nproc, training_args(config_file, overrides), env, restarts)
+    cmd = torchrun_command(nproc, training_args(config_file, rank_overrides(job_config, overrides)), env, restarts)
     where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
     print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
     return Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts).run()
@@ -144,7 +144,11 @@ PASS_THROUGH = True  # unknown arguments are torchtitan overrides
 
 
 def configure(parser) -> None:
-    parser.add_argument("--config", default=None, help=f"TOML job config (default: $CONFIG_FILE or {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help=f"TOML job config, or a shipped one by name: debug, nano, micro, tiny (default: $CONFIG_FILE or {DEFAULT_CONFIG})",
+    )
     parser.add_argument("--ngpu", type=int, default=None, help="processes per node (default: $NGPU or visible GPUs)")
     parser.add_argument(
         "--max-restarts",

@@ -1,8 +1,11 @@
 """tinytitan's TrainSpec: what torchtitan builds for ``[model] name = "tinytitan"``.
 
 ``tinytitan.register`` (named by ``[experimental] custom_import`` in every config) registers it.
-Everything except the flavors, the data loader, the tokenizer check and the
-CPU hooks is torchtitan's own llama3 machinery, reused as is.
+tinytitan's own parts: the flavors, the tokenizer (``load_tokenizer`` behind torchtitan's
+interface), the data loader, the per-source validator, the metrics processor (ETA, data
+counters, ``metrics.jsonl``) and the CPU hook after parallelizing. The rest (model,
+parallelization, optimizer, LR schedule, loss, pipelining, state-dict adapter) is torchtitan's
+own llama3 machinery, reused as is.
 """
 
 from __future__ import annotations
