@@ -4,6 +4,7 @@ Loaded by torchtitan through ``[job] custom_config_module = "tinytitan.job_confi
 """
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from tinytitan.data.config import Data
 
@@ -27,6 +28,19 @@ class Eval:
 
 
 @dataclass
+class Loss:
+    """``[loss]``: how training and validation compute the output projection and cross-entropy (docs/memory.md)."""
+
+    kind: Literal["plain", "chunked"] = "plain"
+    """"chunked": projection, loss and gradients chunk by chunk inside the model, never the full
+    [tokens x vocab] logits (tinytitan/rank/loss.py; no pipeline/tensor/context parallelism); "plain":
+    torchtitan's cross-entropy"""
+    chunk_tokens: int = 8192
+    """tokens per chunk with kind = "chunked"; one chunk holds [chunk_tokens x vocab] logits and gradients"""
+
+
+@dataclass
 class JobConfig:
     data: Data = field(default_factory=Data)
     eval: Eval = field(default_factory=Eval)
+    loss: Loss = field(default_factory=Loss)

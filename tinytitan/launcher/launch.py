@@ -86,6 +86,7 @@ def check_launch_env(env: Mapping[str, str], nproc: int) -> None:
 def check_job_config(job_config, world_size: int | None = None) -> None:
     """Everything that can be checked before a process starts."""
     from tinytitan.models import FLAVORS
+    from tinytitan.rank.loss import check_config as check_loss_config
     from tinytitan.rank.spec import SPEC_NAME
     from tinytitan.tokenizer import load_tokenizer
 
@@ -96,6 +97,7 @@ def check_job_config(job_config, world_size: int | None = None) -> None:
         )
     if job_config.model.name == SPEC_NAME:
         _check_vocab(job_config, load_tokenizer(job_config.model.hf_assets_path).vocab_size)
+    check_loss_config(job_config)
     from tinytitan.data.preflight import validate_data_config
 
     validate_data_config(job_config, world_size)
