@@ -367,7 +367,7 @@ def phase_eval(check: Check) -> None:
     check.record("eval", {
         "what": what, "status": "ok" if ok else "failed", "wall_s": round(time.monotonic() - t0, 1),
         "scores": {s: r[f"eval/{EVAL_TASK}/acc"] for s, r in rows.items()},
-        "eval_time_s": {s: r.get("eval/time_s") for s, r in rows.items()},
+        "eval_time_s": {s: round(r.get("eval/time_s", 0.0), 1) for s, r in rows.items()},
         **({} if ok else {"error": f"exit {done.returncode}, eval rows at steps {sorted(rows)}"}),
     })  # fmt: skip
 

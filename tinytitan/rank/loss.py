@@ -45,47 +45,70 @@ FLOAT8_CONVERTER = "quantize.linear.float8"
 
 
 # ---------------------------------------------------------------- per-chunk kernels
-# One chunk's logits in, its loss sum (and the gradient of that sum w.r.t. the logits) out. The
-# softmax is fp32 whatever the logits' dtype (log_softmax's own dtype argument: no separate fp32
-# copy of bf16 logits; on CPU it is also several times faster than logsumexp). torch.compile fuses
-# each into reductions and one elementwise pass that writes the gradient in the logits' dtype.
+# One chunk's logits in, its loss sum (and the gradient of that sum w.r.t. the logits) out; the
+# softmax in fp32 whatever the logits' dtype. d(sum of -log softmax[label]) / d logits is
+# softmax - one_hot(label), zero for ignored tokens. Two spellings of the same arithmetic:
+#
+# * eager (CPU, compile off): in place, so a chunk holds its logits plus one fp32 [chunk x vocab]
+#   buffer (log_softmax's own dtype argument: no separate fp32 copy of bf16 logits; on CPU it is
+#   also several times faster than logsumexp); the one-hot goes in by indexed assignment, whose
+#   CUDA kernel is deterministic ([debug] deterministic refuses scatter_add_ on 2-D tensors);
+# * compiled ([compile] components has "loss"): out of place and one-hot by comparison, so that
+#   inductor makes it two row reductions and one elementwise pass that writes the gradient in the
+#   logits' dtype: no fp32 [chunk x vocab] buffer at all.
 
 
-def _targets(logp: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _targets(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     valid = labels != IGNORE_INDEX
-    rows = torch.arange(logp.shape[0], device=logp.device)
-    return valid, rows, torch.where(valid, labels, 0)
+    return valid, torch.where(valid, labels, 0)
 
 
 def chunk_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     logp = torch.log_softmax(logits, dim=1, dtype=torch.float32)
-    valid, rows, target = _targets(logp, labels)
-    return -torch.where(valid, logp[rows, target], 0.0).sum()
+    valid, target = _targets(labels)
+    return -torch.where(valid, logp.gather(1, target.unsqueeze(1)).squeeze(1), 0.0).sum()
 
 
 def chunk_loss_sum_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     logp = torch.log_softmax(logits, dim=1, dtype=torch.float32)
-    valid, rows, target = _targets(logp, labels)
+    valid, target = _targets(labels)
+    rows = torch.arange(logp.shape[0], device=logp.device)
     loss = -torch.where(valid, logp[rows, target], 0.0).sum()
-    # d(sum of -log softmax[label]) / d logits = softmax - one_hot(label), zero for ignored tokens.
-    # The one-hot goes in by indexed assignment (index_put_), which has a deterministic CUDA kernel
-    # ([debug] deterministic = true refuses scatter_add_ on 2-D tensors).
     grad = logp.exp_()
     grad[rows, target] = grad[rows, target] - valid.to(grad.dtype)
     grad.mul_(valid.unsqueeze(1))
     return loss, grad.to(logits.dtype)
 
 
+def fused_chunk_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    x = logits.float()
+    valid, target = _targets(labels)
+    lse = torch.logsumexp(x, dim=1)
+    return torch.where(valid, lse - x.gather(1, target.unsqueeze(1)).squeeze(1), 0.0).sum()
+
+
+def fused_chunk_loss_sum_and_grad(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = logits.float()
+    valid, target = _targets(labels)
+    lse = torch.logsumexp(x, dim=1, keepdim=True)
+    loss = torch.where(valid, (lse - x.gather(1, target.unsqueeze(1))).squeeze(1), 0.0).sum()
+    one_hot = torch.arange(x.shape[1], device=x.device) == target.unsqueeze(1)
+    grad = (torch.exp(x - lse) - one_hot.to(x.dtype)) * valid.unsqueeze(1).to(x.dtype)
+    return loss, grad.to(logits.dtype)
+
+
 class Kernels:
-    """The two per-chunk functions, compiled when the config compiles the loss."""
+    """The per-chunk functions: eager ones, or the fused spellings compiled when the config compiles the loss."""
 
     def __init__(self, compile_backend: str | None = None):
         if compile_backend is None:
             self.loss_sum, self.loss_sum_and_grad = chunk_loss_sum, chunk_loss_sum_and_grad
         else:
             # dynamic=False: a run sees two chunk lengths at most (full chunks and the last one)
-            self.loss_sum = torch.compile(chunk_loss_sum, backend=compile_backend, dynamic=False)
-            self.loss_sum_and_grad = torch.compile(chunk_loss_sum_and_grad, backend=compile_backend, dynamic=False)
+            self.loss_sum = torch.compile(fused_chunk_loss_sum, backend=compile_backend, dynamic=False)
+            self.loss_sum_and_grad = torch.compile(
+                fused_chunk_loss_sum_and_grad, backend=compile_backend, dynamic=False
+            )
 
 
 EAGER = Kernels()
