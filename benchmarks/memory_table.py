@@ -14,6 +14,9 @@ weights, bf16 compute, fp32 gradient reduction, AdamW):
 * the largest local batch = (memory - reserve - static) / activations per sequence, with a
   reserve for the CUDA context, NCCL buffers and allocator fragmentation.
 
+These are eager-mode, plain-loss figures: a compiled run (the configs') and the chunked loss need
+much less per sequence; docs/memory.md compares them with peaks measured on an H200.
+
     python benchmarks/memory_table.py                 # the markdown table of docs/memory.md
     python benchmarks/memory_table.py --check-cpu     # + one measured CPU step of Micro (peak RSS)
 

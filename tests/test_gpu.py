@@ -7,7 +7,8 @@ from tests.helpers import launch, small_run_overrides, train_losses
 
 
 @pytest.mark.gpu
-def test_debug_model_trains_in_bf16_with_compile_on_one_gpu(tmp_path):
+@pytest.mark.parametrize("loss", ["plain", "chunked"])
+def test_debug_model_trains_in_bf16_with_compile_on_one_gpu(tmp_path, loss):
     overrides = small_run_overrides(tmp_path, steps=30, interval=30)
     overrides += [
         "--training.mixed_precision_param",
@@ -15,6 +16,10 @@ def test_debug_model_trains_in_bf16_with_compile_on_one_gpu(tmp_path):
         "--compile.enable",
         "--optimizer.implementation",
         "fused",
+        "--loss.kind",
+        loss,
+        "--loss.chunk_tokens",
+        "300",  # 4 x 256 tokens: 4 chunks, the last one shorter (two compiled shapes)
     ]
     proc = launch(overrides, nproc=1)
     assert "CPU mode" not in proc.stdout + proc.stderr

@@ -180,3 +180,11 @@ def test_max_restarts_default_depends_on_gpus_and_is_checked():
         launch.max_restarts({"MAX_RESTARTS": "x"}, gpus=8)
     cmd = launch.torchrun_command(2, [], {}, restarts=3)
     assert "--max-restarts=3" in cmd and "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT" in cmd
+
+
+def test_the_chunked_loss_with_pipeline_parallelism_is_refused_at_start():
+    proc = run_launcher({}, "--loss.kind", "chunked", "--parallelism.pipeline_parallel_degree", "2")
+    assert proc.returncode == 2
+    err = proc.stderr.strip().splitlines()
+    assert len(err) == 1 and 'tinytitan: error: [loss] kind = "chunked" supports FSDP only' in err[0]
+    assert "pipeline_parallel_degree = 2" in err[0] and "torch.distributed.run" not in proc.stdout

@@ -19,13 +19,15 @@ TEXT = "def greet(name):\n    return f'Hello, {name}!'  # 3 spaces   and unicode
 @pytest.fixture(scope="module")
 def nano_run(llama3_tokenizer, tmp_path_factory):
     """Nano with the real vocabulary: 2 steps of 2 x 2 sequences of 32 tokens; a full checkpoint at
-    step 1 (resumable) and the weights at step 2 (exported)."""
+    step 1 (resumable) and the weights at step 2 (exported). The loss is the chunked one, as in the
+    Llama 3 configs (64 tokens per rank in chunks of 24: three, the last one shorter)."""
     dump = tmp_path_factory.mktemp("nano_real_vocab")
     overrides = [
         *small_run_overrides(dump, steps=2, interval=1),
         "--model.flavor", "nano", "--model.hf_assets_path", str(llama3_tokenizer),
         "--training.seq_len", "32", "--training.local_batch_size", "2", "--metrics.no-enable_tensorboard",
         "--checkpoint.last_save_model_only",  # step 2 (exported) needs only weights: 1.1 GB, not 3.3 GB
+        "--loss.kind", "chunked", "--loss.chunk_tokens", "24",
     ]  # fmt: skip
     launch(overrides)
     return dump, overrides

@@ -14,6 +14,7 @@ JobConfig with ``make_dataclass``, and tyro must see real types, not strings.
 """
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from tinytitan.data.config import Data
 from tinytitan.errors import TinytitanError
@@ -55,9 +56,22 @@ class Eval:
 
 
 @dataclass
+class Loss:
+    """``[loss]``: how training and validation compute the output projection and cross-entropy (docs/memory.md)."""
+
+    kind: Literal["plain", "chunked"] = "plain"
+    """"chunked": projection, loss and gradients chunk by chunk inside the model, never the full
+    [tokens x vocab] logits (tinytitan/rank/loss.py; no pipeline/tensor/context parallelism); "plain":
+    torchtitan's cross-entropy"""
+    chunk_tokens: int = 8192
+    """tokens per chunk with kind = "chunked"; one chunk holds [chunk_tokens x vocab] logits and gradients"""
+
+
+@dataclass
 class JobConfig:
     data: Data = field(default_factory=Data)
     eval: Eval = field(default_factory=Eval)
+    loss: Loss = field(default_factory=Loss)
 
 
 def _require(ok: bool, key: str, value, rule: str) -> None:
@@ -107,6 +121,7 @@ def validate_job_config(job_config, world_size: int | None = None) -> None:
         _require(value > 0, f"comm.{key}", value, "it must be > 0 seconds")
     job_config.data.validate()
     job_config.eval.validate()
+    validate_loss(job_config)
     p = job_config.parallelism
     if job_config.eval.tasks:
         for name, degree in (("tensor", p.tensor_parallel_degree), ("pipeline", p.pipeline_parallel_degree),
@@ -128,3 +143,34 @@ def validate_job_config(job_config, world_size: int | None = None) -> None:
                 f"{training.local_batch_size} x {dp} data-parallel ranks = {per_step}: set global_batch_size to a "
                 f"multiple of {per_step} (gradient accumulation makes up the rest)"
             )
+
+
+FLOAT8_CONVERTER = "quantize.linear.float8"
+
+
+def validate_loss(job_config) -> None:
+    """``[loss]`` and what the chunked loss cannot run with (``tinytitan.rank.loss``)."""
+    loss = job_config.loss
+    if loss.chunk_tokens < 1:
+        raise TinytitanError(f"[loss] chunk_tokens = {loss.chunk_tokens} must be at least 1 (e.g. 8192)")
+    if loss.kind != "chunked":
+        return
+    p = job_config.parallelism
+    for name, degree in (
+        ("pipeline_parallel_degree", p.pipeline_parallel_degree),
+        ("tensor_parallel_degree", p.tensor_parallel_degree),
+        ("context_parallel_degree", p.context_parallel_degree),
+    ):
+        if degree > 1:
+            raise TinytitanError(
+                f'[loss] kind = "chunked" supports FSDP only, not [parallelism] {name} = {degree}: '
+                'use [loss] kind = "plain" with it'
+            )
+    if (
+        FLOAT8_CONVERTER in job_config.model.converters
+        and "output" not in job_config.quantize.linear.float8.filter_fqns
+    ):
+        raise TinytitanError(
+            '[loss] kind = "chunked" keeps the output projection in bf16: add "output" to '
+            '[quantize.linear.float8] filter_fqns, or use [loss] kind = "plain"'
+        )

@@ -18,7 +18,7 @@ RECORD_FIELDS = {
     "flavor", "gpus", "processes", "device", "dtype", "seq_len", "local_batch_size", "compile", "ac", "float8",
     "reshard", "fsdp", "steps", "warmup_steps", "tokens_per_s_per_gpu", "mfu", "flops_per_token", "peak_flops",
     "peak_memory_gib", "peak_active_memory_gib", "step_time_s", "data_loading_pct", "loss", "status", "wall_s",
-    "torch", "date",
+    "torch", "date", "loss_kind", "chunk_tokens", "deterministic",
 }  # fmt: skip
 CPU = Machine(gpus=0, nproc=2, device="CPU (x86_64)")
 H100 = Machine(gpus=1, nproc=1, device="NVIDIA H100 80GB HBM3")
@@ -55,7 +55,8 @@ def test_schedule_rounds_to_whole_log_windows():
     "settings",
     [
         Settings("nano", 2048, 16),
-        Settings("tiny", 2048, 8, compile=False, ac="selective", float8=True, reshard="never"),
+        Settings("tiny", 2048, 8, compile=False, ac="selective", float8=True, reshard="never", loss_kind="plain"),
+        Settings("micro", 2048, 32, chunk_tokens=4096, deterministic=True),
     ],
 )
 def test_overrides_are_keys_torchtitan_accepts(settings, tmp_path):
@@ -76,6 +77,9 @@ def test_overrides_are_keys_torchtitan_accepts(settings, tmp_path):
     assert job.quantize.linear.float8.enable_fsdp_float8_all_gather is settings.float8
     assert not job.checkpoint.enable and not job.validation.enable and not job.metrics.enable_tensorboard
     assert job.profiling.enable_profiling and job.profiling.profile_freq == 22
+    assert job.loss.kind == settings.loss_kind
+    assert job.loss.chunk_tokens == (settings.chunk_tokens or 8192)
+    assert job.debug.deterministic is settings.deterministic
 
 
 def test_summary_mfu_from_flops_per_token_and_peak():
@@ -106,7 +110,8 @@ def test_benchmark_script_trains_on_cpu_and_prints_every_field(tmp_path):
     """benchmarks/train_throughput.py: a few real training steps on 2 CPU processes, one JSON line."""
     out = subprocess.run(
         [sys.executable, "benchmarks/train_throughput.py", "--flavor", "debug", "--seq-len", "64",
-         "--local-batch-size", "2", "--ac", "selective", "--warmup", "1", "--steps", "2", "--work-dir", str(tmp_path)],
+         "--local-batch-size", "2", "--ac", "selective", "--warmup", "1", "--steps", "2", "--work-dir", str(tmp_path),
+         "--chunk-tokens", "48"],  # the chunked loss (the default) in three chunks of 2 x 64 tokens
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, "NGPU": "2"},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -122,6 +127,7 @@ def test_benchmark_script_trains_on_cpu_and_prints_every_field(tmp_path):
     )
     assert (record["gpus"], record["processes"], record["fsdp"], record["dtype"]) == (0, 2, True, "float32")
     assert record["compile"] is False and record["float8"] is False  # what ran on CPU, not what was asked
+    assert (record["loss_kind"], record["chunk_tokens"], record["deterministic"]) == ("chunked", 48, False)
     assert record["mfu"] is None and record["peak_flops"] is None
     assert record["tokens_per_s_per_gpu"] > 0 and record["step_time_s"] > 0 and record["peak_memory_gib"] > 0
     assert record["tokens_per_s_per_gpu"] == pytest.approx(2 * 64 / record["step_time_s"], rel=1e-3)
@@ -129,3 +135,4 @@ def test_benchmark_script_trains_on_cpu_and_prints_every_field(tmp_path):
     assert 7 < record["loss"] < 10  # uniform random tokens over 4096: about ln(4096) = 8.3
     log = next(Path(tmp_path).glob("*/train.log")).read_text()
     assert "CPU mode" in log and "step:  3" in log
+    assert "Chunked output projection + cross-entropy: 48 tokens per chunk" in log

@@ -1,4 +1,4 @@
-"""The sweep: its search order (with scripted outcomes) and the GPU script's CPU smoke mode (real runs)."""
+"""The sweep: its search order (with scripted outcomes) and the GPU scripts' CPU smoke modes (real runs)."""
 
 from __future__ import annotations
 
@@ -62,13 +62,13 @@ def test_budget_skips_runs_that_would_not_finish():
 
 def test_markdown_table_row():
     record = {"flavor": "nano", "device": "NVIDIA H100 80GB HBM3", "gpus": 1, "seq_len": 2048, "local_batch_size": 16,
-              "compile": True, "ac": "none", "float8": False, "tokens_per_s_per_gpu": 123456.7, "mfu": 51.234,
+              "compile": True, "ac": "none", "float8": False, "loss_kind": "chunked", "tokens_per_s_per_gpu": 123456.7, "mfu": 51.234,
               "peak_memory_gib": 40.26, "step_time_s": 0.2654}  # fmt: skip
     table = sweep.markdown_table([record]).splitlines()
     assert table[0].count("|") == table[1].count("|") == table[2].count("|")
     assert (
         table[2]
-        == "| nano | NVIDIA H100 80GB HBM3 | 1 | 2048 | 16 | on | none | off | 123,457 | 51.2% | 40.3 | 0.265 |"
+        == "| nano | NVIDIA H100 80GB HBM3 | 1 | 2048 | 16 | on | none | off | chunked | 123,457 | 51.2% | 40.3 | 0.265 |"
     )
 
 
@@ -88,3 +88,26 @@ def test_gpu_sweep_script_smoke_on_cpu(tmp_path):
     assert out.stdout.splitlines() == [json.dumps(r) for r in lines]  # stdout carries exactly the JSON lines
     assert "| debug |" in (tmp_path / "sweep.log").read_text()
     assert "torch" in (tmp_path / "env.txt").read_text()
+
+
+def test_gpu_check_script_resume_phase_on_cpu(tmp_path):
+    """benchmarks/gpu_check.sh --smoke, its resume phase: a deterministic run whose rank is SIGKILLed after an
+    async checkpoint and restarted by torchrun; the steps trained before the kill and again after the resume
+    have the same losses."""
+    out = subprocess.run(
+        ["bash", "benchmarks/gpu_check.sh", "--smoke", "--phases", "resume"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work"), "PYTHON": sys.executable},
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    (record,) = [json.loads(x) for x in (tmp_path / "out" / "check.jsonl").read_text().splitlines()]
+    assert out.stdout.splitlines() == [json.dumps(record)]
+    assert record["phase"] == "resume" and record["status"] == "ok", record
+    assert record["resumed_at_step"] == 11 and record["killed_at_step"] >= 12  # from the async step-10 checkpoint
+    assert record["compared_steps"] == f"11-{record['killed_at_step']}" and record["last_step"] == 30
+    assert record["exact"] and record["max_abs_loss_diff"] == 0.0
+    assert record["launcher_exit"] == 0 and record["restart_s"] > 0
+    assert any("rank 0" in line and "SIGKILL" in line and "restart 1 of 1" in line for line in record["restart_lines"])
+    log = (tmp_path / "out" / "check.log").read_text()
+    assert "| resume |" in log and "(exact)" in log
+    assert "torch" in (tmp_path / "out" / "env.txt").read_text()

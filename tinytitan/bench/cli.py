@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tinytitan.bench.run import (
     AC_MODES,
+    LOSS_KINDS,
     RESHARD_POLICIES,
     Settings,
     detect_machine,
@@ -37,6 +38,11 @@ def configure(parser) -> None:
     parser.add_argument("--ac", choices=AC_MODES, default="none", help="activation checkpointing mode")
     parser.add_argument("--float8", action="store_true", help="float8 linears (torchao, SM89+ GPUs)")
     parser.add_argument("--reshard", choices=RESHARD_POLICIES, default="default", help="FSDP reshard_after_forward")
+    parser.add_argument(
+        "--loss", choices=LOSS_KINDS, default="chunked", help="[loss] kind: chunked projection + cross-entropy or plain"
+    )
+    parser.add_argument("--chunk-tokens", type=int, default=None, help="[loss] chunk_tokens (default: the config's)")
+    parser.add_argument("--deterministic", action="store_true", help="[debug] deterministic (torchtitan's setting)")
     parser.add_argument("--warmup", type=int, default=None, help="steps not averaged (default: 5 on GPU, 1 on CPU)")
     parser.add_argument("--steps", type=int, default=None, help="measured steps (default: 15 on GPU, 2 on CPU)")
     parser.add_argument("--log-freq", type=int, default=None, help="steps per log row (default: 5 on GPU, 1 on CPU)")
@@ -76,7 +82,18 @@ def run(args) -> int:
             return sweep.run_sweep(flavors, seq_len, schedule, machine, work_dir, args)
         for flavor in flavors:
             for batch in args.local_batch_size or [sweep.default_batch(flavor, on_gpu)]:
-                s = Settings(flavor, seq_len, batch, args.compile, args.ac, args.float8, args.reshard)
+                s = Settings(
+                    flavor,
+                    seq_len,
+                    batch,
+                    args.compile,
+                    args.ac,
+                    args.float8,
+                    args.reshard,
+                    loss_kind=args.loss,
+                    chunk_tokens=args.chunk_tokens,
+                    deterministic=args.deterministic,
+                )
                 emit(run_once(s, schedule, machine, work_dir, args.timeout_s, args.profile), args.out)
         return 0
     finally:

@@ -38,6 +38,7 @@ from tinytitan.errors import TinytitanError
 # On the benchmarked processes' PYTHONPATH: they import this tinytitan, from a checkout or an installed wheel.
 IMPORT_ROOT = SOURCE_ROOT
 AC_MODES = ("none", "selective", "full")
+LOSS_KINDS = ("plain", "chunked")  # [loss] kind (tinytitan.rank.loss)
 RESHARD_POLICIES = ("default", "always", "never")
 FLOAT8_CONVERTER = "quantize.linear.float8"
 PROFILE_EXTRA_STEPS = 2  # the profiler's warm-up step and the profiled step, after the measured ones
@@ -74,11 +75,16 @@ class Settings:
     ac: str = "none"
     float8: bool = False
     reshard: str = "default"
+    loss_kind: str = "chunked"
+    chunk_tokens: int | None = None  # [loss] chunk_tokens; None: the config's
+    deterministic: bool = False  # [debug] deterministic: torchtitan's deterministic algorithms
 
     def label(self) -> str:
+        chunk = f" chunk={self.chunk_tokens}" if self.loss_kind == "chunked" and self.chunk_tokens else ""
         return (
             f"{self.flavor} seq{self.seq_len} bs{self.local_batch_size} compile={'on' if self.compile else 'off'} "
-            f"ac={self.ac} float8={'on' if self.float8 else 'off'} reshard={self.reshard}"
+            f"ac={self.ac} float8={'on' if self.float8 else 'off'} reshard={self.reshard} loss={self.loss_kind}{chunk}"
+            + (" deterministic" if self.deterministic else "")
         )
 
 
@@ -177,7 +183,12 @@ def training_overrides(
         "--compile.enable" if s.compile else "--compile.no-enable",
         "--activation_checkpoint.mode", s.ac,
         "--parallelism.fsdp_reshard_after_forward", s.reshard,
+        "--loss.kind", s.loss_kind,
     ]  # fmt: skip
+    if s.chunk_tokens:
+        args += ["--loss.chunk_tokens", str(s.chunk_tokens)]
+    if s.deterministic:
+        args += ["--debug.deterministic"]
     if s.float8:
         # torchtitan's recipe for small models: tensorwise scaling, the output projection kept in bf16.
         args += ["--model.converters", FLOAT8_CONVERTER, "--quantize.linear.float8.filter_fqns", "output"]

@@ -10,9 +10,10 @@ B. float8 linears for the flavor with the most FLOPs per token (where torchao an
 C. twice the batch (bigger matmuls, fewer launches per token); on out-of-memory,
    the same batch with selective AC, and below the config's batch if even that fails;
 D. float8 for the other flavors, at their best batch;
-E. compile off at the best batch (what compile buys);
-F. selective AC at the best batch (what recomputation costs);
-G. FSDP without resharding after forward (only with several GPUs).
+E. the other loss (``--loss``: chunked or plain) at the best batch (what the chunked loss buys);
+F. compile off at the best batch (what compile buys);
+G. selective AC at the best batch (what recomputation costs);
+H. FSDP without resharding after forward (only with several GPUs).
 
 A run that would not finish inside the budget is skipped with a note on stderr.
 ``--smoke`` (CI, CPU) sweeps the debug flavor at seq 64 through phases A and C: two runs.
@@ -105,7 +106,8 @@ def run_sweep(flavors: list[str], seq_len: int, schedule: StepSchedule, machine:
         flavors, seq_len = [SMOKE["flavor"]], SMOKE["seq_len"]
     runner = Runner(schedule, machine, work_dir, args)
     batch = {f: SMOKE["batch"] if args.smoke else default_batch(f, on_gpu) for f in flavors}
-    bases = {f: Settings(f, seq_len, batch[f], compile=on_gpu, reshard=args.reshard) for f in flavors}
+    loss = {"loss_kind": args.loss, "chunk_tokens": args.chunk_tokens}
+    bases = {f: Settings(f, seq_len, batch[f], compile=on_gpu, reshard=args.reshard, **loss) for f in flavors}
 
     def at_best(flavor: str, **change) -> None:
         best = runner.best(flavor, float8=False)
@@ -125,10 +127,12 @@ def run_sweep(flavors: list[str], seq_len: int, schedule: StepSchedule, machine:
     for f in flavors if float8 else []:  # D
         at_best(f, float8=True)
     for f in flavors if on_gpu else []:  # E
+        at_best(f, loss_kind="plain" if args.loss == "chunked" else "chunked")
+    for f in flavors if on_gpu else []:  # F
         at_best(f, compile=False)
-    for f in flavors if not args.smoke else []:  # F (the smoke test covers A and C: two runs)
+    for f in flavors if not args.smoke else []:  # G (the smoke test covers A and C: two runs)
         at_best(f, ac="selective")
-    for f in flavors if on_gpu and machine.nproc > 1 else []:  # G
+    for f in flavors if on_gpu and machine.nproc > 1 else []:  # H
         at_best(f, reshard="never")
 
     print_best(runner, flavors)
@@ -152,13 +156,17 @@ def print_best(runner: Runner, flavors: list[str]) -> None:
 
 
 def markdown_table(records: list[dict]) -> str:
-    head = "| flavor | device | GPUs | seq | batch/GPU | compile | AC | float8 | tokens/s/GPU | MFU | peak mem (GiB) | step (s) |"
+    head = (
+        "| flavor | device | GPUs | seq | batch/GPU | compile | AC | float8 | loss | tokens/s/GPU | MFU | peak mem (GiB) "
+        "| step (s) |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in records:
         mfu = f"{r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         lines.append(
             f"| {r['flavor']} | {r['device']} | {r['gpus']} | {r['seq_len']} | {r['local_batch_size']} | "
             f"{'on' if r['compile'] else 'off'} | {r['ac']} | {'on' if r['float8'] else 'off'} | "
+            f"{r.get('loss_kind', 'plain')} | "
             f"{r['tokens_per_s_per_gpu']:,.0f} | {mfu} | {r['peak_memory_gib']:.1f} | {r['step_time_s']:.3f} |"
         )
     return "\n".join(lines)

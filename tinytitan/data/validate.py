@@ -218,6 +218,8 @@ class MixtureValidator(Validator):
                     else torch.tensor([-1.0], device=device_type)
                 )
             else:
+                if getattr(self.loss_fn, "labels_to_model", False):  # [loss] kind = "chunked": the model sums it
+                    extra_inputs = {**extra_inputs, "labels": labels}
                 with self.validation_context(), self.maybe_enable_amp:
                     loss_sum = self.loss_fn(model_parts[0](inputs, **extra_inputs, **extra_kwargs), labels)
             losses.append(loss_sum.detach() / valid)

@@ -3,25 +3,25 @@
 ``tinytitan.register`` (named by ``[experimental] custom_import`` in every config) registers it.
 tinytitan's own parts: the flavors, the tokenizer (``load_tokenizer`` behind torchtitan's
 interface), the data loader, the per-source validator, the metrics processor (ETA, data
-counters, ``metrics.jsonl``) and the CPU hook after parallelizing. The rest (model,
-parallelization, optimizer, LR schedule, loss, pipelining, state-dict adapter) is torchtitan's
-own llama3 machinery, reused as is.
+counters, ``metrics.jsonl``), the CPU hook after parallelizing and the chunked loss
+(``tinytitan.rank.loss``: a Transformer subclass whose forward also takes labels). The rest
+(model, parallelization, optimizer, LR schedule, plain loss, pipelining, state-dict adapter)
+is torchtitan's own llama3 machinery, reused as is.
 """
 
 from __future__ import annotations
 
-from torchtitan.components.loss import build_cross_entropy_loss
 from torchtitan.components.lr_scheduler import build_lr_schedulers
 from torchtitan.components.optimizer import build_optimizers
 from torchtitan.components.tokenizer import BaseTokenizer
 from torchtitan.distributed.pipeline_parallel import pipeline_llm
-from torchtitan.models.llama3 import Transformer, parallelize_llama
+from torchtitan.models.llama3 import parallelize_llama
 from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
 from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
 from tinytitan.compat import spec_registered
 from tinytitan.models import FLAVORS, SPEC_NAME
-from tinytitan.rank import device
+from tinytitan.rank import device, loss
 from tinytitan.tokenizer import LoadedTokenizer, load_tokenizer
 
 
@@ -51,6 +51,7 @@ def build_tokenizer(job_config) -> TrainingTokenizer:
 
 
 def parallelize(model, parallel_dims, job_config):
+    loss.attach(model, job_config)  # [loss] kind = "chunked": before compile and FSDP see the output module
     model = parallelize_llama(model, parallel_dims, job_config)
     device.fsdp_sum_reductions(model)
     return model
@@ -76,7 +77,7 @@ def build_metrics_processor(job_config, parallel_dims, model_args=None, tag=None
 
 def train_spec() -> TrainSpec:
     return TrainSpec(
-        model_cls=Transformer,
+        model_cls=loss.TinyTransformer,
         model_args=FLAVORS,
         parallelize_fn=parallelize,
         pipelining_fn=pipeline_llm,
@@ -84,7 +85,7 @@ def train_spec() -> TrainSpec:
         build_lr_schedulers_fn=build_lr_schedulers,
         build_dataloader_fn=build_dataloader,
         build_tokenizer_fn=build_tokenizer,
-        build_loss_fn=build_cross_entropy_loss,
+        build_loss_fn=loss.build_loss,
         build_validator_fn=build_validator,
         build_metrics_processor_fn=build_metrics_processor,
         state_dict_adapter=Llama3StateDictAdapter,

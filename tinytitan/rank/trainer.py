@@ -1,4 +1,5 @@
-"""torchtitan's Trainer with tinytitan's hooks: start-up (CPU settings, metrics wiring), in-loop [eval], faults.
+"""torchtitan's Trainer with tinytitan's hooks: start-up (CPU settings, metrics wiring), the labels for a
+chunked loss ([loss]), in-loop [eval], faults.
 
 Faults are handled at the one place torchtitan calls between steps,
 ``should_continue_training``, after the step's interval checkpoint:
@@ -23,6 +24,7 @@ from tinytitan.config import resolve_job_paths
 from tinytitan.errors import TinytitanError
 from tinytitan.job_config import validate_job_config
 from tinytitan.rank import device
+from tinytitan.rank.loss import model_inputs
 from tinytitan.rank.preemption import StepAgreement, StopRequest
 
 
@@ -46,6 +48,11 @@ class TinyTrainer(Trainer):
         self.preempted_at: int | None = None
         self.finished_saves: set = set()
         self.benchmarks = build_in_loop_eval(self)
+
+    def post_dataloading_process(self, input_dict, labels):
+        """torchtitan's, plus the labels among the model's inputs when the model computes the loss ([loss])."""
+        inputs, labels, extra_inputs, extra_kwargs = super().post_dataloading_process(input_dict, labels)
+        return inputs, labels, {**extra_inputs, **model_inputs(self.loss_fn, labels)}, extra_kwargs
 
     def train_step(self, data_iterator):
         super().train_step(data_iterator)
