@@ -145,7 +145,8 @@ def check_stage_lr(job_config, spans: list[StageSpan]) -> None:
     if not stages_set_lr(job_config.data):
         return
     sched = job_config.lr_scheduler
-    if sched.decay_ratio is not None:
+    # a rank sets decay_ratio from the stages (stage_lr_schedule): only a different one is a second setting
+    if sched.decay_ratio is not None and sched.decay_ratio != lr_decay_ratio(spans, job_config.training.steps):
         raise TinytitanError(
             f"[lr_scheduler] decay_ratio = {sched.decay_ratio} and the [[data.stages]] lr settings both place the "
             "LR decay: remove decay_ratio (the stage with lr = 'decay' decays the LR) or the stages' lr keys"
