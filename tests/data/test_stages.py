@@ -35,7 +35,7 @@ def config_with(tmp_path, *edits: tuple[str, str], overrides=()):
 
 
 PRETRAIN_WEIGHTS = "weights = { slimpajama = 0.7, starcoderdata = 0.3 }"
-COOLDOWN_WEIGHTS = "weights = { slimpajama = 0.4, starcoderdata = 0.3, wikipedia = 0.3 }"
+COOLDOWN_WEIGHTS = "weights = { slimpajama = 0.4, starcoderdata = 0.3, pydocs = 0.3 }"
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ COOLDOWN_WEIGHTS = "weights = { slimpajama = 0.4, starcoderdata = 0.3, wikipedia
          r"^data stage 'pretrain': every weight is 0; give at least one source a weight > 0$"),
         ([(COOLDOWN_WEIGHTS, "weights = { slimpajama = 0.4, wiki = 0.3 }")], [],
          r"^data stage 'cooldown': weights name source 'wiki', which no \[\[data.sources\]\] table defines "
-         r"\(sources: slimpajama, starcoderdata, wikipedia\); fix the name or add the source$"),
+         r"\(sources: slimpajama, starcoderdata, pydocs\); fix the name or add the source$"),
         ([('text_field = "content"', 'text_field = "content"\nweight = 0.3')], [],
          r"^data source 'starcoderdata' has a weight, but \[\[data.stages\]\] give the weights: remove weight"),
         ([("until_tokens = 1_000_000", "until_tokens = 1_000_000\nlr = 'decay'"), ('lr = "stable"\n', "")], [],
@@ -109,8 +109,8 @@ def test_a_stage_ends_at_the_first_step_boundary_at_or_after_its_tokens(tmp_path
         first, second = stage_spans(data, steps=12, tokens_per_step=2048)
         ends[until] = (first.first_step, first.last_step, second.first_step, second.last_step)
     assert ends == {12288: (1, 6, 7, 12), 12289: (1, 7, 8, 12), 14335: (1, 7, 8, 12), 14336: (1, 7, 8, 12)}
-    assert second.weights == {"slimpajama": 0.4, "starcoderdata": 0.3, "wikipedia": 0.3}
-    assert first.weights["wikipedia"] == 0.0  # a source the stage does not name
+    assert second.weights == {"slimpajama": 0.4, "starcoderdata": 0.3, "pydocs": 0.3}
+    assert first.weights["pydocs"] == 0.0  # a source the stage does not name
 
 
 def test_the_lr_follows_the_stages_through_torchtitans_schedule(tmp_path):
