@@ -12,7 +12,7 @@ import pytest
 import torch
 from filelock import FileLock
 
-from tests.helpers import DEBUG_CONFIG, N, launch, small_run_overrides
+from tests.helpers import DEBUG_CONFIG, STAGES_CONFIG, N, launch, small_run_overrides, stages_run_overrides
 
 DEBUG_RUN_STEPS = 20
 
@@ -61,9 +61,24 @@ def debug_export(debug_run, tmp_path_factory):
     return built_once(tmp_path_factory, "debug_export", build)
 
 
+@pytest.fixture(scope="session")
+def stages_run(debug_run, tmp_path_factory):
+    """The two-stage debug recipe, continued from ``debug_run``'s step 20 (weights only): 12 steps, stage
+    'pretrain' steps 1-6, 'cooldown' (a third source, the LR decaying) 7-12, checkpoints at 4, 8, 12, and
+    what the model received at every step (tests.record_batches)."""
+
+    def build(dump):
+        overrides = [*stages_run_overrides(dump, debug_run), "--experimental.custom_import", "tests.record_batches"]
+        (dump / "launch.log").parent.mkdir(parents=True, exist_ok=True)
+        proc = launch(overrides, config=STAGES_CONFIG)
+        (dump / "launch.log").write_text(proc.stdout + proc.stderr)
+
+    return built_once(tmp_path_factory, "stages_run", build)
+
+
 # The longest test files first (several minutes of training each), so that pytest-xdist's two
 # workers finish together rather than one running the last long file alone.
-LONGEST_FIRST = ("test_faults.py", "test_real_vocab.py", "test_slurm.py", "test_train.py", "test_sweep.py",
+LONGEST_FIRST = ("test_faults.py", "test_stages.py", "test_real_vocab.py", "test_slurm.py", "test_train.py", "test_sweep.py",
                  "test_multinode.py", "test_in_loop.py", "test_completeness.py")  # fmt: skip
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DEBUG_CONFIG = REPO / "train_configs" / "llama3_debug.toml"
+STAGES_CONFIG = REPO / "train_configs" / "llama3_debug_stages.toml"
 N = 4  # checkpoint interval of the `uninterrupted` fixture, which trains 2N steps
+STAGE_STEPS = 6  # steps of each of the two stages of the `stages_run` fixture (2 ranks x 4 x 256 tokens a step)
 
 
 def small_run_overrides(dump_folder: Path, steps: int, interval: int, *, log_freq: int = 1) -> list[str]:
@@ -25,6 +27,16 @@ def small_run_overrides(dump_folder: Path, steps: int, interval: int, *, log_fre
         "--metrics.log_freq", str(log_freq),
         "--validation.no-enable",
         "--lr_scheduler.warmup_steps", "2",
+    ]  # fmt: skip
+
+
+def stages_run_overrides(dump_folder: Path, debug_run: Path) -> list[str]:
+    """The two-stage debug recipe (``STAGES_CONFIG``) for 2 x STAGE_STEPS steps, continued from ``debug_run``'s
+    last checkpoint (its weights only: a fresh optimizer, LR schedule and data stream)."""
+    return [
+        *small_run_overrides(dump_folder, steps=2 * STAGE_STEPS, interval=N),
+        "--data.stages.0.until_tokens", str(STAGE_STEPS * 2 * 4 * 256),
+        "--checkpoint.initial_load_path", str(Path(debug_run) / "checkpoint" / "step-20"),
     ]  # fmt: skip
 
 

@@ -1,5 +1,6 @@
 """Every shipped TOML parses through torchtitan's ConfigManager with tinytitan's extension."""
 
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,8 +17,8 @@ def parse(path: Path, *overrides: str):
     return load_job_config(path, overrides)
 
 
-def test_there_are_configs_for_every_flavor():
-    assert {p.stem for p in CONFIGS} == {f"llama3_{f}" for f in FLAVORS}
+def test_there_are_configs_for_every_flavor_and_the_stage_recipes():
+    assert {p.stem for p in CONFIGS} == {f"llama3_{f}" for f in FLAVORS} | {"llama3_debug_stages", "llama3_tiny_stages"}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -28,7 +29,21 @@ def test_config_parses_with_tinytitan_sections(path):
     assert cfg.experimental.custom_import == "tinytitan.register"
     assert cfg.checkpoint.enable and not cfg.checkpoint.last_save_model_only
     assert cfg.metrics.enable_tensorboard and cfg.debug.seed is not None
-    assert len(cfg.data.sources) >= 2 and all(s.weight > 0 for s in cfg.data.sources)
+    assert len(cfg.data.sources) >= 2
+    if cfg.data.stages:  # a recipe: the stages weigh the sources, the last one decays the LR
+        assert all(s.weight is None for s in cfg.data.sources) and cfg.data.stages[-1].lr == "decay"
+        assert all(sum(w.values()) > 0 for w in (st.weights for st in cfg.data.stages))
+    else:
+        assert all(s.weight > 0 for s in cfg.data.sources)
+
+
+def test_the_stage_recipes_are_their_base_configs_plus_stages():
+    """Same model, optimizer and batch as the config they extend; only the data, the LR decay and the folders differ."""
+    for recipe, base in (("llama3_debug_stages", "llama3_debug"), ("llama3_tiny_stages", "llama3_tiny")):
+        a, b = parse(REPO / f"train_configs/{recipe}.toml"), parse(REPO / f"train_configs/{base}.toml")
+        for section in ("model", "optimizer", "training", "parallelism", "checkpoint", "validation", "compile"):
+            assert asdict(getattr(a, section)) == asdict(getattr(b, section)), (recipe, section)
+        assert [s.name for s in a.data.stages] == ["pretrain", "cooldown"]
 
 
 @pytest.mark.parametrize("flavor", ["tiny", "micro", "nano"])
@@ -84,5 +99,8 @@ def test_a_file_in_the_working_directory_wins_over_a_shipped_name(tmp_path, monk
 
 def test_an_unknown_config_lists_the_shipped_names(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(TinytitanError, match=r"config file huge does not exist: .*\(debug, micro, nano, tiny\)"):
+    with pytest.raises(
+        TinytitanError,
+        match=r"config file huge does not exist: .*\(debug, debug_stages, micro, nano, tiny, tiny_stages\)",
+    ):
         find_config("huge")

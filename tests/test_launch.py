@@ -20,7 +20,11 @@ def test_missing_config_file_is_one_line_and_exit_2():
     proc = run_launcher({"CONFIG_FILE": "train_configs/nope.toml"})
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and "nope.toml does not exist" in err[0] and "(debug, micro, nano, tiny)" in err[0]
+    assert (
+        len(err) == 1
+        and "nope.toml does not exist" in err[0]
+        and "(debug, debug_stages, micro, nano, tiny, tiny_stages)" in err[0]
+    )
     assert "torch.distributed.run" not in proc.stdout
 
 
@@ -36,7 +40,9 @@ def test_a_config_folder_is_named_as_a_folder(tmp_path):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         err = proc.stderr.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"tinytitan: error: config {folder} is a folder: pass one of its ")
-        assert listed in err[0] and err[0].endswith("or a shipped config name (debug, micro, nano, tiny)")
+        assert listed in err[0] and err[0].endswith(
+            "or a shipped config name (debug, debug_stages, micro, nano, tiny, tiny_stages)"
+        )
         assert "torch.distributed.run" not in proc.stdout
 
 

@@ -21,6 +21,18 @@ from tinytitan.errors import TinytitanError
 
 
 @dataclass
+class Model:
+    """tinytitan's keys in torchtitan's ``[model]`` section (merged into it): how attention is masked."""
+
+    attn_type: Literal["sdpa", "flex", "varlen"] = "sdpa"
+    """torchtitan's attention kernel: 'sdpa' (causal only), 'flex' (FlexAttention, torch.compile'd; causal or
+    block_causal), 'varlen' (block_causal only, GPU)"""
+    attn_mask_type: Literal["causal", "block_causal"] = "causal"
+    """'causal': a token attends to every earlier token of its window; 'block_causal' (document masking, as
+    Llama 3 trained): only to earlier tokens of its own packed document, split at the tokenizer's EOS"""
+
+
+@dataclass
 class Eval:
     """``[eval]``: lm-eval benchmark tasks scored on the training model every ``freq`` steps (docs/observe.md)."""
 
@@ -72,6 +84,7 @@ class JobConfig:
     data: Data = field(default_factory=Data)
     eval: Eval = field(default_factory=Eval)
     loss: Loss = field(default_factory=Loss)
+    model: Model = field(default_factory=Model)
 
 
 def _require(ok: bool, key: str, value, rule: str) -> None:
@@ -110,6 +123,12 @@ def validate_job_config(job_config, world_size: int | None = None) -> None:
     ckpt = job_config.checkpoint
     if ckpt.enable:
         _require(ckpt.interval >= 1, "checkpoint.interval", ckpt.interval, "save every N >= 1 steps")
+    if ckpt.initial_load_path and not ckpt.enable:
+        raise TinytitanError(
+            f"[checkpoint] initial_load_path = {ckpt.initial_load_path!r} but enable = false, and torchtitan loads "
+            "nothing when checkpointing is off: set [checkpoint] enable = true"
+        )
+    _check_attention(model)
     val = job_config.validation
     if val.enable:
         _require(val.freq >= 1, "validation.freq", val.freq, "validate every N >= 1 steps")
@@ -133,6 +152,10 @@ def validate_job_config(job_config, world_size: int | None = None) -> None:
                 )
     _require(training.global_batch_size != 0, "training.global_batch_size", 0,
              "use -1 (local_batch_size x data-parallel ranks) or a positive multiple of that")  # fmt: skip
+    if job_config.data.stages and (world_size is not None or training.global_batch_size > 0):
+        from tinytitan.data.stages import check_stage_lr, run_spans
+
+        check_stage_lr(job_config, run_spans(job_config, world_size or 1))  # stage ends inside the run
     if world_size is not None and training.global_batch_size > 0:
         model_ranks = p.tensor_parallel_degree * p.pipeline_parallel_degree * p.context_parallel_degree
         dp = max(1, world_size // max(1, model_ranks))
@@ -173,4 +196,17 @@ def validate_loss(job_config) -> None:
         raise TinytitanError(
             '[loss] kind = "chunked" keeps the output projection in bf16: add "output" to '
             '[quantize.linear.float8] filter_fqns, or use [loss] kind = "plain"'
+        )
+
+
+def _check_attention(model) -> None:
+    attn, mask = getattr(model, "attn_type", "sdpa"), getattr(model, "attn_mask_type", "causal")
+    if attn == "sdpa" and mask != "causal":
+        raise TinytitanError(
+            f"[model] attn_mask_type = {mask!r} needs attn_type = 'flex' (or 'varlen' on a GPU); "
+            "torch's SDPA kernel masks causally only"
+        )
+    if attn == "varlen" and mask != "block_causal":
+        raise TinytitanError(
+            "[model] attn_type = 'varlen' packs documents: set attn_mask_type = 'block_causal' (or use 'sdpa')"
         )

@@ -231,3 +231,47 @@ def row_sources(c: Corpus, inputs) -> list[str]:
         assert len(names) == 1, f"a window mixes or lacks sources: {names}"
         found.append(names.pop())
     return found
+
+
+CURSOR = ("next_pass", "next_part", "next_doc", "next_token")  # where a lane's first unused token sits
+
+
+def lane_cursors(state_dict: dict) -> dict[tuple[str, int], tuple[int, tuple]]:
+    """(source, lane) -> (tokens the lane has served, its cursor), from a loader's ``state_dict()``."""
+    from tinytitan.data.loader_state import STATE_KEY
+
+    doc = json.loads(state_dict[STATE_KEY])
+    return {
+        (name, int(lid)): (st["tokens"], tuple(st[k] for k in CURSOR))
+        for name, lanes in doc["lanes"].items()
+        for lid, st in lanes.items()
+    }
+
+
+def reference_cursors(c: Corpus, windows: int, **kw) -> dict[tuple[str, int], dict[int, set]]:
+    """Every lane's cursor after each number of tokens it served, from one reader taking one window at a time.
+
+    A lane's stream is fixed by the seed alone (not by the readers, the stages or the batch), so a lane that
+    served the same tokens in any run must sit at one of these cursors (several: a lane may read past documents
+    that give no tokens, excluded or empty ones, before it serves again).
+    """
+    dl = loader(c, batch=1, **kw)
+    out: dict[tuple[str, int], dict[int, set]] = {}
+    it = iter(dl)
+    for i in range(windows + 1):
+        for key, (tokens, cursor) in lane_cursors(dl.state_dict()).items():
+            out.setdefault(key, {}).setdefault(tokens, set()).add(cursor)
+        if i < windows:
+            next(it)
+    return out
+
+
+def assert_lanes_continue(reference: dict, state_dict: dict) -> int:
+    """Every lane of a (resumed) run's state sits where the reference lane sits after the same tokens: no
+    document repeated or skipped in any lane. Returns how many lanes had served tokens."""
+    moved = 0
+    for key, (tokens, cursor) in lane_cursors(state_dict).items():
+        assert tokens in reference[key], f"lane {key} served {tokens} tokens, more than the reference run"
+        assert cursor in reference[key][tokens], (key, tokens, cursor, reference[key][tokens])
+        moved += tokens > 0
+    return moved

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from tests.data.fixtures import BOS, EOS, ID_BASE, doc_ids, loader, row_sources
-from tinytitan.data.loader import merge_rank_states
 from tinytitan.errors import TinytitanError
 
 
@@ -70,23 +69,19 @@ def test_corrupt_file_fails_with_on_error_fail(corpus):
 
 
 def test_exact_resume_same_world_size(corpus):
+    """state_dict() -> load_state_dict() as a checkpoint does (2 ranks through DCP: test_distributed.py)."""
     n = 12
-    kw = dict(world=2, batch=4, seq_len=48)
-    ref = [loader(corpus, rank=r, **kw) for r in range(2)]
-    ref_batches = [take(dl, 2 * n) for dl in ref]
-
-    first = [loader(corpus, rank=r, **kw) for r in range(2)]
-    for dl in first:
-        take(dl, n)
-    state = merge_rank_states(first)
-    resumed = [loader(corpus, rank=r, **kw) for r in range(2)]
-    for dl in resumed:
-        dl.load_state_dict(state)
-    for r, dl in enumerate(resumed):
-        for (a_in, a_lab), (b_in, b_lab) in zip(ref_batches[r][n:], take(dl, n), strict=True):
-            assert torch.equal(a_in["input"], b_in["input"])
-            assert torch.equal(a_lab, b_lab)
-        assert dl.stats() == ref[r].stats()
+    kw = dict(batch=4, seq_len=48)
+    ref = loader(corpus, **kw)
+    ref_batches = take(ref, 2 * n)
+    first = loader(corpus, **kw)
+    take(first, n)
+    resumed = loader(corpus, **kw)
+    resumed.load_state_dict(first.state_dict())
+    for (a_in, a_lab), (b_in, b_lab) in zip(ref_batches[n:], take(resumed, n), strict=True):
+        assert torch.equal(a_in["input"], b_in["input"])
+        assert torch.equal(a_lab, b_lab)
+    assert resumed.stats() == ref.stats()
 
 
 def test_token_proportions_follow_weights(corpus):

@@ -28,8 +28,15 @@ def next_batches(dl, n=3):
     return [next(it)[0]["input"] for _ in range(n)]
 
 
+def as_version_2(doc: dict) -> dict:
+    """The same state of a run without stages in the format of version 2 (no stages, no tokens per stage)."""
+    assert doc["stages"] == [] and doc["stage_tokens"] == {}
+    return {**{k: v for k, v in doc.items() if k not in ("stages", "stage_tokens")}, "version": 2}
+
+
 def as_version_1(doc: dict) -> dict:
     """The same state in the format checkpoints had until 2026-12-02: a lane as 13 integers."""
+    doc = as_version_2(doc)
     lanes = {name: {lid: [st[f] for f in LANE_FIELDS] for lid, st in ls.items()} for name, ls in doc["lanes"].items()}
     v1 = {k: v for k, v in doc.items() if k != "unreadable"}
     return {**v1, "version": 1, "lanes": lanes, "errors": doc["unreadable"]}
@@ -37,15 +44,18 @@ def as_version_1(doc: dict) -> dict:
 
 def test_the_state_is_a_versioned_document_with_named_fields(corpus):
     doc = json.loads(saved_state(corpus)[STATE_KEY])
-    assert doc["version"] == STATE_VERSION == 2 and doc["windows"] == 12  # 3 batches of 4 windows
+    assert doc["version"] == STATE_VERSION == 3 and doc["windows"] == 12  # 3 batches of 4 windows
+    assert doc["stages"] == [] and doc["stage_tokens"] == {}  # a run without [[data.stages]]
     assert doc["layout"] == {"dp_world_size": 1, "workers": 1, "batch_size": 4, "seq_len": 64}
     lane = doc["lanes"]["slimpajama"]["0"]
     assert sorted(lane) == sorted(LANE_FIELDS) and lane["tokens"] > 0 and lane["docs"] > 0
 
 
-def test_a_version_1_checkpoint_resumes_exactly_as_today(corpus):
+@pytest.mark.parametrize("version", [1, 2])
+def test_an_older_checkpoint_resumes_exactly_as_today(corpus, version):
     state = saved_state(corpus)
-    v1 = {STATE_KEY: json.dumps(as_version_1(json.loads(state[STATE_KEY])))}
+    as_old = {1: as_version_1, 2: as_version_2}[version]
+    v1 = {STATE_KEY: json.dumps(as_old(json.loads(state[STATE_KEY])))}
     today, old = loader(corpus, batch=4, seq_len=64), loader(corpus, batch=4, seq_len=64)
     today.load_state_dict(state)
     old.load_state_dict(v1)
@@ -72,7 +82,7 @@ def test_another_state_version_is_refused_naming_it(corpus):
     doc["version"] = 99
     with pytest.raises(
         TinytitanError,
-        match=r"data loader state version 99 is not one this tinytitan reads \(1, 2\).*exclude_from_loading",
+        match=r"data loader state version 99 is not one this tinytitan reads \(1, 2, 3\).*exclude_from_loading",
     ):
         loader(corpus).load_state_dict({STATE_KEY: json.dumps(doc)})
 

@@ -1,7 +1,8 @@
 """``tinytitan checkpoint inspect``: what a checkpoint holds, from its metadata alone.
 
-Reads ``.metadata`` and the few small values of ``train_state``; no weights are
-loaded, so it answers in seconds for any model size.
+Reads ``.metadata``, the few small values of ``train_state`` and the data loader's
+state document (the stage and the tokens per source); no weights are loaded, so it
+answers in seconds for any model size.
 """
 
 from __future__ import annotations
@@ -16,6 +17,32 @@ from tinytitan.checkpoint.flavors import fitting_flavor
 from tinytitan.checkpoint.reader import open_checkpoint
 from tinytitan.checkpoint.stats import checkpoint_stats
 from tinytitan.errors import TinytitanError
+
+
+def data_state(ckpt) -> dict | None:
+    """The data stream as saved (``tinytitan.data.loader_state``): tokens per source, the stage and its tokens.
+    None when the checkpoint holds no tinytitan loader state (model only) or it cannot be read."""
+    from tinytitan.data.loader_state import STATE_KEY, LoaderState
+
+    key = f"dataloader.{STATE_KEY}"
+    if key not in ckpt.other_keys or folder_problem(ckpt.path) is not None:
+        return None
+    try:
+        state = LoaderState.from_json(ckpt.read_value(key))
+    except (TinytitanError, ValueError, KeyError):
+        return None
+    stage = state.stage_at()
+    return {
+        "windows": state.windows,
+        "tokens_per_source": state.tokens_per_source(),
+        "stage": None if stage is None else stage.name,
+        "stage_index": None if stage is None else state.stages.index(stage),
+        "stages": [
+            {"name": st.name, "first_step": st.first_step, "last_step": st.last_step, "weights": st.weights}
+            for st in state.stages
+        ],
+        "stage_tokens": state.stage_tokens,
+    }
 
 
 def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -> dict:
@@ -46,6 +73,7 @@ def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
         "complete": problem is None,
         "problem": problem,  # why the folder is not complete (a truncated .distcp, no .metadata)
         "resumable": ckpt.resumable and problem is None,
+        "data": data_state(ckpt),
     }
 
 
@@ -106,6 +134,20 @@ def format_report(info: dict) -> str:
         ("size on disk", _size(info["size_on_disk"])),
         ("can resume", resume),
     ]
+    data = info.get("data")
+    if data:
+        total = sum(data["tokens_per_source"].values()) or 1
+        rows.append(("data tokens", ", ".join(f"{name} {n:,} ({n / total:.1%})"
+                                              for name, n in data["tokens_per_source"].items())))  # fmt: skip
+        if data["stage"] is not None:
+            st = data["stages"][data["stage_index"]]
+            end = "the end of the run" if st["last_step"] is None else f"step {st['last_step']}"
+            rows.append(("data stage", f"{st['name']} ({data['stage_index'] + 1} of {len(data['stages'])}, steps "
+                                       f"{st['first_step']} to {end})"))  # fmt: skip
+            for stage in data["stages"]:  # in the recipe's order, the stages begun so far
+                per_source = data["stage_tokens"].get(stage["name"])
+                if per_source:
+                    rows.append((f"  stage {stage['name']}", ", ".join(f"{s} {n:,}" for s, n in per_source.items())))
     if info["needs_upgrade"]:
         rows.append(("upgrade", "run `tinytitan checkpoint upgrade OLD NEW` before resuming with torchtitan 0.2.2"))
     width = max(len(k) for k, _ in rows)

@@ -14,10 +14,14 @@ source::
     weight = 0.693584
     exclude = { "meta.redpajama_set_name" = ["RedPajamaGithub"] }
 
+or, for a recipe that changes the mixture over the run, sources without ``weight`` and one
+``[[data.stages]]`` table per stage (``Stage``: a name, the global tokens at which it ends, its
+weights, and what it does to the learning rate).
+
 torchtitan's ConfigManager hands the tables to ``Data`` as plain dicts;
-``Data.__post_init__`` turns them into ``Source`` objects (rejecting unknown
+``Data.__post_init__`` turns them into ``Source`` and ``Stage`` objects (rejecting unknown
 keys), which also keeps tyro's CLI overrides working
-(``--data.seed 7``, ``--data.sources.0.weight 0.5``).
+(``--data.seed 7``, ``--data.sources.0.weight 0.5``, ``--data.stages.0.until_tokens 1000000``).
 
 ``Data.validate`` checks the values (no I/O); ``tinytitan.data.listing`` lists the files a
 source names, and ``tinytitan.data.preflight`` adds the checks that read data, before any
@@ -36,6 +40,7 @@ from tinytitan.errors import TinytitanError
 
 FORMATS = ("text", "tokens")
 ON_ERROR = ("skip", "fail")
+STAGE_LR = ("", "stable", "decay")  # a stage's `lr`: "" leaves the schedule to [lr_scheduler]
 # File name endings the readers understand, longest first.
 SUFFIXES = (".jsonl.zst", ".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet")
 
@@ -59,8 +64,9 @@ class Source:
     """Glob inside `path` selecting the training files (.jsonl, .jsonl.zst, .json.gz, .parquet)."""
     text_field: str = "text"
     """Record field holding the document text (e.g. 'content' for Starcoderdata)."""
-    weight: float = 1.0
-    """Share of training *tokens* drawn from this source (normalized over all sources)."""
+    weight: float | None = None
+    """Share of training *tokens* drawn from this source (normalized over all sources); unset: 1.0.
+    With [[data.stages]] the stages give the weights and a source has none."""
     exclude: dict[str, list[str]] = field(default_factory=dict)
     """Drop documents whose field (dotted path into the record) has one of these values."""
     validation_files: str = ""
@@ -74,8 +80,11 @@ class Source:
         def fail(what: str, fix: str) -> TinytitanError:
             return TinytitanError(f"data source {self.name!r} (path {self.path!r}): {what}; {fix}")
 
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not 0 < self.weight < math.inf:
-            raise fail(f"weight = {self.weight!r} is not a positive number", "give every source a finite weight > 0")
+        weight = self.weight
+        if weight is not None and (
+            isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf
+        ):
+            raise fail(f"weight = {weight!r} is not a positive number", "give every source a finite weight > 0")
         if not self.path:
             raise fail("no path", "set path to a local folder or a Hub dataset id")
         if not self.files:
@@ -88,24 +97,61 @@ class Source:
             raise fail("both validation_files and validation_docs are set", "choose one held-out split")
 
 
-_SOURCE_KEYS = tuple(f.name for f in dataclasses.fields(Source))
+@dataclass
+class Stage:
+    """One stage of a recipe: a mixture of the sources until the run has seen ``until_tokens`` tokens."""
+
+    name: str = ""
+    """Short name, shown in the step log, the metrics (data/stage/<name>/...) and checkpoints. Unique."""
+    until_tokens: int | None = None
+    """Global tokens seen (all ranks) when this stage ends; the stage ends at the first optimizer step
+    boundary at or after it. Only the last stage may omit it: it runs to training.steps."""
+    weights: dict[str, float] = field(default_factory=dict)
+    """Token weights of the sources in this stage, normalized over the stage; a source not named gets 0."""
+    lr: str = ""
+    """'decay': the learning rate decays over this stage (the last one) to lr_scheduler.min_lr_factor;
+    'stable': it holds after warmup; '' (default): as the other stages say, or [lr_scheduler] alone."""
+
+    def validate(self, index: int, sources: list[str]) -> None:
+        """The stage's own values (the order of the stages is checked by ``Data.validate``)."""
+        label = f"data stage {self.name!r}" if self.name else f"[[data.stages]] entry {index}"
+        if not self.name or not re.fullmatch(r"[\w.-]+", self.name):
+            raise TinytitanError(f"{label} needs a name of letters, digits, '_', '-', '.' (e.g. name = 'cooldown')")
+        if not self.weights:
+            raise TinytitanError(f"{label} has no weights; set weights = {{ {sources[0]} = 1.0 }} (source = weight)")
+        for source, weight in self.weights.items():
+            if source not in sources:
+                raise TinytitanError(
+                    f"{label}: weights name source {source!r}, which no [[data.sources]] table defines "
+                    f"(sources: {', '.join(sources)}); fix the name or add the source"
+                )
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+                raise TinytitanError(f"{label}: weight of {source!r} = {weight!r}; use a finite number >= 0")
+        if not any(w > 0 for w in self.weights.values()):
+            raise TinytitanError(f"{label}: every weight is 0; give at least one source a weight > 0")
+        if self.until_tokens is not None and self.until_tokens < 1:
+            raise TinytitanError(f"{label}: until_tokens = {self.until_tokens}; use a positive number of tokens")
+        if self.lr not in STAGE_LR:
+            raise TinytitanError(f"{label}: lr = {self.lr!r}; use 'stable', 'decay' or leave it out")
 
 
-def _source_from_dict(index: int, value: Any) -> Source:
-    if isinstance(value, Source):
+def _table_from_dict(cls, kind: str, index: int, value: Any):
+    """A [[data.sources]] or [[data.stages]] table (a dict from TOML) as its dataclass; unknown keys named."""
+    if isinstance(value, cls):
         return value
+    keys = tuple(f.name for f in dataclasses.fields(cls))
     if not isinstance(value, dict):
         raise TinytitanError(
-            f"[[data.sources]] entry {index} is a {type(value).__name__}; write it as a TOML table "
-            "([[data.sources]] with name/path/files/weight keys)"
+            f"[[data.{kind}s]] entry {index} is a {type(value).__name__}; write it as a TOML table "
+            f"([[data.{kind}s]] with {'/'.join(keys[:4])} keys)"
         )
-    unknown = sorted(set(value) - set(_SOURCE_KEYS))
+    unknown = sorted(set(value) - set(keys))
     if unknown:
         label = value.get("name") or f"#{index}"
         raise TinytitanError(
-            f"data source {label!r}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(_SOURCE_KEYS)}"
+            f"data {kind} {label!r}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(keys)}"
         )
-    return Source(**value)
+    return cls(**value)
 
 
 @dataclass
@@ -129,9 +175,30 @@ class Data:
     """Text read and tokenized at once per lane (bytes); bigger batches tokenize faster."""
     sources: list[Source] = field(default_factory=list)
     """One [[data.sources]] table per source. No sources: the loader is not configured."""
+    stages: list[Stage] = field(default_factory=list)
+    """One [[data.stages]] table per stage of the recipe, in order; none: one mixture (the sources' weights)."""
+    allow_stage_change: bool = False
+    """Resume although a stage that has already begun was changed since the checkpoint (its weights, end or
+    name); without it such a resume is refused. Stages that have not begun may always change."""
 
     def __post_init__(self):
-        self.sources = [_source_from_dict(i, s) for i, s in enumerate(self.sources)]
+        self.sources = [_table_from_dict(Source, "source", i, s) for i, s in enumerate(self.sources)]
+        self.stages = [_table_from_dict(Stage, "stage", i, s) for i, s in enumerate(self.stages)]
+
+    def stage_weights(self) -> list[dict[str, float]]:
+        """Every stage's weights, normalized, with every source (0 where the stage does not name it).
+        Without stages: one mixture, the sources' weights (unset: 1.0)."""
+        if not self.stages:
+            raw = [{s.name: 1.0 if s.weight is None else float(s.weight) for s in self.sources}]
+        else:
+            raw = [{s.name: float(stage.weights.get(s.name, 0.0)) for s in self.sources} for stage in self.stages]
+        return [{name: w / sum(ws.values()) for name, w in ws.items()} for ws in raw]
+
+    def mixture_weights(self) -> dict[str, float]:
+        """One weight per source for what has no stage (the held-out ``validation/loss``): the mean of the
+        stages' normalized weights, or the sources' weights when there are no stages."""
+        per_stage = self.stage_weights()
+        return {s.name: sum(ws[s.name] for ws in per_stage) / len(per_stage) for s in self.sources}
 
     # ------------------------------------------------------------ checks (pure: no file is read)
     def validate(self) -> None:
@@ -159,6 +226,43 @@ class Data:
                 raise TinytitanError(f"data source name {s.name!r} is used twice; give every source its own name")
             seen.add(s.name)
             s.validate()
+        if self.stages:
+            self._validate_stages()
+
+    def _validate_stages(self) -> None:
+        """The stages alone; that their ends fall inside the run needs its length (``tinytitan.data.stages``)."""
+        weighted = [s.name for s in self.sources if s.weight is not None]
+        if weighted:
+            raise TinytitanError(
+                f"data source {weighted[0]!r} has a weight, but [[data.stages]] give the weights: remove weight "
+                "from every [[data.sources]] table and set each stage's weights = { source = weight }"
+            )
+        names = [s.name for s in self.sources]
+        seen: set[str] = set()
+        for i, stage in enumerate(self.stages):
+            stage.validate(i, names)
+            if stage.name in seen:
+                raise TinytitanError(f"data stage name {stage.name!r} is used twice; give every stage its own name")
+            seen.add(stage.name)
+        *earlier, last = self.stages
+        for stage in earlier:
+            if stage.until_tokens is None:
+                raise TinytitanError(
+                    f"data stage {stage.name!r} has no until_tokens; every stage but the last needs the global "
+                    "tokens at which it ends (the last one runs to training.steps)"
+                )
+            if stage.lr == "decay":
+                raise TinytitanError(
+                    f"data stage {stage.name!r}: lr = 'decay' on a stage that is not the last; the decay runs to "
+                    f"the end of the run: put it on the last stage ({last.name!r}) or use lr = 'stable'"
+                )
+        ends = [s.until_tokens for s in self.stages if s.until_tokens is not None]
+        for (a, b), stage in zip(zip(ends, ends[1:], strict=False), self.stages[1:], strict=False):
+            if b <= a:
+                raise TinytitanError(
+                    f"data stage {stage.name!r}: until_tokens = {b:,} is not after the previous stage's end "
+                    f"({a:,}); stage ends must strictly increase"
+                )
 
 
 def require_lanes(lanes: int, readers: int) -> None:

@@ -10,6 +10,10 @@ JSON document under one key, identical on every rank, so DCP stores it once.
 by any number of ranks and workers loads on any other (lane ``l`` -> reader
 ``l % (dp ranks x workers)``). The document itself, the merge of the ranks' parts and the
 checks before a resume are in ``tinytitan.data.loader_state``; this module produces batches.
+
+Stages (``[[data.stages]]``, spans from ``tinytitan.data.stages``) become window indices here:
+stage ``k`` starts at global window ``(first_step - 1) x global batch``. The sampler switches
+mixtures at that window on every rank and worker, with no restart and no state of its own.
 """
 
 from __future__ import annotations
@@ -35,28 +39,82 @@ from tinytitan.data.loader_state import (
     Layout,
     LoaderState,
     RankState,
+    StageRecord,
     check_fingerprint,
+    check_stage_change,
     dump_state,
     load_state,
     merge_states,
-    warn_on_weight_change,
 )
-from tinytitan.data.mixture import Reader, Sampler, lane_stats
+from tinytitan.data.mixture import Reader, StagedSampler, lane_stats
 from tinytitan.data.plan import MixturePlan
 from tinytitan.data.planner import make_plan
-from tinytitan.data.workers import WindowSchedule, make_backend, worker_main
+from tinytitan.data.stages import StageSpan, sequences_per_step, stage_spans
+from tinytitan.data.workers import (
+    BackendSpec,
+    WindowSchedule,
+    WorkerBatch,
+    WorkerFailure,
+    WorkerSpec,
+    make_backend,
+    worker_main,
+)
 from tinytitan.errors import TinytitanError
 
 logger = logging.getLogger("tinytitan.data")
 
 
+def stage_records(spans: list[StageSpan], windows_per_step: int) -> list[StageRecord]:
+    """The stages as global window ranges (what the sampler switches on, and what a checkpoint records)."""
+    last = len(spans) - 1
+    return [
+        StageRecord(
+            name=span.name,
+            first_window=(span.first_step - 1) * windows_per_step,
+            end_window=None if span.index == last else span.last_step * windows_per_step,
+            weights=dict(span.weights),
+            first_step=span.first_step,
+            last_step=None if span.index == last else span.last_step,
+        )
+        for span in spans
+    ]
+
+
+class StageTokens:
+    """Tokens per source in every stage, over all ranks: a pure function of the global window count.
+
+    The sampler decides the source of every window, so the counts from ``since`` on are counted from
+    it (``seq_len`` tokens a window); ``base`` holds the counts before ``since`` (from a checkpoint,
+    where ``seq_len`` may have differed).
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, sampler: StagedSampler, n_sources: int, seq_len: int, since: int, base: np.ndarray):
+        self.sampler, self.n_sources, self.seq_len = sampler, n_sources, seq_len
+        self.counted_to = since
+        self.counts = base.astype(np.int64).copy()  # [stage, source] tokens
+
+    def at(self, windows: int) -> np.ndarray:
+        while self.counted_to < windows:
+            g = np.arange(self.counted_to, min(windows, self.counted_to + self.CHUNK), dtype=np.int64)
+            cells = self.sampler.stages(g) * self.n_sources + self.sampler.sources(g)
+            self.counts += np.bincount(cells, minlength=self.counts.size).reshape(self.counts.shape) * self.seq_len
+            self.counted_to = int(g[-1]) + 1
+        return self.counts
+
+
 class MixtureDataLoader(BaseDataLoader):
-    """A BaseDataLoader over a MixturePlan for one dp rank."""
+    """A BaseDataLoader over a MixturePlan for one dp rank.
+
+    ``stages``: the run's stages (``tinytitan.data.stages.stage_spans``) and ``windows_per_step`` the
+    global batch in windows; without them the plan's weights are one mixture for the whole stream.
+    """
 
     def __init__(
         self,
         plan: MixturePlan,
-        backend_spec: dict,
+        backend: BackendSpec,
         *,
         dp_rank: int,
         dp_world_size: int,
@@ -65,11 +123,14 @@ class MixtureDataLoader(BaseDataLoader):
         num_workers: int = 0,
         prefetch_factor: int | None = None,
         pin_memory: bool = False,
+        stages: list[StageSpan] | None = None,
+        windows_per_step: int | None = None,
+        allow_stage_change: bool = False,
     ):
         if not 0 <= dp_rank < dp_world_size:
             raise ValueError(f"dp_rank {dp_rank} outside dp_world_size {dp_world_size}")
         self.plan = plan
-        self.backend_spec = backend_spec
+        self.backend = backend
         self.dp_rank = dp_rank
         self.dp_world_size = dp_world_size
         self.batch_size = batch_size
@@ -79,8 +140,18 @@ class MixtureDataLoader(BaseDataLoader):
         self.n_readers = dp_world_size * self.n_local
         self.prefetch = max(1, int(prefetch_factor or 2))
         self.pin_memory = bool(pin_memory) and torch.cuda.is_available()
-        self.weights = [s.weight for s in plan.sources]
-        self.sampler = Sampler(plan.seed, self.weights)
+        self.windows_per_step = windows_per_step or batch_size * dp_world_size
+        if not stages:
+            stages = [StageSpan(0, "", 1, 1, {s.name: s.weight for s in plan.sources}, "")]
+        self.staged = bool(stages[0].name)  # [[data.stages]] configured (not the one unnamed mixture)
+        self.stages = stage_records(stages, self.windows_per_step)
+        self.allow_stage_change = allow_stage_change
+        self.sampler = StagedSampler(
+            plan.seed,
+            [st.first_window for st in self.stages],
+            [[st.weights[s.name] for s in plan.sources] for st in self.stages],
+        )
+        self.stage_tokens = self._stage_tokens(0, {})
         self.windows_base = 0  # global windows consumed before this (re)start
         self.batches_base = 0  # batches this rank consumed before this (re)start
         self.b = 0  # batches consumed since this (re)start
@@ -91,7 +162,6 @@ class MixtureDataLoader(BaseDataLoader):
         self._queues: list = []
         self._errors: list[str] = []
         self._loaded_lanes: Lanes | None = None
-        self.trace: list[tuple[int, int]] | None = None  # (source, lane) per window, in-process readers only
         self.process_group = None  # gathered over in state_dict(); None: the default group
         require_lanes(plan.lanes, self.n_readers)
         _LIVE.add(self)
@@ -110,12 +180,11 @@ class MixtureDataLoader(BaseDataLoader):
         return self._loaded_lanes or {}
 
     def _make_readers(self) -> list[Reader]:
-        backend = make_backend(self.backend_spec)
+        backend = make_backend(self.backend)
         readers = []
         for k in range(self.n_local):
             r = Reader(self.plan, backend, self.seq_len, self.reader_id(k), self.n_readers)
             r.load(self._initial_lanes())
-            r.trace = self.trace
             readers.append(r)
         return readers
 
@@ -123,24 +192,23 @@ class MixtureDataLoader(BaseDataLoader):
         ctx = mp.get_context("spawn")
         lanes = self._initial_lanes()
         for k in range(self.n_local):
-            first_b = (k - self.batches_base) % self.n_local
+            spec = WorkerSpec(
+                plan=self.plan,
+                backend=self.backend,
+                seq_len=self.seq_len,
+                reader_id=self.reader_id(k),
+                n_readers=self.n_readers,
+                lanes=lanes,
+                schedule=self._schedule(),
+                first_batch=(k - self.batches_base) % self.n_local,
+                batch_step=self.n_local,
+                sampler=self.sampler,
+                parent_pid=os.getpid(),
+            )
             q = ctx.Queue(maxsize=self.prefetch)
             p = ctx.Process(
                 target=worker_main,
-                args=(
-                    self.plan,
-                    self.backend_spec,
-                    self.seq_len,
-                    self.reader_id(k),
-                    self.n_readers,
-                    lanes,
-                    self._schedule(),
-                    first_b,
-                    self.n_local,
-                    self.weights,
-                    q,
-                    os.getpid(),
-                ),
+                args=(spec, q),
                 daemon=True,
                 name=f"tinytitan-data-{self.dp_rank}-{k}",
             )
@@ -180,17 +248,15 @@ class MixtureDataLoader(BaseDataLoader):
             except queue.Empty:
                 if not p.is_alive():
                     raise RuntimeError(f"data loader worker {p.name} died (exit code {p.exitcode})") from None
-        if item[0] == "error":
+        if isinstance(item, WorkerFailure):
             self._stop_workers()
-            if item[1] == "TinytitanError":
-                raise TinytitanError(item[2])
-            raise RuntimeError(f"data loader worker failed: {item[1]}: {item[2]}")
-        _, b, arr, state, errors = item
-        if b != self.b:
-            raise AssertionError(f"worker {k} sent batch {b}, expected {self.b}")
-        self._reader_states[k] = state
-        self._errors.extend(errors)
-        return arr
+            raise item.exception()
+        if not isinstance(item, WorkerBatch) or item.batch != self.b:
+            raise AssertionError(f"worker {k} sent {type(item).__name__} {getattr(item, 'batch', '')}, "
+                                 f"expected batch {self.b}")  # fmt: skip
+        self._reader_states[k] = item.lanes
+        self._errors.extend(item.unreadable)
+        return item.windows
 
     def next_batch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         arr = self._next_array()
@@ -228,10 +294,14 @@ class MixtureDataLoader(BaseDataLoader):
                 merged[name].update(lanes)
         return merged
 
+    def windows(self) -> int:
+        """Global windows (over all dp ranks) consumed as of this rank's last batch."""
+        return self.windows_base + self.b * self.dp_world_size * self.batch_size
+
     def _local_state(self) -> RankState:
         return RankState(
             rank=self.dp_rank,
-            windows=self.windows_base + self.b * self.dp_world_size * self.batch_size,
+            windows=self.windows(),
             batches=self.batches_base + self.b,
             lanes=self._local_lanes(),
             unreadable=sorted(set(self._errors)),
@@ -250,11 +320,9 @@ class MixtureDataLoader(BaseDataLoader):
 
     def _merge(self, parts: list[RankState]) -> LoaderState:
         layout = Layout(self.dp_world_size, self.n_local, self.batch_size, self.seq_len)
-        return merge_states(self.plan, layout, parts)
-
-    def local_state_dict(self) -> RankState:
-        """This rank's part of the state (no communication); see merge_rank_states."""
-        return self._local_state()
+        stages = self.stages if self.staged else []
+        tokens = self.stage_token_counts() if self.staged else {}
+        return merge_states(self.plan, layout, parts, stages, tokens)
 
     def state_dict(self) -> dict[str, Any]:
         """Collective when torch.distributed is initialized: call it on every rank (DCP does)."""
@@ -265,9 +333,12 @@ class MixtureDataLoader(BaseDataLoader):
             return
         st = load_state(state_dict)
         check_fingerprint(st.fingerprint, self.plan.fingerprint())
-        if self.dp_rank == 0:
-            warn_on_weight_change(st.weights, self.plan)
+        step = st.windows // self.windows_per_step
+        for line in check_stage_change(st, self.stages, step, self.allow_stage_change):
+            if self.dp_rank == 0:
+                logger.warning(line)
         old = st.layout
+        self.stage_tokens = self._stage_tokens(st.windows, st.stage_tokens)
         self.windows_base = st.windows
         self.batches_base = st.batches
         self.b = 0
@@ -289,6 +360,41 @@ class MixtureDataLoader(BaseDataLoader):
                 self.n_local,
                 self.n_readers,
             )
+
+    # ---------------------------------------------------------- stages
+    def _stage_tokens(self, since: int, saved: dict[str, dict[str, int]]) -> StageTokens:
+        base = np.zeros((len(self.stages), len(self.plan.sources)), np.int64)
+        for i, stage in enumerate(self.stages):
+            for j, src in enumerate(self.plan.sources):
+                base[i, j] = saved.get(stage.name, {}).get(src.name, 0)
+        return StageTokens(self.sampler, len(self.plan.sources), self.seq_len, since, base)
+
+    def stage_token_counts(self) -> dict[str, dict[str, int]]:
+        """Tokens per source of every stage begun so far, over all ranks (the same on every rank)."""
+        counts = self.stage_tokens.at(self.windows())
+        return {
+            st.name: {s.name: int(counts[i, j]) for j, s in enumerate(self.plan.sources)}
+            for i, st in enumerate(self.stages)
+            if st.first_window < self.windows()
+        }
+
+    def current_stage(self) -> StageRecord | None:
+        """The stage of the last window consumed (the first stage before any); None without [[data.stages]]."""
+        if not self.staged:
+            return None
+        last = max(0, self.windows() - 1)
+        return self.stages[int(self.sampler.stages(np.array([last]))[0])]
+
+    def stage_stats(self) -> dict[str, float]:
+        """The run's stage metrics, the same on every rank (not to be summed): ``stage`` (its index),
+        ``stage/<name>/first_step`` and ``stage/<name>/tokens/<source>`` for every stage begun."""
+        stage = self.current_stage()
+        if stage is None:
+            return {}
+        out = {"stage": float(self.stages.index(stage)), f"stage/{stage.name}/first_step": float(stage.first_step)}
+        for name, per_source in self.stage_token_counts().items():
+            out.update({f"stage/{name}/tokens/{src}": float(n) for src, n in per_source.items()})
+        return out
 
     # ---------------------------------------------------------- observability
     def stats(self) -> dict[str, float]:
@@ -316,19 +422,6 @@ class MixtureDataLoader(BaseDataLoader):
             self._stop_workers()
 
 
-def merge_rank_states(loaders_or_states: list) -> dict[str, Any]:
-    """The checkpoint state of several single-process loaders that play the dp ranks of one run.
-
-    Takes the loaders (or their ``local_state_dict()``); returns what ``state_dict()`` returns
-    in a real distributed run.
-    """
-    first = loaders_or_states[0]
-    if not isinstance(first, MixtureDataLoader):
-        raise TypeError("pass the loaders; their plan is needed to merge")
-    parts = [x.local_state_dict() for x in loaders_or_states]
-    return dump_state(first._merge(parts))
-
-
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -352,12 +445,12 @@ def _report_at_exit() -> None:
 # ---------------------------------------------------------- builders
 
 
-def backend_spec(data: Data, tokenizer) -> dict:
+def backend_spec(data: Data, tokenizer) -> BackendSpec:
     if data.format == "tokens":
-        return {"format": "tokens", "prepared_dir": data.prepared_dir}
+        return BackendSpec("tokens", prepared_dir=data.prepared_dir)
     if tokenizer is None:
         raise TinytitanError("data.format = 'text' needs a tokenizer; set model.hf_assets_path to a tokenizer folder")
-    return {"format": "text", "encoder": Encoder(tokenizer), "budget": data.encode_batch_bytes}
+    return BackendSpec("text", encoder=Encoder(tokenizer), budget=data.encode_batch_bytes)
 
 
 def build_dataloader(*, dp_world_size: int, dp_rank: int, tokenizer, job_config, **kwargs) -> MixtureDataLoader:
@@ -367,6 +460,8 @@ def build_dataloader(*, dp_world_size: int, dp_rank: int, tokenizer, job_config,
     dl = training.dataloader
     plan = make_plan(data, tokenizer)
     started = time.perf_counter()
+    windows_per_step = sequences_per_step(training, dp_world_size)
+    spans = stage_spans(data, training.steps, windows_per_step * training.seq_len)
     loader = MixtureDataLoader(
         plan,
         backend_spec(data, tokenizer),
@@ -377,13 +472,23 @@ def build_dataloader(*, dp_world_size: int, dp_rank: int, tokenizer, job_config,
         num_workers=dl.num_workers,
         prefetch_factor=dl.prefetch_factor,
         pin_memory=dl.pin_memory,
+        stages=spans,
+        windows_per_step=windows_per_step,
+        allow_stage_change=data.allow_stage_change,
     )
     logger.info(
         "data: %s format, %s, %d lanes per source, %d readers, planned in %.2fs",
         data.format,
-        ", ".join(f"{s.name} {s.weight:.3f} ({len(s.files)} files, {len(s.parts)} parts)" for s in plan.sources),
+        ", ".join(
+            f"{s.name}{'' if data.stages else f' {s.weight:.3f}'} ({len(s.files)} files, {len(s.parts)} parts)"
+            for s in plan.sources
+        ),
         plan.lanes,
         loader.n_readers,
         time.perf_counter() - started,
     )
+    if data.stages:
+        logger.info(
+            "data: %d stages: %s", len(spans), "; ".join(f"{st.name!r} {st.describe()}" for st in loader.stages)
+        )
     return loader

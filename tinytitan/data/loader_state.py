@@ -7,9 +7,13 @@ here, apart from the iterator and its worker processes (``tinytitan.data.loader`
 without torch.
 
 The document is one JSON string under ``STATE_KEY``, identical on every rank (DCP stores it
-once): a ``LoaderState`` saved as a dict with its format version. Version 1 (checkpoints
-written before 2026-12-02) kept each lane as a list of 13 integers in ``LaneState``'s field
-order; it is read and upgraded on load.
+once): a ``LoaderState`` saved as a dict with its format version. Version 3 adds the stages
+of the recipe (``StageRecord``) and the tokens per source of each stage. Version 2 (no stages)
+and version 1 (checkpoints written before 2026-12-02, each lane a list of 13 integers in
+``LaneState``'s field order) are read and upgraded on load.
+
+A resume may change stages that have not begun; a stage that has begun must be as it ran
+(``check_stage_change``), unless ``data.allow_stage_change`` says the change is deliberate.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from tinytitan.errors import TinytitanError
 logger = logging.getLogger("tinytitan.data")
 
 STATE_KEY = "tinytitan_data"
-STATE_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+STATE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _RESTART = "restart the data stream with --checkpoint.exclude_from_loading dataloader"
 
 
@@ -74,6 +78,24 @@ class Layout:
     seq_len: int
 
 
+@dataclass(frozen=True)
+class StageRecord:
+    """One stage of the recipe as the stream ran it: the global windows it covers and its weights."""
+
+    name: str  # "" for the one mixture of a run without stages
+    first_window: int
+    end_window: int | None  # the first window after the stage; None: the last stage, to the end of the run
+    weights: dict[str, float]  # normalized, every source (0: not in this stage)
+    first_step: int = 1  # the same span in optimizer steps, for people (inspect, messages)
+    last_step: int | None = None
+
+    def describe(self) -> str:
+        end = " to the end of the run" if self.last_step is None else f"-{self.last_step}"
+        return f"steps {self.first_step}{end}, " + ", ".join(
+            f"{name} {w:.3f}" for name, w in self.weights.items() if w > 0
+        )
+
+
 @dataclass
 class LoaderState:
     """The whole run's data stream, as saved in a checkpoint."""
@@ -85,12 +107,24 @@ class LoaderState:
     batches: int
     lanes: Lanes
     unreadable: list[str] = field(default_factory=list)
+    stages: list[StageRecord] = field(default_factory=list)  # empty: a run without [[data.stages]]
+    stage_tokens: dict[str, dict[str, int]] = field(default_factory=dict)  # stage -> source -> tokens
     version: int = STATE_VERSION
 
     def to_json(self) -> str:
         doc = asdict(self)
         doc["lanes"] = {name: {str(lid): asdict(st) for lid, st in ls.items()} for name, ls in self.lanes.items()}
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
+
+    def stage_at(self) -> StageRecord | None:
+        """The stage of the last window consumed (None without stages or before any window)."""
+        for stage in self.stages:
+            if stage.first_window < self.windows and (stage.end_window is None or self.windows <= stage.end_window):
+                return stage
+        return None
+
+    def tokens_per_source(self) -> dict[str, int]:
+        return {name: sum(st.tokens for st in ls.values()) for name, ls in self.lanes.items()}
 
     @classmethod
     def from_json(cls, text: str | bytes) -> LoaderState:
@@ -104,6 +138,8 @@ class LoaderState:
             )
         if version == 1:
             doc = _upgrade_v1(doc)
+        if doc["version"] == 2:
+            doc = {**doc, "version": STATE_VERSION, "stages": [], "stage_tokens": {}}  # 2 had no stages
         lanes = {name: {int(lid): LaneState(**st) for lid, st in ls.items()} for name, ls in doc["lanes"].items()}
         return cls(
             fingerprint=doc["fingerprint"],
@@ -113,6 +149,8 @@ class LoaderState:
             batches=int(doc["batches"]),
             lanes=lanes,
             unreadable=list(doc.get("unreadable", [])),
+            stages=[StageRecord(**st) for st in doc["stages"]],
+            stage_tokens={k: {n: int(t) for n, t in v.items()} for k, v in doc["stage_tokens"].items()},
         )
 
 
@@ -127,7 +165,7 @@ def _upgrade_v1(doc: dict) -> dict:
                     f"{len(LANE_FIELDS)}; the checkpoint is damaged: {_RESTART}"
                 )
         lanes[name] = {lid: dict(zip(LANE_FIELDS, row, strict=True)) for lid, row in ls.items()}
-    return {**doc, "version": STATE_VERSION, "lanes": lanes, "unreadable": doc.get("errors", [])}
+    return {**doc, "version": 2, "lanes": lanes, "unreadable": doc.get("errors", [])}
 
 
 def dump_state(state: LoaderState) -> dict[str, Any]:
@@ -145,15 +183,22 @@ def load_state(state_dict: dict[str, Any]) -> LoaderState:
     return LoaderState.from_json(state_dict[STATE_KEY])
 
 
-def merge_states(plan: MixturePlan, layout: Layout, parts: list[RankState]) -> LoaderState:
-    """The run's document from the local states of its dp ranks (``layout``: the writing loaders' layout)."""
+def merge_states(
+    plan: MixturePlan,
+    layout: Layout,
+    parts: list[RankState],
+    stages: list[StageRecord],
+    stage_tokens: dict[str, dict[str, int]],
+) -> LoaderState:
+    """The run's document from the local states of its dp ranks (``layout``: the writing loaders' layout);
+    ``stages`` and ``stage_tokens`` are the run's (the same on every rank)."""
     by_rank: dict[int, RankState] = {}
     for p in parts:
         by_rank.setdefault(p.rank, p)  # ranks of the same dp rank (TP/PP) hold the same state
     if sorted(by_rank) != list(range(layout.dp_world_size)):
         raise RuntimeError(
-            f"data loader state: got dp ranks {sorted(by_rank)} of {layout.dp_world_size}; without "
-            "torch.distributed, combine the ranks' local_state_dict() with merge_rank_states()"
+            f"data loader state: got dp ranks {sorted(by_rank)} of {layout.dp_world_size}; the state of a "
+            "run of several dp ranks is gathered over torch.distributed (call state_dict() on every rank)"
         )
     windows = {p.windows for p in by_rank.values()}
     if len(windows) != 1:
@@ -172,21 +217,21 @@ def merge_states(plan: MixturePlan, layout: Layout, parts: list[RankState]) -> L
         batches=by_rank[0].batches,
         lanes={name: dict(sorted(ls.items())) for name, ls in lanes.items()},
         unreadable=sorted(unreadable),
+        stages=list(stages),
+        stage_tokens=stage_tokens,
     )
 
 
-def warn_on_weight_change(saved: dict | None, plan: MixturePlan) -> str | None:
-    """One warning line when the mixture weights differ from the checkpoint's (allowed: it may be deliberate)."""
-    now = {s.name: s.weight for s in plan.sources}
+def weight_change(saved: dict | None, now: dict[str, float]) -> str | None:
+    """The line to log when the mixture weights of a run without stages differ from the checkpoint's
+    (allowed: it may be deliberate); None when they do not."""
     if not saved or all(abs(saved.get(name, -1.0) - w) < 1e-9 for name, w in now.items()):
         return None
     changes = ", ".join(f"{name} {saved.get(name, 0.0):.4f} -> {w:.4f}" for name, w in now.items())
-    message = (
+    return (
         f"data: the mixture weights changed since the checkpoint ({changes}); "
         "the stream continues with the new weights from here"
     )
-    logger.warning(message)
-    return message
 
 
 def check_fingerprint(saved: dict, now: dict) -> None:
@@ -209,3 +254,67 @@ def check_fingerprint(saved: dict, now: dict) -> None:
             raise TinytitanError(
                 f"data source {name!r}: its files, filter or held-out split changed since the checkpoint; {hint}"
             )
+
+
+# ---------------------------------------------------------------- stages on resume
+
+
+def _stage_difference(old: StageRecord, new: StageRecord | None, windows: int) -> str | None:
+    """How ``new`` differs from the saved ``old`` as far as the stream already run is concerned; None: it does not."""
+    if new is None:
+        return "it was removed"
+    diffs = []
+    if old.name and new.name and old.name != new.name:
+        diffs.append(f"renamed to {new.name!r}")
+    names = sorted(set(old.weights) | set(new.weights))
+    if any(abs(old.weights.get(n, 0.0) - new.weights.get(n, 0.0)) > 1e-9 for n in names):
+        changed = ", ".join(
+            f"{n} {old.weights.get(n, 0.0):.3f} -> {new.weights.get(n, 0.0):.3f}"
+            for n in names
+            if abs(old.weights.get(n, 0.0) - new.weights.get(n, 0.0)) > 1e-9
+        )
+        diffs.append(f"weights {changed}")
+    if old.first_window != new.first_window:
+        diffs.append(f"it now starts at step {new.first_step}, not {old.first_step}")
+    if old.end_window != new.end_window:
+        opened_later = old.end_window is None and new.end_window is not None and new.end_window > windows
+        if not opened_later:
+            old_end = "the end of the run" if old.last_step is None else f"step {old.last_step}"
+            new_end = "the end of the run" if new.last_step is None else f"step {new.last_step}"
+            diffs.append(f"it now ends at {new_end}, not {old_end}")
+    return "; ".join(diffs) or None
+
+
+def check_stage_change(saved: LoaderState, now: list[StageRecord], step: int, allow: bool) -> list[str]:
+    """Refuses (one line) a resume that changes a stage the checkpoint's stream has already begun, unless
+    ``allow``; returns the log lines to print: stages changed before they began (allowed), or the allowed
+    change of a begun stage. ``step``: the checkpoint's optimizer step, for the messages."""
+    if not saved.stages and all(not s.name for s in now):  # a run without stages, then and now
+        line = weight_change(saved.weights, now[0].weights)
+        return [line] if line else []
+    old = saved.stages or [StageRecord("", 0, None, dict(saved.weights))]  # the one mixture of a run without stages
+    begun, later = [], []
+    for i, stage in enumerate(old):
+        new = now[i] if i < len(now) else None
+        diff = _stage_difference(stage, new, saved.windows)
+        if diff is None:
+            continue
+        label = f"data stage {stage.name!r}" if stage.name else "the mixture (no stages then)"
+        (begun if stage.first_window < saved.windows else later).append(f"{label}: {diff}")
+    for new in now[len(old) :]:
+        later.append(f"data stage {new.name!r} is new ({new.describe()})")
+    lines = []
+    if begun:
+        what = (
+            f"{begun[0]}, a stage the checkpoint of step {step} has already begun; a begun stage must stay as it "
+            "ran (the data and the LR it already trained on)"
+        )
+        if not allow:
+            raise TinytitanError(
+                f"{what}: restore it in the config, or resume with --data.allow_stage_change to continue with "
+                "the changed stages from here"
+            )
+        lines.append(f"data: {what}; continuing with the changed stages (data.allow_stage_change)")
+    if later:
+        lines.append(f"data: stages changed since the checkpoint of step {step}, before they began: {'; '.join(later)}")
+    return lines

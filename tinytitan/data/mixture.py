@@ -12,7 +12,10 @@ Vocabulary (see docs/data.md):
   lane starts pass ``p + 1``.
 * the **sampler** picks the source of global window ``g`` (counted over all ranks) from a
   golden-ratio (Weyl) sequence: the realized share of every source stays within a few
-  windows of its weight at any point, with no state but ``g``.
+  windows of its weight at any point, with no state but ``g``. With stages
+  (``[[data.stages]]``) the stage of ``g`` follows from ``g`` too, and each stage has its own
+  sequence over its own weights, counted from the stage's first window: the shares are exact
+  within every stage, and a source with weight 0 in a stage is never picked there.
 
 The state of a lane (``LaneState`` in ``tinytitan.data.loader_state``) is a handful of
 integers: where the first unused token sits (pass, part, document, token offset), how far
@@ -41,18 +44,53 @@ _GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio, odd
 
 
 class Sampler:
-    """Source of every global window index: a low-discrepancy sequence over the weights."""
+    """Source of every window index: a low-discrepancy sequence over the weights (sources with weight 0
+    are left out of the sequence, so they are never picked)."""
 
     def __init__(self, seed: int, weights: list[float]):
         self.offset = np.uint64(source_seed(seed, "<mixture>") * 0x2545F4914F6CDD1D & (2**64 - 1))
-        cum = np.cumsum(np.asarray(weights, np.float64))
+        w = np.asarray(weights, np.float64)
+        self.picked = np.flatnonzero(w > 0)  # index into the sources of each weighted source
+        cum = np.cumsum(w[self.picked])
         cum = cum / cum[-1]
         self.thresholds = np.array([min(int(c * 2.0**64), 2**64 - 1) for c in cum[:-1]], np.uint64)
 
     def sources(self, g: np.ndarray) -> np.ndarray:
         with np.errstate(over="ignore"):
             x = self.offset + g.astype(np.uint64) * np.uint64(_GOLDEN)
-        return np.searchsorted(self.thresholds, x, side="right")
+        return self.picked[np.searchsorted(self.thresholds, x, side="right")]
+
+
+class StagedSampler:
+    """The source of every global window of a run whose mixture changes at given windows (the stages).
+
+    Stage ``k`` covers the windows from ``starts[k]`` to the next start (the last stage: on, forever);
+    window ``g`` of stage ``k`` is window ``g - starts[k]`` of that stage's own ``Sampler``. One stage
+    starting at 0 is exactly the single-mixture ``Sampler`` of a run without stages.
+    """
+
+    def __init__(self, seed: int, starts: list[int], weights: list[list[float]]):
+        if not starts or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:], strict=False)):
+            raise ValueError(f"stage starts must begin at 0 and increase: {starts}")
+        self.starts = np.asarray(starts, np.int64)
+        self.samplers = [Sampler(seed, w) for w in weights]
+
+    def stages(self, g: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.starts, g, side="right") - 1
+
+    def sources(self, g: np.ndarray) -> np.ndarray:
+        g = np.asarray(g, np.int64)
+        if g.size == 0:
+            return np.empty(0, np.int64)
+        stage = self.stages(g)
+        if stage.min() == stage.max():
+            k = int(stage[0])
+            return self.samplers[k].sources(g - self.starts[k])
+        out = np.empty(g.shape, np.int64)
+        for k in np.unique(stage).tolist():
+            sel = stage == k
+            out[sel] = self.samplers[k].sources(g[sel] - self.starts[k])
+        return out
 
 
 # ---------------------------------------------------------------- lanes
@@ -227,7 +265,6 @@ class Reader:
             for src in plan.sources
         ]
         self.errors: list[str] = []  # unreadable files met by this reader
-        self.trace: list[tuple[int, int]] | None = None  # (source, lane) of every window, when a list
         self._rebuild_heaps()
 
     def _rebuild_heaps(self) -> None:
@@ -244,8 +281,6 @@ class Reader:
             if lane.buffered >= need:
                 lane.take(out, need)
                 lane.tokens += self.seq_len
-                if self.trace is not None:
-                    self.trace.append((s, lane.lid))
                 return
             if lane.fetch_pass <= lane.serving:
                 before = lane.buffered

@@ -29,7 +29,7 @@ from tinytitan.data.listing import hub_repo, list_files
 class SourcePlan:
     index: int
     name: str
-    weight: float  # normalized
+    weight: float  # normalized; with stages the mean over the stages (Data.mixture_weights)
     path: str
     files: list[FileInfo]
     parts: list[Part]
@@ -129,17 +129,17 @@ def _source_plan(index: int, source: Source, weight: float, files: list[FileInfo
 
 def build_plan(data: Data, file_lists: dict[str, list[str]] | None = None) -> MixturePlan:
     """The plan for text format: lists files (and parquet row groups) of every source."""
-    total = sum(s.weight for s in data.sources)
+    weights = data.mixture_weights()
     sources = []
     for i, s in enumerate(data.sources):
         rels = file_lists[s.name] if file_lists is not None else list_files(s.path, s.files)
         opener = Opener(s.path, hub_repo(s.path))
         infos = [file_info(opener, r) for r in rels]
-        sources.append(_source_plan(i, s, s.weight / total, infos, data.lanes))
+        sources.append(_source_plan(i, s, weights[s.name], infos, data.lanes))
     return MixturePlan(seed=data.seed, lanes=data.lanes, sources=sources, on_error=data.on_error)
 
 
 def plan_from_infos(data: Data, infos: dict[str, list[FileInfo]]) -> MixturePlan:
-    total = sum(s.weight for s in data.sources)
-    sources = [_source_plan(i, s, s.weight / total, infos[s.name], data.lanes) for i, s in enumerate(data.sources)]
+    weights = data.mixture_weights()
+    sources = [_source_plan(i, s, weights[s.name], infos[s.name], data.lanes) for i, s in enumerate(data.sources)]
     return MixturePlan(seed=data.seed, lanes=data.lanes, sources=sources, on_error=data.on_error)

@@ -123,6 +123,18 @@ def process_env(env: Mapping[str, str], nproc: int, gpus: int) -> dict[str, str]
     return out
 
 
+def print_stages(job_config, world_size: int) -> None:
+    """One line per [[data.stages]] stage: its first and last step, before any process starts."""
+    if not job_config.data.stages:
+        return
+    from tinytitan.data.stages import data_parallel_ranks, describe_spans, run_spans, sequences_per_step
+
+    training = job_config.training
+    per_step = sequences_per_step(training, data_parallel_ranks(job_config.parallelism, world_size)) * training.seq_len
+    for line in describe_spans(run_spans(job_config, world_size), per_step):
+        print(f"tinytitan: {line}", flush=True)
+
+
 def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     gpus = visible_gpus()
@@ -131,7 +143,9 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
     import torch
 
-    preflight(job_config, nproc * int(env.get("NNODES") or 1), gpus, torch.__version__)
+    world_size = nproc * int(env.get("NNODES") or 1)
+    preflight(job_config, world_size, gpus, torch.__version__)
+    print_stages(job_config, world_size)
     config_file = job_config.job.config_file
     restarts = max_restarts(env, gpus)
     cmd = torchrun_command(nproc, training_args(config_file, rank_overrides(job_config, overrides)), env, restarts)

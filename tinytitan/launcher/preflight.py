@@ -3,7 +3,8 @@
 First the pure checks of every section (``tinytitan.job_config.validate_job_config``), then the
 checks that read files or the environment: the tokenizer loads and fits the flavor, the data
 (``tinytitan.data.preflight.check_data``: files, records, shards, readers), lm-eval and its
-tasks for ``[eval]``, and what the GPUs and torch allow. Each failure is one ``TinytitanError``
+tasks for ``[eval]``, what the GPUs and torch allow, and the checkpoint a continued pretraining
+starts from (``[checkpoint] initial_load_path``). Each failure is one ``TinytitanError``
 line, so a mistake costs seconds, not a crash in every rank minutes later.
 """
 
@@ -24,6 +25,7 @@ def preflight(job_config, world_size: int, gpus: int, torch_version: str) -> Non
     check_data(job_config, world_size)
     check_eval_tasks(job_config)
     check_async_checkpoint(job_config, gpus, torch_version)
+    check_initial_load(job_config)
 
 
 def check_tokenizer(job_config) -> None:
@@ -66,3 +68,37 @@ def check_async_checkpoint(job_config, gpus: int, torch_version: str) -> None:
             f"[checkpoint] async_mode = 'async_with_pinned_mem' crashes on the second save with torch {torch_version} "
             "(torchtitan#3476, pytorch#183413): use async_mode = 'async'"
         )
+
+
+def check_initial_load(job_config) -> None:
+    """Continued pretraining: ``[checkpoint] initial_load_path`` is a complete step folder whose model fits the
+    flavor. torchtitan reads it only while the run's own checkpoint folder does not exist (a resume of the
+    continued run uses its own checkpoints), so it is checked only then."""
+    import os
+
+    from tinytitan.checkpoint.completeness import METADATA, folder_problem
+    from tinytitan.checkpoint.flavors import check_shapes
+    from tinytitan.checkpoint.reader import open_checkpoint
+    from tinytitan.models import SPEC_NAME
+
+    ckpt = job_config.checkpoint
+    path = ckpt.initial_load_path
+    if not path or not ckpt.enable or os.path.exists(os.path.join(job_config.job.dump_folder, ckpt.folder)):
+        return
+    if ckpt.initial_load_in_hf:
+        return  # a Hugging Face folder: torchtitan's own loader checks it
+    where = f"[checkpoint] initial_load_path = {path!r}"
+    if not Path(path).is_dir():
+        raise TinytitanError(
+            f"{where} does not exist: point it at a step folder of a finished run, e.g. outputs/debug/checkpoint/step-20"
+        )
+    if not (Path(path) / METADATA).is_file():
+        raise TinytitanError(
+            f"{where} is not a checkpoint step folder (no {METADATA}): point it at a step-N folder inside the run's "
+            "checkpoint folder, e.g. outputs/debug/checkpoint/step-20"
+        )
+    problem = folder_problem(path)
+    if problem is not None:
+        raise TinytitanError(f"{where} is incomplete: {problem}; use a complete step (`tinytitan checkpoint inspect`)")
+    if job_config.model.name == SPEC_NAME:
+        check_shapes(open_checkpoint(path, check=False).shapes(), job_config.model.flavor, f"checkpoint {path}")

@@ -48,7 +48,7 @@ def held_out(data, tokenizer, seq_len: int, max_windows: int) -> Iterator[tuple[
     encoder = Encoder(tokenizer) if data.format == "text" else None
     for src, cfg in zip(plan.sources, data.sources, strict=True):
         if cfg.validation_files or cfg.validation_docs:
-            yield src.name, cfg.weight, heldout_windows(src, cfg, data, seq_len, encoder, max_windows)
+            yield src.name, src.weight, heldout_windows(src, cfg, data, seq_len, encoder, max_windows)
         else:
             print(f"eval: source {src.name!r} holds out no data (set validation_files or validation_docs)",
                   file=sys.stderr)  # fmt: skip

@@ -21,6 +21,7 @@ LR = "lr"
 TPS = "throughput(tps)"
 TOKENS_SEEN = "n_tokens_seen"
 PER_SOURCE_VALIDATION = re.compile(r"^validation/(.+)/loss$")  # tinytitan.data.validate's tags
+STAGE_FIRST_STEP = re.compile(r"^data/stage/([^/]+)/first_step$")  # tinytitan.rank.metrics, with [[data.stages]]
 
 Series = list[tuple[int, float]]
 
@@ -67,3 +68,13 @@ def validation_loss_tags(tags) -> dict[str, str]:
         if match:
             found[f"validation {match.group(1)}"] = tag
     return found
+
+
+def stage_starts(scalars: dict[str, Series]) -> dict[str, int]:
+    """stage name -> its first step, for the stages the run logged (``data/stage/<name>/first_step``)."""
+    found = {}
+    for tag, series in scalars.items():
+        match = STAGE_FIRST_STEP.match(tag)
+        if match and series:
+            found[match.group(1)] = int(series[-1][1])
+    return dict(sorted(found.items(), key=lambda kv: kv[1]))

@@ -4,7 +4,8 @@ Three panels share the x axis (step, or tokens seen): loss (train as a line,
 validation as markers, per source where the validator logs it), learning rate,
 and tokens/s per device; a fourth, benchmark accuracy (``eval/<task>/<metric>``),
 where the run was evaluated (``tinytitan eval --run`` or in-loop ``[eval]``). Several runs are overlaid, one colour each, so runs of
-different settings compare at a glance. Reads the TensorBoard event files, so it
+different settings compare at a glance. A run with ``[[data.stages]]`` gets a dotted vertical
+line, named, where each stage after the first begins. Reads the TensorBoard event files, so it
 works on a run that is still going and needs no GPU or browser.
 """
 
@@ -22,6 +23,7 @@ from tinytitan.observe.events import (
     Series,
     eval_tags,
     read_scalars,
+    stage_starts,
     validation_loss_tags,
 )
 
@@ -68,6 +70,14 @@ def to_x(series: Series, x_axis: str, tokens: dict[int, float]) -> tuple[list[fl
     return xs, ys
 
 
+def boundary_x(step: int, x_axis: str, tokens: dict[int, float]) -> float | None:
+    """Where a stage starting at ``step`` begins on the x axis: the step, or the tokens seen before it."""
+    if x_axis == "step":
+        return step - 0.5  # between the last step of one stage and the first of the next
+    before = [s for s in sorted(tokens) if s < step]
+    return tokens[before[-1]] if before else None
+
+
 def draw(runs: dict[str, dict[str, Series]], out: Path, size=DEFAULT_SIZE, x_axis="step", smoothing=0.0) -> Path:
     import matplotlib
 
@@ -96,6 +106,14 @@ def draw(runs: dict[str, dict[str, Series]], out: Path, size=DEFAULT_SIZE, x_axi
         for j, tag in enumerate(eval_tags(scalars)):
             axes[3].plot(*to_x(scalars[tag], x_axis, tokens), color=colour, marker=markers[j % len(markers)],
                          label=f"{label} {tag[len('eval/'):]}")  # fmt: skip
+        for name, first_step in stage_starts(scalars).items():
+            x = boundary_x(first_step, x_axis, tokens) if first_step > 1 else None
+            if x is None:
+                continue
+            for ax in axes:
+                ax.axvline(x, color=colour, linestyle=":", linewidth=1)
+            ax_loss.annotate(f"{name} \u2192", (x, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                             textcoords="offset points", fontsize="small", color=colour)  # fmt: skip
     if not drawn:
         raise TinytitanError(f"no training loss ({TRAIN_LOSS}) in the event files: nothing to plot")
     ax_loss.set_ylabel("loss")

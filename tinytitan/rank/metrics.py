@@ -1,8 +1,10 @@
-"""torchtitan's metrics processor plus what a long run needs: ETA, data mix, a JSONL log.
+"""torchtitan's metrics processor plus what a long run needs: ETA, data mix, stages, a JSONL log.
 
 Every log step also appends one JSON line to ``<dump_folder>/metrics.jsonl``
 (rank 0), with exact float values, so runs can be compared and plotted
-without parsing console output.
+without parsing console output. With ``[[data.stages]]`` the step line names the
+stage, and ``data/stage`` (its index), ``data/stage/<name>/first_step`` and
+``data/stage/<name>/tokens/<source>`` go to TensorBoard and the JSONL log.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -67,7 +68,7 @@ class TinyMetricsProcessor(MetricsProcessor):
         self.logger = _KeepLast(self.logger)
         if device.cpu_mode():
             self.gpu_peak_flops = float("inf")  # no known peak: MFU reads 0 on CPU
-        self._loader_stats: Callable[[], dict[str, float]] | None = None
+        self._loader = None
         self.total_steps = job_config.training.steps
         self._first_log: tuple[int, float] | None = None
         self._is_writer = not dist.is_initialized() or dist.get_rank() == 0
@@ -92,14 +93,25 @@ class TinyMetricsProcessor(MetricsProcessor):
             progress["time/eta_s"] = elapsed / done * (self.total_steps - step)
         return progress
 
-    def count_data_with(self, loader_stats: Callable[[], dict[str, float]]) -> None:
-        """The data loader's per-rank counters (``stats``), summed over ranks into data/* at each log step."""
-        self._loader_stats = loader_stats
+    def count_data_with(self, loader) -> None:
+        """The data loader's per-rank counters (``stats()``), summed over ranks into data/* at each log step,
+        and its stage metrics (``stage_stats()``, the same on every rank) when it has stages."""
+        self._loader = loader
 
     def _data_stats(self) -> dict[str, float]:
-        if self._loader_stats is None:
+        if self._loader is None:
             return {}
-        return {f"data/{k}": v for k, v in sum_over_ranks(self._loader_stats()).items()}
+        out = {f"data/{k}": v for k, v in sum_over_ranks(self._loader.stats()).items()}
+        if hasattr(self._loader, "stage_stats"):
+            out.update({f"data/{k}": v for k, v in self._loader.stage_stats().items()})
+        return out
+
+    def _stage_label(self) -> str:
+        stage = self._loader.current_stage() if hasattr(self._loader, "current_stage") else None
+        if stage is None:
+            return ""
+        n = len(self._loader.stages)
+        return f"  stage {stage.name} ({self._loader.stages.index(stage) + 1}/{n})"
 
     def log(self, step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=None):
         extra = dict(extra_metrics or {})
@@ -112,8 +124,8 @@ class TinyMetricsProcessor(MetricsProcessor):
         super().log(step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=extra)
         eta = progress.get("time/eta_s")
         logger.info(
-            f"step {step}/{self.total_steps}  elapsed {format_duration(progress['time/elapsed_s'])}  "
-            f"eta {'n/a' if eta is None else format_duration(eta)}"
+            f"step {step}/{self.total_steps}{self._stage_label()}  elapsed {format_duration(progress['time/elapsed_s'])}"
+            f"  eta {'n/a' if eta is None else format_duration(eta)}"
         )
         self._append_jsonl(
             {

@@ -2,20 +2,23 @@
 
 ``tinytitan.register`` (named by ``[experimental] custom_import`` in every config) registers it.
 tinytitan's own parts: the flavors, the tokenizer (``load_tokenizer`` behind torchtitan's
-interface), the data loader, the per-source validator, the metrics processor (ETA, data
-counters, ``metrics.jsonl``), the CPU hook after parallelizing and the chunked loss
-(``tinytitan.rank.loss``: a Transformer subclass whose forward also takes labels). The rest
-(model, parallelization, optimizer, LR schedule, plain loss, pipelining, state-dict adapter)
-is torchtitan's own llama3 machinery, reused as is.
+interface), the attention settings and EOS id of the model args, the data loader, the
+per-source validator, the metrics processor (ETA, data counters, ``metrics.jsonl``), the CPU
+hook after parallelizing and the chunked loss (``tinytitan.rank.loss``: a Transformer subclass
+whose forward also takes labels). The rest (model, parallelization, optimizer, LR schedule,
+plain loss, pipelining, state-dict adapter) is torchtitan's own llama3 machinery, reused as is.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import functools
 
 from torchtitan.components.lr_scheduler import build_lr_schedulers
 from torchtitan.components.optimizer import build_optimizers
 from torchtitan.components.tokenizer import BaseTokenizer
 from torchtitan.distributed.pipeline_parallel import pipeline_llm
-from torchtitan.models.llama3 import parallelize_llama
+from torchtitan.models.llama3 import TransformerModelArgs, parallelize_llama
 from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
 from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
@@ -46,8 +49,35 @@ class TrainingTokenizer(BaseTokenizer):
         return self.loaded.vocab_size
 
 
+@functools.cache
+def _tokenizer(path: str) -> LoadedTokenizer:
+    """Loaded once per process: the trainer's tokenizer and the model args' EOS id come from the same one."""
+    return load_tokenizer(path)
+
+
 def build_tokenizer(job_config) -> TrainingTokenizer:
-    return TrainingTokenizer(load_tokenizer(job_config.model.hf_assets_path))
+    return TrainingTokenizer(_tokenizer(job_config.model.hf_assets_path))
+
+
+@dataclasses.dataclass
+class ModelArgs(TransformerModelArgs):
+    """A flavor's args, completed from the job config as torchtitan builds the model: the attention kernel
+    and mask of ``[model]`` (``tinytitan.job_config.Model``), and the EOS id a block-causal mask splits on.
+
+    torchtitan's llama3 builds its document mask from the trainer's tokenizer (``tokenizer.eos_id``); the
+    args carry the same id so that what they print (and save) is what the mask uses, not their default 0.
+    """
+
+    def update_from_config(self, job_config, **kwargs) -> None:
+        super().update_from_config(job_config, **kwargs)
+        self.attn_type = getattr(job_config.model, "attn_type", "sdpa")
+        self.attn_mask_type = getattr(job_config.model, "attn_mask_type", "causal")
+        self.eos_id = _tokenizer(job_config.model.hf_assets_path).eos_id
+
+
+def model_args() -> dict[str, ModelArgs]:
+    return {name: ModelArgs(**{f.name: getattr(args, f.name) for f in dataclasses.fields(args)})
+            for name, args in FLAVORS.items()}  # fmt: skip
 
 
 def parallelize(model, parallel_dims, job_config):
@@ -78,7 +108,7 @@ def build_metrics_processor(job_config, parallel_dims, model_args=None, tag=None
 def train_spec() -> TrainSpec:
     return TrainSpec(
         model_cls=loss.TinyTransformer,
-        model_args=FLAVORS,
+        model_args=model_args(),
         parallelize_fn=parallelize,
         pipelining_fn=pipeline_llm,
         build_optimizers_fn=build_optimizers,

@@ -11,6 +11,8 @@ Faults are handled at the one place torchtitan calls between steps,
 
 from __future__ import annotations
 
+import os
+
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 from torchtitan.components.checkpoint import AsyncMode
@@ -21,6 +23,7 @@ from tinytitan import faults
 from tinytitan.checkpoint.completeness import disk_full_error, folder_problem, purge_checkpoints, saved_step_folders
 from tinytitan.compat import checkpoint_due, checkpoint_folder, full_training_state, wait_for_async_save
 from tinytitan.config import resolve_job_paths
+from tinytitan.data.stages import stage_lr_schedule
 from tinytitan.errors import TinytitanError
 from tinytitan.job_config import validate_job_config
 from tinytitan.rank import device
@@ -36,10 +39,15 @@ class TinyTrainer(Trainer):
 
         device.adapt_job_config(job_config)
         resolve_job_paths(job_config)
-        validate_job_config(job_config)  # the launcher's checks, again: `torchrun -m torchtitan.train` skips it
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        validate_job_config(job_config, world_size)  # the launcher's checks, again: `torchrun` alone skips them
+        # torchtitan's LR hook sees [lr_scheduler] and training.steps only: the stages become its decay_ratio
+        lr_line = stage_lr_schedule(job_config, world_size)
         super().__init__(job_config)
+        if lr_line:
+            logger.info(lr_line)
         if hasattr(self.dataloader, "stats"):
-            self.metrics_processor.count_data_with(self.dataloader.stats)
+            self.metrics_processor.count_data_with(self.dataloader)
         # purged here, see purge_checkpoints (a disabled CheckpointManager has no keep_latest_k)
         self.keep_latest_k = getattr(self.checkpointer, "keep_latest_k", 0)
         if self.checkpointer.enable:
