@@ -7,8 +7,8 @@ import pytest
 
 from tests.helpers import REPO
 from tests.helpers import launch as run_training
-from tinytitan.launcher import launch
 from tinytitan.errors import TinytitanError
+from tinytitan.launcher import launch
 
 
 def run_launcher(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
@@ -161,3 +161,10 @@ def test_max_restarts_default_depends_on_gpus_and_is_checked():
         launch.max_restarts({"MAX_RESTARTS": "x"}, gpus=8)
     cmd = launch.torchrun_command(2, [], {}, restarts=3)
     assert "--max-restarts=3" in cmd and "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT" in cmd
+
+
+def test_a_stall_time_the_collective_timeout_would_beat_is_refused_at_start():
+    proc = run_launcher({}, "--comm.train_timeout_seconds", "30", "--hang.stall_seconds", "45")
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "torch.distributed.run" not in proc.stdout
+    assert err[0].startswith("tinytitan: error: [hang] stall_seconds = 45 is not below [comm] train_timeout_seconds")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from tinytitan.config import DEFAULT_CONFIG, load_job_config, training_args
 from tinytitan.errors import TinytitanError, run_guarded
+from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.supervise import Supervisor
 
 CPU_PROCESSES = 2  # FSDP needs at least two ranks to shard anything
@@ -99,6 +100,7 @@ def check_job_config(job_config, world_size: int | None = None) -> None:
     from tinytitan.data.preflight import validate_data_config
 
     validate_data_config(job_config, world_size)
+    job_config.hang.validate(job_config.comm.train_timeout_seconds)
 
 
 def check_async_checkpoint(job_config, gpus: int, torch_version: str) -> None:
@@ -156,6 +158,25 @@ def torchrun_command(nproc: int, args: Sequence[str], env: Mapping[str, str], re
     return cmd + ["-m", "tinytitan.rank.main", *args]
 
 
+def run_watch(job_config, world_size: int) -> Watch:
+    """What the supervisor watches: the run folder's heartbeats and checkpoints (tinytitan.launcher.hangs)."""
+    from tinytitan.job_config import stall_seconds
+    from tinytitan.rank.heartbeat import flush_interval
+
+    dump = Path(job_config.job.dump_folder).resolve()
+    stall = stall_seconds(job_config)
+    ckpt = job_config.checkpoint
+    return Watch(
+        dump_folder=dump,
+        checkpoints=dump / ckpt.folder if ckpt.enable else None,
+        world_size=world_size,
+        stall_seconds=stall,
+        all_stalled_seconds=job_config.comm.train_timeout_seconds,
+        quiet_seconds=(stall or job_config.comm.train_timeout_seconds) / 2,
+        interval_s=flush_interval(job_config),
+    )
+
+
 def process_env(env: Mapping[str, str], nproc: int, gpus: int) -> dict[str, str]:
     out = dict(env)
     # torchrun's workers otherwise share its rendezvous store, and a restarted rank can read its
@@ -174,7 +195,8 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     nproc = resolve_nproc(env, gpus)
     check_launch_env(env, nproc)
     job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
-    check_job_config(job_config, world_size=nproc * int(env.get("NNODES") or 1))
+    world_size = nproc * int(env.get("NNODES") or 1)
+    check_job_config(job_config, world_size=world_size)
     import torch
 
     check_async_checkpoint(job_config, gpus, torch.__version__)
@@ -183,7 +205,8 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     cmd = torchrun_command(nproc, training_args(config_file, overrides), env, restarts)
     where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
     print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
-    return Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts).run()
+    watch = run_watch(job_config, world_size)
+    return Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts, watch).run()
 
 
 PASS_THROUGH = True  # unknown arguments are torchtitan overrides
