@@ -1,9 +1,10 @@
 """Faults during real CPU training through the launcher: a killed rank, a killed launcher,
-preemption, a stopped (hung) rank, and an error every rank raises."""
+preemption, Ctrl-C, a stopped rank, a rank asleep (hung), and an error every rank raises."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.helpers import DEBUG_CONFIG, REPO, N, descendants, launch, read_metrics, small_run_overrides, train_losses
-from tinytitan.checkpoint.completeness import folder_problem, step_folders
+from tinytitan.checkpoint.completeness import folder_problem, newest_complete, step_folders
 from tinytitan.faults import PREEMPTED_EXIT_CODE
 
 
@@ -64,7 +65,7 @@ def test_a_killed_rank_is_restarted_and_the_run_matches_an_uninterrupted_one(uni
     assert proc.wait(timeout=300) == 0
     log = (tmp_path / "log.txt").read_text()
     assert f"tinytitan: rank 1 (pid {victim}) failed with signal SIGKILL" in log
-    assert "restarting every rank from the newest complete checkpoint (restart 1 of 2)" in log
+    assert f"restarting every rank from the step-{N} checkpoint (restart 1 of 2)" in log
     assert f"Training starts at step {N + 1}" in log
     expected, resumed = train_losses(uninterrupted), train_losses(tmp_path)
     assert [resumed[s] for s in range(N + 1, 2 * N + 1)] == [expected[s] for s in range(N + 1, 2 * N + 1)]
@@ -134,15 +135,72 @@ def test_sigterm_to_the_launcher_saves_the_step_reached_and_the_rerun_resumes_ex
 
 
 def test_a_stopped_rank_times_out_is_named_and_the_restart_finishes_the_run(tmp_path):
-    overrides = [*small_run_overrides(tmp_path, steps=6, interval=2), "--comm.train_timeout_seconds", "5"]
+    """With hang detection off, the collective timeout ends the hang: the stopped rank is named,
+    and its peer's timeout traceback is one line."""
+    overrides = [*small_run_overrides(tmp_path, steps=6, interval=2), "--comm.train_timeout_seconds", "5",
+                 "--hang.stall_seconds", "0"]  # fmt: skip
     proc = start(overrides, tmp_path / "log.txt", {"MAX_RESTARTS": "1"})
     wait_until(proc, lambda: (tmp_path / "checkpoint" / "step-2" / ".metadata").exists(), "the checkpoint")
     os.kill(ranks(proc.pid)[1], signal.SIGSTOP)
     assert proc.wait(timeout=300) == 0
     log = (tmp_path / "log.txt").read_text()
-    assert "rank 1 was stopped (SIGSTOP?) after step" in log, log[-3000:]
+    assert "; rank 1 was stopped (SIGSTOP?) in step " in log, log[-3000:]
     assert "(restart 1 of 1)" in log
     assert (tmp_path / "checkpoint" / "step-6" / ".metadata").exists()
+    assert "Traceback" not in log
+    shortened = [line for line in log.splitlines() if line.startswith("[rank0]:[rank0]: ")]
+    assert len(shortened) == 1 and "Timed out waiting" in shortened[0], shortened
+
+
+def test_a_rank_asleep_is_named_with_its_stack_and_the_restart_finishes_the_run(tmp_path):
+    """Rank 1 falls asleep fetching the batch of step 3: no rank moves for [hang] stall_seconds, so the
+    launcher prints rank 1's stack and one line naming it, and restarts from the step-2 checkpoint. Rank 0
+    waited inside a collective and is killed before its timeout: no traceback at all. (That the restart
+    resumes exactly is tested through the same hang in tests/test_multinode.py.)"""
+    hang = f"1:3:{tmp_path / 'hung-once'}"
+    overrides = [*small_run_overrides(tmp_path / "run", steps=4, interval=2), "--comm.train_timeout_seconds",
+                 "60", "--hang.stall_seconds", "10", "--experimental.custom_import", "tests.hang_in_data"]  # fmt: skip
+    proc = launch(overrides, env={"MAX_RESTARTS": "1", "TINYTITAN_TEST_HANG": hang})
+    out = proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("tinytitan: rank")]
+    assert len(lines) == 1, out[-4000:]
+    assert re.fullmatch(
+        r"tinytitan: rank 1 on host \S+ \(pid \d+\) made no progress for \d+ s in step 3 \(data\); "
+        r"its stack is above; restarting every rank from the step-2 checkpoint \(restart 1 of 1\)",
+        lines[0],
+    ), lines[0]
+    stack = proc.stderr[: proc.stderr.index(lines[0])].rsplit("Current thread", 1)[1]
+    assert "in sleep_forever_in_data_loading" in stack and "in batch_generator" in stack
+    assert "Traceback" not in out
+    assert (tmp_path / "run" / "checkpoint" / "step-4" / ".metadata").exists()
+
+
+def test_ctrl_c_stops_in_two_lines_and_names_the_step_to_resume_from(tmp_path):
+    """SIGINT to the launcher's process group, as a terminal sends it, during training. Counted: every
+    line the launcher writes (stderr and stdout, merged here: the ranks' output passes through it) after
+    the signal, i.e. after what the log held just before it, rank lines in flight included; at most 5
+    (the launcher's own are 2: "interrupted", then the resume hint, which ends the output)."""
+    overrides = small_run_overrides(tmp_path, steps=100, interval=2)
+    log = tmp_path / "log.txt"
+    run_env = {**os.environ, "NGPU": "2", "CONFIG_FILE": str(DEBUG_CONFIG), "LOG_RANK": "0,1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tinytitan.launcher.launch", *overrides], cwd=REPO,
+                                env=run_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    wait_until(proc, lambda: (tmp_path / "checkpoint" / "step-2" / ".metadata").exists(), "the checkpoint")
+    before = log.read_text()
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=120) == 128 + signal.SIGINT
+    text = log.read_text()
+    assert text.startswith(before)
+    after = text[len(before) :].splitlines()
+    step, folder = newest_complete(tmp_path / "checkpoint")
+    assert step >= 2
+    assert "tinytitan: interrupted: stopping the ranks (Ctrl-C again to kill them)" in after, after
+    assert (
+        after[-1] == f"tinytitan: stopped (exit code 130); run the same command to resume from step {step} ({folder})"
+    )
+    assert len(after) <= 5, after
+    assert "Traceback" not in text
 
 
 def test_an_error_every_rank_raises_is_printed_once(uninterrupted, tmp_path):

@@ -194,3 +194,10 @@ def test_the_chunked_loss_with_pipeline_parallelism_is_refused_at_start():
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and 'tinytitan: error: [loss] kind = "chunked" supports FSDP only' in err[0]
     assert "pipeline_parallel_degree = 2" in err[0] and "torch.distributed.run" not in proc.stdout
+
+
+def test_a_stall_time_the_collective_timeout_would_beat_is_refused_at_start():
+    proc = run_launcher({}, "--comm.train_timeout_seconds", "30", "--hang.stall_seconds", "45")
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "torch.distributed.run" not in proc.stdout
+    assert err[0].startswith("tinytitan: error: [hang] stall_seconds = 45 is not below [comm] train_timeout_seconds")

@@ -80,11 +80,45 @@ class Loss:
 
 
 @dataclass
+class Hang:
+    """``[hang]``: how the launcher notices a rank that stopped making progress (README: Faults and resuming)."""
+
+    stall_seconds: float = -1
+    """a hang: no rank's heartbeat (step and phase) moved for this long inside a training step while a rank is
+    behind the others; the launcher then prints that rank's stack and restarts every rank (when no rank is behind,
+    it waits train_timeout_seconds). Below [comm] train_timeout_seconds. -1: half of train_timeout_seconds; 0: off
+    (a hang then ends when a collective times out)"""
+
+    def validate(self, train_timeout_seconds: float) -> None:
+        """Pure: one line naming the key and the fix."""
+        if self.stall_seconds < 0 and self.stall_seconds != -1:
+            raise TinytitanError(
+                f"[hang] stall_seconds = {self.stall_seconds:g} is negative: give seconds, -1 (half of "
+                "[comm] train_timeout_seconds) or 0 (off)"
+            )
+        if self.stall_seconds >= train_timeout_seconds:
+            raise TinytitanError(
+                f"[hang] stall_seconds = {self.stall_seconds:g} is not below [comm] train_timeout_seconds = "
+                f"{train_timeout_seconds:g}: a collective would time out first; lower it, or 0 to turn it off"
+            )
+
+    def effective(self, train_timeout_seconds: float) -> float:
+        """The stall time in seconds, 0 when off."""
+        return train_timeout_seconds / 2 if self.stall_seconds == -1 else self.stall_seconds
+
+
+def stall_seconds(job_config) -> float:
+    """The effective ``[hang] stall_seconds`` of a full JobConfig (0: off)."""
+    return job_config.hang.effective(job_config.comm.train_timeout_seconds)
+
+
+@dataclass
 class JobConfig:
     data: Data = field(default_factory=Data)
     eval: Eval = field(default_factory=Eval)
     loss: Loss = field(default_factory=Loss)
     model: Model = field(default_factory=Model)
+    hang: Hang = field(default_factory=Hang)
 
 
 def _require(ok: bool, key: str, value, rule: str) -> None:
@@ -140,6 +174,7 @@ def validate_job_config(job_config, world_size: int | None = None) -> None:
         _require(value > 0, f"comm.{key}", value, "it must be > 0 seconds")
     job_config.data.validate()
     job_config.eval.validate()
+    job_config.hang.validate(job_config.comm.train_timeout_seconds)
     validate_loss(job_config)
     p = job_config.parallelism
     if job_config.eval.tasks:

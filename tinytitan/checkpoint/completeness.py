@@ -62,6 +62,14 @@ def saved_step_folders(folder: str | os.PathLike) -> list[tuple[int, Path]]:
     return [(step, path) for step, path in step_folders(folder) if (path / METADATA).is_file()]
 
 
+def newest_complete(folder: str | os.PathLike) -> tuple[int, Path] | None:
+    """The newest complete checkpoint, the one a resume loads (tinytitan.rank.trainer skips partial ones)."""
+    for step, path in reversed(saved_step_folders(folder)):
+        if folder_problem(path) is None:
+            return step, path
+    return None
+
+
 def purge_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
     """Keep the newest `keep` complete checkpoints; delete older ones and partial folders older than those.
 

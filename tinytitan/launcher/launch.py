@@ -18,9 +18,11 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from tinytitan.config import DEFAULT_CONFIG, load_job_config, rank_overrides, training_args
 from tinytitan.errors import TinytitanError, run_guarded
+from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.preflight import preflight
 from tinytitan.launcher.supervise import Supervisor
 
@@ -111,6 +113,25 @@ def torchrun_command(nproc: int, args: Sequence[str], env: Mapping[str, str], re
     return cmd + ["-m", "tinytitan.rank.main", *args]
 
 
+def run_watch(job_config, world_size: int) -> Watch:
+    """What the supervisor watches: the run folder's heartbeats and checkpoints (tinytitan.launcher.hangs)."""
+    from tinytitan.job_config import stall_seconds
+    from tinytitan.rank.heartbeat import flush_interval
+
+    dump = Path(job_config.job.dump_folder).resolve()
+    stall = stall_seconds(job_config)
+    ckpt = job_config.checkpoint
+    return Watch(
+        dump_folder=dump,
+        checkpoints=dump / ckpt.folder if ckpt.enable else None,
+        world_size=world_size,
+        stall_seconds=stall,
+        all_stalled_seconds=job_config.comm.train_timeout_seconds,
+        quiet_seconds=(stall or job_config.comm.train_timeout_seconds) / 2,
+        interval_s=flush_interval(job_config),
+    )
+
+
 def process_env(env: Mapping[str, str], nproc: int, gpus: int) -> dict[str, str]:
     out = dict(env)
     # torchrun's workers otherwise share its rendezvous store, and a restarted rank can read its
@@ -151,7 +172,8 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     cmd = torchrun_command(nproc, training_args(config_file, rank_overrides(job_config, overrides)), env, restarts)
     where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
     print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
-    return Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts).run()
+    watch = run_watch(job_config, world_size)
+    return Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts, watch).run()
 
 
 PASS_THROUGH = True  # unknown arguments are torchtitan overrides

@@ -8,10 +8,14 @@
   launcher then exits with ``PREEMPTED_EXIT_CODE``. torchrun itself ignores these two
   signals: its own forwarding would SIGKILL the ranks 30 s later, mid-checkpoint, and
   a second copy (SLURM signals every process of a step) would abort its shutdown.
-- SIGINT goes to torchrun, which stops the ranks at once. A second signal, more than
+- SIGINT goes to torchrun, which stops the ranks at once (they exit quietly), and the
+  launcher says which checkpoint the same command resumes from. A second signal, more than
   ``DUPLICATE_WINDOW_S`` after the first, kills all (closer ones are copies of the first).
 - A rank that dies: torchrun restarts the group (``--max-restarts``); the launcher
-  names the rank, its exit code or signal, and the step each rank had reached.
+  names the rank, its exit code or signal, and a rank that was behind (hung), with its stack.
+- A hang (tinytitan.launcher.hangs): no rank moved for ``[hang] stall_seconds``; the launcher
+  prints the stacks of its ranks that are behind, kills its ranks, and torchrun restarts.
+- The victims' collective-failure tracebacks become one line each (tinytitan.launcher.rank_output).
 - Every rank failing with a ``TinytitanError``: that one line, not torchrun's report.
 """
 
@@ -30,10 +34,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tinytitan import faults
-from tinytitan.faults import DUPLICATE_WINDOW_S
+from tinytitan.checkpoint.completeness import newest_complete
+from tinytitan.faults import DUPLICATE_WINDOW_S, ErrorNote, PreemptedNote, RankNote
+from tinytitan.launcher.hangs import Watch
+from tinytitan.launcher.rank_output import RankOutput
+from tinytitan.launcher.watcher import HangWatcher
 
 FAILURE_LINE = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
 RANK_PREFIX = re.compile(r"^\[(?:default|rank)\d+\]:")
+TORCHRUN_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")  # torch elastic's own log lines
 
 
 def describe_exit(code: int) -> str:
@@ -53,10 +62,13 @@ def _process_state(pid: int) -> str | None:
 
 
 class Supervisor:
-    def __init__(self, cmd: Sequence[str], env: Mapping[str, str], nproc: int, max_restarts: int):
+    def __init__(
+        self, cmd: Sequence[str], env: Mapping[str, str], nproc: int, max_restarts: int, watch: Watch | None = None
+    ):
         self.cmd, self.nproc, self.max_restarts = list(cmd), nproc, max_restarts
         self.notes = Path(tempfile.mkdtemp(prefix="tinytitan-notes-"))
         self.env = {**env, faults.NOTES_ENV: str(self.notes), faults.LAUNCHER_ENV: str(os.getpid())}
+        self.watch = watch
         self.proc: subprocess.Popen | None = None
         self.failures = 0
         self.signals: list[int] = []
@@ -65,7 +77,13 @@ class Supervisor:
         self.holding = False
         self.signalled_pids: set[int] = set()
         self.killed_for_errors = False
-        self.stopped: dict[int, int] = {}  # rank -> step, of ranks seen stopped (SIGSTOP, a debugger)
+        self.stopped: dict[int, faults.Heartbeat | None] = {}  # rank -> where, of ranks seen stopped (SIGSTOP)
+        self.killed_for_hang = False  # the last failure: torchrun's report would only say SIGKILL
+        self.out_lock = threading.RLock()  # stacks from the main thread, torchrun's output from the reader
+        self.output = RankOutput(self._write)
+        self.hangs = (
+            HangWatcher(watch, self.notes, self._write, self._kill_ranks, self._resume_point) if watch else None
+        )
 
     # ---- torchrun's process ----
     @staticmethod
@@ -93,13 +111,16 @@ class Supervisor:
 
     def _kill_all(self) -> None:
         """torchrun and every rank we know of, now (the ranks would also follow torchrun)."""
-        for pid in self._worker_pids():
-            _send(pid, signal.SIGKILL)
+        self._kill_ranks()
         if self.proc is not None:
             _send(self.proc.pid, signal.SIGKILL)
 
+    def _kill_ranks(self) -> None:
+        for pid in self._worker_pids():
+            _send(pid, signal.SIGKILL)
+
     def _worker_pids(self) -> list[int]:
-        return [n["pid"] for n in faults.read_notes(self.notes, "rank")]
+        return [n.pid for n in faults.read_notes(self.notes, RankNote)]
 
     # ---- signals to the launcher ----
     def _on_signal(self, signum: int, _frame) -> None:
@@ -111,17 +132,17 @@ class Supervisor:
             self.first_signal_at = now
         self.signals.append(signum)
         if len(self.signals) > 1:
-            print(f"tinytitan: {name} again: stopping every rank now", file=sys.stderr, flush=True)
+            self._say(f"tinytitan: {name} again: stopping every rank now")
             self._kill_all()
         elif signum == signal.SIGINT:
-            print("tinytitan: interrupted: stopping the ranks (Ctrl-C again to kill them)", file=sys.stderr, flush=True)
+            self.output.drop_peer_failures = True
+            self._say("tinytitan: interrupted: stopping the ranks (Ctrl-C again to kill them)")
             if self.proc is not None:
                 _send(self.proc.pid, signal.SIGINT)
         else:
             (self.notes / faults.PREEMPT_REQUEST).write_text(name)
-            print(f"tinytitan: {name}: each rank finishes its step and saves a checkpoint of it, then the run "
-                  f"stops with exit code {faults.PREEMPTED_EXIT_CODE}; send it again to stop at once",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            self._say(f"tinytitan: {name}: each rank finishes its step and saves a checkpoint of it, then the run "
+                      f"stops with exit code {faults.PREEMPTED_EXIT_CODE}; send it again to stop at once")  # fmt: skip
             self._signal_new_workers()
 
     def _signal_new_workers(self) -> None:
@@ -131,18 +152,21 @@ class Supervisor:
                 _send(pid, signal.SIGUSR1)
 
     def _poll_notes(self) -> None:
-        ranks = faults.read_notes(self.notes, "rank")
-        states = {n["pid"]: _process_state(n["pid"]) for n in ranks}
+        ranks = faults.read_notes(self.notes, RankNote)
+        states = {n.pid: _process_state(n.pid) for n in ranks}
+        gone = [n for n in ranks if states[n.pid] in (None, "Z")]
         for n in ranks:
-            if states[n["pid"]] == "T":
-                self.stopped[n["rank"]] = n["step"]
-        if any(state in (None, "Z") for state in states.values()):
+            if states[n.pid] == "T" and n.rank not in self.stopped:
+                self.stopped[n.rank] = self.hangs.where(n.rank) if self.hangs else None
+        if self.hangs is not None:
+            self.hangs.poll(ranks, states, stopping=bool(self.signals))  # before a stopped rank is killed below
+        if gone:
             for n in ranks:  # a peer is gone: a stopped rank would hold torchrun's restart up for 30 s
-                if states[n["pid"]] == "T":
-                    _send(n["pid"], signal.SIGKILL)
+                if states[n.pid] == "T":
+                    _send(n.pid, signal.SIGKILL)
         if (self.notes / faults.PREEMPT_REQUEST).exists():
             self._signal_new_workers()  # ranks of a restart that began meanwhile
-        errors = faults.read_notes(self.notes, "error")
+        errors = faults.read_notes(self.notes, ErrorNote)
         if len(errors) >= self.nproc and not self.killed_for_errors:
             # Bad input fails the same way after any restart: do not retry it.
             self.killed_for_errors = True
@@ -150,68 +174,107 @@ class Supervisor:
             self._kill_all()
 
     # ---- torchrun's output ----
+    def _write(self, line: str) -> None:
+        with self.out_lock:
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+    def _say(self, line: str) -> None:
+        self._write(line + "\n")
+
     def _read_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
         for raw in self.proc.stderr:
             line = raw.decode(errors="replace")
             failure = FAILURE_LINE.search(line)
             if failure:
+                self.output.flush()
                 self._on_failure(int(failure.group(1)), int(failure.group(2)), int(failure.group(3)))
                 continue
             if not RANK_PREFIX.match(line) and line.startswith("Traceback (most recent call last)"):
                 self.holding = True  # torchrun's own closing traceback, after every rank has gone
             if self.holding:
                 self.held.append(line)
-            else:
-                sys.stderr.write(line)
-                sys.stderr.flush()
+            elif not (self.signals and TORCHRUN_LOG.match(line)):  # after a stop request, its shutdown chatter
+                self.output.feed(line)
+        self.output.flush()
 
     def _on_failure(self, exitcode: int, local_rank: int, pid: int) -> None:
-        ranks = faults.read_notes(self.notes, "rank")
-        by_pid = {n["pid"]: n for n in ranks}
-        rank = by_pid.get(pid, {}).get("rank", f"local {local_rank}")
-        detail = f"rank {rank} (pid {pid}) failed with {describe_exit(exitcode)}"
-        if self.stopped:
-            stuck = sorted(self.stopped.items())
-            detail += "; " + ", ".join(f"rank {r} was stopped (SIGSTOP?) after step {step}" for r, step in stuck)
-            self.stopped.clear()
+        ranks = faults.read_notes(self.notes, RankNote)
+        by_pid = {n.pid: n.rank for n in ranks}
+        rank = by_pid.get(pid, f"local {local_rank}")
+        hang = self.hangs.take_hang() if self.hangs else None
+        lagging = self.hangs.take_lagging(pid) if self.hangs else None
+        self.killed_for_hang = hang is not None
+        if hang is not None:
+            detail = hang.describe()  # the ranks were killed for it: the exit code says nothing more
         else:
-            others = [n for n in ranks if n["pid"] != pid]
-            ahead = max((n["step"] for n in others), default=0)
-            for n in others:
-                if n["step"] < ahead - 1:  # the failed rank's peers may have finished one step more
-                    detail += f"; rank {n['rank']} is behind, at step {n['step']} of {ahead} (hung?)"
+            detail = f"rank {rank} (pid {pid}) failed with {describe_exit(exitcode)}"
+            if self.stopped:
+                detail += "; " + ", ".join(
+                    f"rank {r} was stopped (SIGSTOP?)" + (f" in step {b.step} ({b.phase})" if b else "")
+                    for r, b in sorted(self.stopped.items())
+                )
+            elif lagging is not None:
+                detail += f"; behind it, {lagging.describe()}"
+        self.stopped.clear()
         self.failures += 1
         if self.signals or self.killed_for_errors:
             action = "not restarting: the run was asked to stop"
         elif self.failures <= self.max_restarts:
-            action = (f"restarting every rank from the newest complete checkpoint "
-                      f"(restart {self.failures} of {self.max_restarts})")  # fmt: skip
+            action = (
+                f"restarting every rank from {self._resume_point()} (restart {self.failures} of {self.max_restarts})"
+            )
             for note in self.notes.glob("error-*.json"):
                 note.unlink(missing_ok=True)
         else:
             action = f"no restarts left (--max-restarts {self.max_restarts})"
-        print(f"tinytitan: {detail}; {action}", file=sys.stderr, flush=True)
+        self._say(f"tinytitan: {detail}; {action}")
+
+    def _resume_point(self) -> str:
+        """Where a restart continues from."""
+        if self.watch is None:
+            return "the newest complete checkpoint"
+        if self.watch.checkpoints is None:
+            return "step 0 (checkpointing is off)"
+        newest = newest_complete(self.watch.checkpoints)
+        return f"the step-{newest[0]} checkpoint" if newest else "step 0 (no complete checkpoint yet)"
 
     # ---- the end ----
     def _outcome(self, returncode: int) -> int:
-        preempted = faults.read_notes(self.notes, "preempted")
-        errors = faults.read_notes(self.notes, "error")
+        preempted = faults.read_notes(self.notes, PreemptedNote)
+        errors = faults.read_notes(self.notes, ErrorNote)
         if preempted:
             note = preempted[0]
-            print(f"tinytitan: preempted: checkpoint {note['checkpoint']} holds step {note['step']}; run the same "
-                  f"command to resume (exit code {faults.PREEMPTED_EXIT_CODE})", file=sys.stderr, flush=True)  # fmt: skip
+            self._say(f"tinytitan: preempted: checkpoint {note.checkpoint} holds step {note.step}; run the same "
+                      f"command to resume (exit code {faults.PREEMPTED_EXIT_CODE})")  # fmt: skip
             return faults.PREEMPTED_EXIT_CODE
-        messages = sorted({e["message"] for e in errors})
+        messages = sorted({e.message for e in errors})
         if returncode != 0 and len(messages) == 1 and len(errors) >= self.nproc:
-            print(f"tinytitan: error: {messages[0]}", file=sys.stderr, flush=True)
+            self._say(f"tinytitan: error: {messages[0]}")
             return 2
-        sys.stderr.writelines(self.held)
-        for e in errors:
-            print(f"tinytitan: rank {e['rank']}: error: {e['message']}", file=sys.stderr, flush=True)
         if returncode != 0 and self.signals:
-            return 128 + self.signals[0]
+            # torchrun's traceback says only that it got the signal; the ranks exited quietly
+            code = 128 + self.signals[0]
+            self._say(f"tinytitan: stopped (exit code {code}); {self._resume_hint()}")
+            return code
+        if not self.killed_for_hang:
+            sys.stderr.writelines(self.held)
+        for e in errors:
+            self._say(f"tinytitan: rank {e.rank}: error: {e.message}")
         return returncode
+
+    def _resume_hint(self) -> str:
+        """What the same command does next."""
+        if self.watch is None:
+            return "run the same command to resume from the newest complete checkpoint"
+        if self.watch.checkpoints is None:
+            return "checkpointing is off: the same command starts again from step 0"
+        newest = newest_complete(self.watch.checkpoints)
+        if newest is None:
+            return "no complete checkpoint yet: the same command starts again from step 0"
+        step, folder = newest
+        return f"run the same command to resume from step {step} ({folder})"
 
 
 def _send(pid: int, sig: int) -> None:

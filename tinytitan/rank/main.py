@@ -2,11 +2,14 @@
 
 It differs from ``-m torchtitan.train`` in switching torchtitan to the CPU when there is
 no accelerator, in using ``TinyTrainer``, and in its fault handling: the rank dies with
-torchrun (parent-death signal), turns SIGTERM/SIGUSR1 into a preemption checkpoint, and
-reports a ``TinytitanError`` as one line (through the launcher's notes when it has one).
+torchrun (parent-death signal), turns SIGTERM/SIGUSR1 into a preemption checkpoint, dumps
+its threads' stacks on SIGUSR2 (the launcher asks for them when the rank hangs), stops
+quietly on SIGINT (Ctrl-C: the launcher says how to resume), and reports a
+``TinytitanError`` as one line (through the launcher's notes when it has one).
 """
 
 import os
+import signal
 import sys
 
 from tinytitan import faults
@@ -26,7 +29,9 @@ def main() -> None:
     stop = StopRequest()
     stop.install()
     rank = int(os.environ.get("RANK", "0"))
-    faults.note_rank(rank, step=0)
+    faults.note_rank(rank)
+    faults.dump_stacks_on_signal(rank)
+    signal.signal(signal.SIGINT, _exit_interrupted)
     device.activate()
     from torchtitan.train import main as torchtitan_main
 
@@ -44,6 +49,17 @@ def main() -> None:
         else:
             print(f"tinytitan: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+def _exit_interrupted(_signum, _frame) -> None:
+    """SIGINT (torchrun forwards the launcher's Ctrl-C): stop at once, as KeyboardInterrupt would,
+    but without its traceback from every rank; the launcher says once how to resume."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, RuntimeError, ValueError):  # RuntimeError: the signal came in the middle of a write
+            pass
+    os._exit(128 + signal.SIGINT)  # no interpreter shutdown: it would join threads and wait for saves
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 """torchtitan's Trainer with tinytitan's hooks: start-up (CPU settings, metrics wiring), the labels for a
 chunked loss ([loss]), in-loop [eval], faults.
 
+Progress: each rank records in memory where it is in the step (tinytitan.rank.heartbeat), through
+the Trainer methods torchtitan's loop calls: ``train_step`` (a step begins), ``batch_generator``
+(data), ``forward_backward_step`` (forward/backward, then optimizer), the checkpointer's ``save``
+and the validator's ``validate``, and ``should_continue_training`` (step end).
+
 Faults are handled at the one place torchtitan calls between steps,
 ``should_continue_training``, after the step's interval checkpoint:
-- every rank notes its progress (the launcher names a dead or hung rank with it);
 - old checkpoints are purged counting complete folders only (torchtitan's own purge
   counts partial ones too, and could delete the last complete checkpoint);
 - the ranks agree whether one was asked to stop; if so, all save this step and stop.
@@ -27,6 +31,7 @@ from tinytitan.data.stages import stage_lr_schedule
 from tinytitan.errors import TinytitanError
 from tinytitan.job_config import validate_job_config
 from tinytitan.rank import device
+from tinytitan.rank.heartbeat import writer_for
 from tinytitan.rank.loss import model_inputs
 from tinytitan.rank.preemption import StepAgreement, StopRequest
 
@@ -39,6 +44,8 @@ class TinyTrainer(Trainer):
 
         device.adapt_job_config(job_config)
         resolve_job_paths(job_config)
+        # Before torchtitan's first collective (see HeartbeatWriter): RANK is torchrun's, dist is not up yet.
+        self.heartbeat = writer_for(job_config, int(os.environ.get("RANK", "0")))
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         validate_job_config(job_config, world_size)  # the launcher's checks, again: `torchrun` alone skips them
         # torchtitan's LR hook sees [lr_scheduler] and training.steps only: the stages become its decay_ratio
@@ -46,6 +53,9 @@ class TinyTrainer(Trainer):
         super().__init__(job_config)
         if lr_line:
             logger.info(lr_line)
+        self.checkpointer.save = self._in_phase("checkpoint", self.checkpointer.save)
+        if getattr(self, "validator", None) is not None:  # set only when [validation] is enabled
+            self.validator.validate = self._in_phase("validation", self.validator.validate)
         if hasattr(self.dataloader, "stats"):
             self.metrics_processor.count_data_with(self.dataloader)
         # purged here, see purge_checkpoints (a disabled CheckpointManager has no keep_latest_k)
@@ -62,10 +72,33 @@ class TinyTrainer(Trainer):
         inputs, labels, extra_inputs, extra_kwargs = super().post_dataloading_process(input_dict, labels)
         return inputs, labels, {**extra_inputs, **model_inputs(self.loss_fn, labels)}, extra_kwargs
 
+    def _in_phase(self, phase: str, method):
+        def run(*args, **kwargs):
+            self.heartbeat.enter(phase)
+            return method(*args, **kwargs)
+
+        return run
+
     def train_step(self, data_iterator):
+        self.heartbeat.begin_step(self.step)
         super().train_step(data_iterator)
         if self.benchmarks is not None and self.benchmarks.due(self.step):
+            self.heartbeat.enter("eval")
             self.benchmarks.run(self.model_parts, self.step)
+
+    def batch_generator(self, data_iterable):
+        batches = super().batch_generator(data_iterable)
+        while True:
+            self.heartbeat.enter("data")
+            batch = next(batches)  # torchtitan's generator ends by raising DataloaderExhaustedError
+            self.heartbeat.enter("forward/backward")  # next: the step's token count all-reduce, then the model
+            yield batch
+
+    def forward_backward_step(self, **kwargs):
+        self.heartbeat.enter("forward/backward")
+        loss = super().forward_backward_step(**kwargs)
+        self.heartbeat.enter("optimizer")  # after the last micro-batch: clipping, the optimizer step, the loss
+        return loss
 
     def close(self) -> None:
         """Closes what this trainer owns, in order, before torchtitan's parts and the process group go.
@@ -77,6 +110,8 @@ class TinyTrainer(Trainer):
         if loader is not None and hasattr(loader, "close"):
             loader.close()
         super().close()
+        if hasattr(self, "heartbeat"):
+            self.heartbeat.close()
 
     def train(self):
         self._skip_incomplete_checkpoints()
@@ -87,6 +122,7 @@ class TinyTrainer(Trainer):
             if error is not None:
                 raise error from e
             raise
+        self.heartbeat.enter("finished")
 
     def _skip_incomplete_checkpoints(self) -> None:
         """torchtitan resumes from the newest folder with a .metadata; pass over truncated ones."""
@@ -108,8 +144,8 @@ class TinyTrainer(Trainer):
             )
 
     def should_continue_training(self) -> bool:
+        self.heartbeat.enter("step end")
         rank = dist.get_rank()
-        faults.note_rank(rank, self.step)
         if self.step == 1:
             self.agreement.set_timeout(self.job_config.comm.train_timeout_seconds)
         if rank == 0 and self.keep_latest_k > 0 and self.checkpointer.enable:
@@ -131,6 +167,7 @@ class TinyTrainer(Trainer):
             logger.warning(f"Asked to stop at step {step}: nothing to save, stopping.")
             return
         saved = checkpoint_due(ckpt, step, last_step=step == self.job_config.training.steps)
+        self.heartbeat.enter("checkpoint")
         logger.info(f"Asked to stop ({self.stop_request.signal_name or 'another rank'}): saving step {step}.")
         wait_for_async_save(ckpt)  # an interval save of this step may still be in flight
         if not saved:
