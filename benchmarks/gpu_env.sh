@@ -53,7 +53,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # 2. What was measured on: kept next to the numbers.
 {
   date -u +"%Y-%m-%dT%H:%M:%SZ"
-  git rev-parse --short HEAD 2>/dev/null || echo "commit: ${TINYTITAN_COMMIT:-unknown (no .git here)}"
+  # The caller's commit first: a copied checkout can carry a stale .git (seen on the device machine)
+  [ -n "${TINYTITAN_COMMIT:-}" ] && echo "commit: $TINYTITAN_COMMIT" \
+    || git rev-parse --short HEAD 2>/dev/null || echo "commit: unknown (no .git here; set TINYTITAN_COMMIT)"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || echo "no nvidia-smi"
   "$PY" - <<'EOF'
 import importlib.util, sys, torch
