@@ -39,6 +39,7 @@ from tinytitan.data.loader_state import (
     dump_state,
     load_state,
     merge_states,
+    note_seq_len_change,
     warn_on_weight_change,
 )
 from tinytitan.data.mixture import Reader, Sampler, lane_stats
@@ -267,6 +268,7 @@ class MixtureDataLoader(BaseDataLoader):
         check_fingerprint(st.fingerprint, self.plan.fingerprint())
         if self.dp_rank == 0:
             warn_on_weight_change(st.weights, self.plan)
+            note_seq_len_change(st.layout, self.seq_len)
         old = st.layout
         self.windows_base = st.windows
         self.batches_base = st.batches
