@@ -193,7 +193,8 @@ def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
     from tinytitan.errors import TinytitanError
     from tinytitan.launcher.run_folder import RunLock, takes_lock
 
-    assert takes_lock({}) and takes_lock({"NODE_RANK": "0"}) and not takes_lock({"NODE_RANK": "1"})
+    assert takes_lock({}) and takes_lock({"NNODES": "1"}) and takes_lock({"NNODES": "4", "NODE_RANK": "0"})
+    assert not takes_lock({"NNODES": "4", "NODE_RANK": "1"}) and not takes_lock({"NNODES": "4"})  # who is node 0?
     with RunLock(tmp_path / "run"):
         held = rf"^run folder {tmp_path / 'run'} is in use by another training \(launcher pid {os.getpid()} on host "
         with pytest.raises(TinytitanError, match=held + rf"{socket.gethostname()}, since "):

@@ -19,6 +19,7 @@ from tinytitan.errors import TinytitanError
 logger = logging.getLogger("tinytitan.data")
 
 _HUB_PREFIX = "hf://datasets/"
+_WARNED: set[str] = set()
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -46,15 +47,17 @@ def list_files(path: str, pattern: str) -> list[str]:
     """
     repo = hub_repo(path)
     if repo is None:
-        files, duplicates = local_files(path, pattern)
+        files, duplicates, cycles = local_files(path, pattern)
+        said = []
         if duplicates:
-            shown = ", ".join(f"{dup} (= {first})" for dup, first in duplicates[:3])
-            more = f" and {len(duplicates) - 3} more" if len(duplicates) > 3 else ""
-            logger.warning(
-                "data: %d path(s) matched by %r in %s lead to files listed already (symlinks or hard links); "
-                "each file is read once: %s%s",
-                len(duplicates), pattern, os.path.abspath(path), shown, more,
-            )  # fmt: skip
+            said.append(f"{len(duplicates)} path(s) lead to files listed already (symlinks or hard links): "
+                        + _some(f"{dup} (= {first})" for dup, first in duplicates))  # fmt: skip
+        if cycles:
+            said.append(f"{len(cycles)} symlink(s) lead back to a folder above them, not followed: {_some(cycles)}")
+        message = f"data: {pattern!r} in {os.path.abspath(path)}: {'; '.join(said)}; each file is read once"
+        if said and message not in _WARNED:  # once per process: the start checks and the plan both list
+            _WARNED.add(message)
+            logger.warning(message)
         return files
     from huggingface_hub import HfFileSystem
 
@@ -64,16 +67,23 @@ def list_files(path: str, pattern: str) -> list[str]:
     return sorted(r for r in rels if _has_suffix(r))
 
 
-def local_files(path: str, pattern: str) -> tuple[list[str], list[tuple[str, str]]]:
-    """The distinct files `pattern` matches in the folder `path` (sorted relative paths), and the
-    other paths that reached one of them: ``(duplicate, the listed path)`` pairs.
+def _some(items, n: int = 3) -> str:
+    items = list(items)
+    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def local_files(path: str, pattern: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """The distinct files `pattern` matches in the folder `path` (sorted relative paths), the other
+    paths that reached one of them (``(duplicate, the listed path)`` pairs), and the symlinks not
+    followed because they lead back to a folder above them.
 
     Files are the same when their (device, inode) is: a symlink's target or a hard link. ``**``
     never descends into a folder that is its own ancestor, so a symlink cycle ends there (Python's
     glob followed ``loop -> .`` 40 levels deep, listing one file 41 times).
     """
     root = os.path.abspath(path)
-    matched = sorted(set(_match(root, _pattern_parts(pattern))))
+    cycles: list[str] = []
+    matched = sorted(set(_match(root, _pattern_parts(pattern), cycles)))
     files: list[str] = []
     first: dict[tuple[int, int], str] = {}
     duplicates: list[tuple[str, str]] = []
@@ -87,7 +97,7 @@ def local_files(path: str, pattern: str) -> tuple[list[str], list[tuple[str, str
             continue
         first[key] = rel
         files.append(rel)
-    return files, duplicates
+    return files, duplicates, sorted(set(cycles))
 
 
 def file_identity(path: str, rel: str) -> tuple[int, int] | None:
@@ -132,9 +142,10 @@ def _identity(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _match(root: str, parts: list[str]) -> Iterator[str]:
+def _match(root: str, parts: list[str], cycles: list[str]) -> Iterator[str]:
     """Relative paths of the files under `root` that match the glob components `parts`, as
-    ``glob.glob(recursive=True)`` does (``*`` and ``**`` skip hidden names), without cycles."""
+    ``glob.glob(recursive=True)`` does (``*`` and ``**`` skip hidden names), without cycles: a
+    folder that is its own ancestor is not entered, and its path is added to `cycles`."""
 
     def walk(folder: str, rel: str, i: int, ancestors: frozenset) -> Iterator[str]:
         part, last = parts[i], i == len(parts) - 1
@@ -142,8 +153,11 @@ def _match(root: str, parts: list[str]) -> Iterator[str]:
             yield from walk(folder, rel, i + 1, ancestors)  # zero folders
             for entry in _subfolders(folder):
                 key = _identity(entry.path)
-                if entry.name.startswith(".") or key is None or key in ancestors:
-                    continue  # hidden, gone, or a symlink back to a folder above: a cycle
+                if entry.name.startswith(".") or key is None:
+                    continue  # hidden, or gone
+                if key in ancestors:  # a symlink back to a folder above: a cycle
+                    cycles.append(rel + entry.name)
+                    continue
                 yield from walk(entry.path, rel + entry.name + "/", i, ancestors | {key})
             return
         if _has_magic(part):

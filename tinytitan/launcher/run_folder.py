@@ -9,8 +9,8 @@
   ``flock`` on ``<dump_folder>/.tinytitan/lock`` for the whole run and writes its pid and host
   inside; a second launcher refuses in one line naming them. ``flock`` belongs to the open
   file, so a launcher that dies (``kill -9``, a node lost) frees it at once, and a requeued
-  SLURM job takes it again. Of a multi-node job only node 0 (``NODE_RANK`` 0 or unset) takes
-  it: the nodes of one job share the folder by design.
+  SLURM job takes it again. Of a multi-node job only node 0 (``NODE_RANK=0``) takes it: the
+  nodes of one job share the folder by design.
 """
 
 from __future__ import annotations
@@ -62,8 +62,15 @@ def finished_run(job_config) -> str | None:
 
 
 def takes_lock(env: Mapping[str, str]) -> bool:
-    """Node 0 of a job (or the only node) holds the run folder for all its nodes."""
-    return (env.get("NODE_RANK") or "0").strip() == "0"
+    """Node 0 of a job (or the only node) holds the run folder for all its nodes.
+
+    Without ``NODE_RANK`` a multi-node launcher cannot tell whether it is node 0 (torchrun then
+    numbers the nodes at rendezvous), so none of them takes the lock rather than all but one refusing.
+    """
+    node_rank = (env.get("NODE_RANK") or "").strip()
+    if node_rank:
+        return node_rank == "0"
+    return int(env.get("NNODES") or 1) <= 1
 
 
 class RunLock:
