@@ -129,3 +129,23 @@ def test_a_token_that_cannot_be_sent_is_refused_without_showing_it(debug_export,
         assert "non-ASCII" in one_line_error(proc) and not hub.requests
         proc = tinytitan(hub, "download-tokenizer", "--out", str(tmp_path / "t"), token=bad)
         assert "non-ASCII" in one_line_error(proc) and not hub.requests
+
+
+def test_a_token_with_a_final_newline_is_accepted_and_one_with_a_line_break_inside_is_refused(tmp_path):
+    """HF_TOKEN="$(cat file)" style values keep working; two lines glued into one token do not."""
+    with HubServer(hub_files()) as hub:
+        proc = tinytitan(hub, "download-tokenizer", "--repo-id", REPO_ID, "--out", str(tmp_path / "a"),
+                         token=TOKEN + "\n")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        sent = [h.get("authorization") or h.get("Authorization") for m, p, h in hub.requests if "/resolve/" in p]
+        assert sent and all(a == f"Bearer {TOKEN}" for a in sent)  # sent without the newline
+        asked = len(hub.requests)
+        glued = TOKEN[:12] + "\n" + TOKEN[12:]
+        proc = tinytitan(hub, "download-tokenizer", "--repo-id", REPO_ID, "--out", str(tmp_path / "b"), token=glued)
+        line = one_line_error(proc)
+        assert line == (
+            "tinytitan: error: the Hugging Face token in HF_TOKEN holds a line break inside it (not shown): set it "
+            'to the token alone, one line, e.g. HF_TOKEN="$(head -n 1 token-file)"'
+        )
+        assert "Traceback" not in proc.stderr and TOKEN[:12] not in proc.stderr and TOKEN[12:] not in proc.stderr
+        assert len(hub.requests) == asked and not (tmp_path / "b").exists()  # refused before any request

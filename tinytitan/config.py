@@ -18,9 +18,14 @@ shipped config's name: ``tiny`` (its flavor), ``llama3_tiny`` or
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import difflib
+import io
 import math
 import os
+import re
+import sys
 import types
 import typing
 import warnings
@@ -101,28 +106,230 @@ def training_args(config_file: str | os.PathLike, overrides: Sequence[str] = ())
 
 
 def parse_args(args: Sequence[str]):
-    """torchtitan's own parsing; a bad file or an unknown key becomes one line naming it."""
+    """torchtitan's own parsing; a bad file or a bad override becomes one line naming it."""
     from torchtitan.config import ConfigManager
     from torchtitan.tools.logging import logger
 
     level = logger.level
     logger.setLevel("CRITICAL")  # ConfigManager logs a traceback before re-raising a bad file
+    said = io.StringIO()  # tyro's box for a bad override (rich writes it to stdout or stderr)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
             # tyro warns about a TOML value of the wrong type, then passes it on; check_value_types names it.
             warnings.filterwarnings("ignore", module="tyro")
-            return ConfigManager().parse_args(list(args))
+            job_config = ConfigManager().parse_args(list(args))
+        sys.stderr.write(said.getvalue())  # anything else said while parsing a good config is shown
+        return job_config
     except FileNotFoundError as e:
         raise TinytitanError(f"config file {e.filename} does not exist: pass an existing TOML file") from None
+    except UnicodeDecodeError as e:  # tomllib reads UTF-8 only
+        line = e.object[: e.start].count(b"\n") + 1
+        raise TinytitanError(
+            f"config file {_config_path(args)} is not UTF-8 text (byte {e.object[e.start]:#04x} on line {line}): "
+            "save it as UTF-8 (TOML files must be UTF-8)"
+        ) from None
     except ValueError as e:  # tomllib.TOMLDecodeError is a ValueError too
         first = str(e).splitlines()[0]
         if type(e).__name__ == "TOMLDecodeError":
-            raise TinytitanError(f"config file is not valid TOML: {first}") from None
+            raise TinytitanError(f"config file {_config_path(args)} is not valid TOML: {first}") from None
         raise TinytitanError(f"{first} Fix the TOML key or the --section.key override.") from None
-    except SystemExit as e:  # tyro rejects a malformed override by exiting
-        raise TinytitanError(f"bad override in {' '.join(args[2:])!s}: see `tinytitan train --help`") from e
+    except SystemExit as e:  # tyro rejects a malformed override by exiting (and exits 0 after --help)
+        if not e.code:
+            print(said.getvalue(), end="")
+            raise
+        raise TinytitanError(bad_override(args) or _tyro_words(said.getvalue())) from None
     finally:
         logger.setLevel(level)
+
+
+def _arg_value(args: Sequence[str], *names: str) -> str | None:
+    """The value given to the first of ``names`` in ``args`` (``--name value`` or ``--name=value``)."""
+    for i, arg in enumerate(args):
+        if arg in names and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(tuple(f"{n}=" for n in names)):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _config_path(args: Sequence[str]) -> str:
+    return _arg_value(args, "--job.config_file", "--job.config-file") or "?"
+
+
+def _tyro_words(box: str) -> str:
+    """The first message of tyro's box, unboxed (when ``bad_override`` finds nothing to name)."""
+    lines = []
+    for line in box.splitlines():
+        text = line.strip().strip("│╭╮╰╯").strip()
+        if text.startswith("─") or text.startswith("For full helptext"):
+            if lines:
+                break
+            continue
+        if text and not set(text) <= set("─╭╮╰╯"):
+            lines.append(text)
+    said = " ".join(lines) or "tyro rejected the arguments"
+    return f"bad override: {said}; each override is --section.key VALUE (see `tinytitan train --help`)"
+
+
+# ---------------------------------------------------------------- overrides
+# tyro's own answer to a wrong override is a boxed help text of 6-17 lines; these name the one
+# override that is wrong and the right form instead.
+
+_INDEXED = re.compile(r"^(.+)\.(\d+)\.([^.]+)$")  # data.sources.0.weight
+
+
+def override_keys(custom_module: str | None = CONFIG_MODULE) -> dict[str, typing.Any]:
+    """Every ``section.key`` a ``--section.key`` override may name, with its declared type: torchtitan's
+    JobConfig and the sections of ``custom_module`` (imported by name, as torchtitan's ConfigManager does)."""
+    import importlib
+
+    from torchtitan.config import JobConfig as TitanJobConfig
+
+    keys: dict[str, typing.Any] = {}
+
+    def collect(cls, prefix: str) -> None:
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints.get(f.name, f.type)
+            if dataclasses.is_dataclass(tp):
+                collect(tp, f"{prefix}{f.name}.")
+            else:
+                keys[f"{prefix}{f.name}"] = tp
+
+    collect(TitanJobConfig, "")
+    if custom_module:
+        try:
+            custom = importlib.import_module(custom_module).JobConfig
+        except (ImportError, AttributeError):
+            return keys
+        collect(custom, "")  # its fields win, as in torchtitan's merge
+    return keys
+
+
+def _item_type(tp):
+    """The dataclass of a ``list[SomeDataclass]`` key (``data.sources``), else None."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is list and args and dataclasses.is_dataclass(args[0]):
+        return args[0]
+    return None
+
+
+def _is_bool(tp) -> bool:
+    return tp is bool
+
+
+def _value_problem(value: str, tp) -> str | None:
+    """Why ``value`` cannot be read as ``tp`` (None when it can, or when this check does not know ``tp``)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        problems = [_value_problem(value, a) for a in args if a is not type(None)]
+        return None if any(p is None for p in problems) else problems[0]
+    if origin is typing.Literal:
+        return None if value in [str(a) for a in args] else _type_name(tp)
+    if tp is int:
+        try:
+            int(value)
+        except ValueError:
+            return _type_name(tp)
+    if tp is float:
+        try:
+            float(value)
+        except ValueError:
+            return _type_name(tp)
+    return None
+
+
+def _example(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return _example(next((a for a in args if a is not type(None)), str))
+    if origin is typing.Literal:
+        return str(args[0])
+    return {int: "10", float: "0.5"}.get(tp, "VALUE")
+
+
+def bad_override(args: Sequence[str]) -> str | None:
+    """One line naming the first wrong override in ``args`` and its right form, or None if none is found."""
+    keys = override_keys(_arg_value(args, "--job.custom_config_module", "--job.custom-config-module"))
+    tables = _toml_tables(_config_path(args))
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            return f"unexpected {arg!r} among the overrides: each override is --section.key VALUE"
+        flag, has_value, inline = arg[2:].partition("=")
+        key = flag.replace("-", "_")
+        section, _, name = key.rpartition(".")
+        tp, found = keys.get(key), key in keys
+        negated = not found and name.startswith("no_") and keys.get(f"{section}.{name[3:]}") is bool
+        if negated:
+            tp, found = bool, True
+        indexed = _INDEXED.match(key)
+        if not found and indexed:
+            table, index, field_name = indexed.group(1), int(indexed.group(2)), indexed.group(3)
+            item = _item_type(keys.get(table))
+            if item is not None:
+                count = tables.get(table)
+                if count is not None and index >= count:
+                    return (f"--{flag}: the config has {count} [[{table}]] table(s), numbered from 0: "
+                            f"use --{table}.0.{field_name} to --{table}.{count - 1}.{field_name}")  # fmt: skip
+                item_hints = _hints(item)
+                if field_name in item_hints:
+                    tp, found = item_hints[field_name], True
+                else:
+                    fields = [f.name for f in dataclasses.fields(item)]
+                    near = difflib.get_close_matches(field_name, fields, n=1)
+                    hint = f"did you mean --{table}.{index}.{near[0]}?" if near else f"its keys: {', '.join(fields)}"
+                    return f"unknown override --{flag}: {hint}"
+        if not found:
+            near = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.6)
+            hint = f"did you mean --{near[0]}?" if near else "see `tinytitan train --help` for the keys"
+            return f"unknown override --{flag}: {hint}"
+        nxt = args[i + 1] if i + 1 < len(args) else None
+        if _is_bool(tp):
+            value = inline if has_value else (nxt if nxt is not None and not nxt.startswith("--") else None)
+            if value is not None:
+                base = flag.split(".")[-1][3:] if negated else flag.split(".")[-1]
+                on_flag = f"--{section}.{base}" if section else f"--{base}"
+                off_flag = f"--{section}.no-{base}" if section else f"--no-{base}"
+                off = negated or value.strip().lower() in ("false", "0", "no", "off")
+                right, other = (off_flag, on_flag) if off else (on_flag, off_flag)
+                return (f"--{flag} is a switch and takes no value: write {right} alone to turn it "
+                        f"{'off' if off else 'on'} ({other} turns it {'on' if off else 'off'})")  # fmt: skip
+            i += 1
+            continue
+        if has_value:
+            value, i = inline, i + 1
+        elif nxt is None or (nxt.startswith("--") and len(nxt) > 2):
+            return f"--{flag} needs a value ({_type_name(tp)}), e.g. --{flag} {_example(tp)}"
+        else:
+            value, i = nxt, i + 2
+        problem = _value_problem(value, tp)
+        if problem is not None:
+            return f"--{flag} {value!r}: it must be {problem}, e.g. --{flag} {_example(tp)}"
+    return None
+
+
+def _toml_tables(config_file: str) -> dict[str, int]:
+    """How many tables each array of tables (``[[data.sources]]``) of the config file has."""
+    import tomllib
+
+    try:
+        with open(config_file, "rb") as f:
+            doc = tomllib.load(f)
+    except (OSError, ValueError):
+        return {}
+    counts: dict[str, int] = {}
+
+    def walk(node, prefix: str) -> None:
+        for k, v in node.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+                counts[f"{prefix}{k}"] = len(v)
+
+    walk(doc, "")
+    return counts
 
 
 def resolve_job_paths(job_config) -> None:

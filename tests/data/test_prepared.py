@@ -41,18 +41,20 @@ def _windows(dl, n):
 
 def test_manifest_counts_and_dtype(corpus: Corpus, prepared):
     m = load_manifest(prepared)
-    assert m["dtype"] == "uint32"
-    sp = m["sources"]["slimpajama"]
+    assert m.dtype == "uint32" and m.version == 2
+    sp = m.sources["slimpajama"]
     kept = corpus.kept("slimpajama")
-    assert sp["docs"] == len(kept)
-    assert sp["tokens"] == sum(corpus.docs[i].words + 2 for i in kept)
-    assert sp["empty"] == 1 and sp["files_with_errors"] == [corpus.corrupt_file]
-    assert len(sp["validation_files"]) == 1
-    sc = m["sources"]["starcoderdata"]
-    assert sc["docs"] == len(corpus.kept("starcoderdata")) == 100
-    rel = sc["files"][0]["rel"]
+    assert sp.docs == len(kept)
+    assert sp.tokens == sum(corpus.docs[i].words + 2 for i in kept)
+    assert sum(r.empty for r in sp.files) == 1 and sp.files_with_errors == [corpus.corrupt_file]
+    assert len(sp.validation_files) == 1
+    sc = m.sources["starcoderdata"]
+    assert sc.docs == len(corpus.kept("starcoderdata")) == 100
+    rel = sc.files[0].rel
     shard = np.memmap(os.path.join(prepared, "starcoderdata", rel + ".tok"), dtype=np.uint32, mode="r")
-    assert shard[0] == 0 and shard.size == sc["files"][0]["tokens"]  # BOS first
+    assert shard[0] == 0 and shard.size == sc.files[0].tokens  # BOS first
+    on_disk = json.loads(open(os.path.join(prepared, "manifest.json")).read())
+    assert on_disk["sources"]["slimpajama"]["tokens"] == sp.tokens  # the totals stay readable for people
 
 
 @pytest.mark.parametrize("world", [1, 2])
@@ -214,3 +216,27 @@ def test_sample_tokenizer_corpus_roundtrip(tmp_path):
     a = _windows(loader(c, batch=2, seq_len=100), 60)
     b = _windows(loader(c, batch=2, seq_len=100, data_overrides=tokens_format(out)), 60)
     assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_a_version_1_manifest_is_still_read(corpus, prepared, tmp_path):
+    """Folders prepared before the typed manifest (version 1: no piece_chars) train as before."""
+    import shutil
+
+    copy = tmp_path / "v1"
+    shutil.copytree(prepared, copy)
+    doc = json.loads((copy / "manifest.json").read_text())
+    del doc["piece_chars"]
+    doc["version"] = 1
+    (copy / "manifest.json").write_text(json.dumps(doc, indent=1))
+    m = load_manifest(str(copy))
+    assert m.piece_chars is None and m.sources == load_manifest(prepared).sources
+    v1 = _windows(loader(corpus, batch=4, seq_len=64, data_overrides=tokens_format(str(copy))), 30)
+    v2 = _windows(loader(corpus, batch=4, seq_len=64, data_overrides=tokens_format(prepared)), 30)
+    assert all(torch.equal(a, b) for a, b in zip(v1, v2, strict=True))
+    doc["version"] = 3
+    (copy / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(TinytitanError, match=r"has format version 3, not one this tinytitan reads \(1, 2\)"):
+        load_manifest(str(copy))
+    (copy / "manifest.json").write_text('{"version": 2, "tokenizer": "x"}')
+    with pytest.raises(TinytitanError, match=r"manifest.json is damaged \(KeyError: 'bos_id'\); rerun"):
+        load_manifest(str(copy))

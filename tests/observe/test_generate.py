@@ -91,3 +91,49 @@ def test_negative_temperature_is_refused_not_greedy(debug_checkpoint, capsys):
     assert main([*args, "--temperature", "-1"]) == 2
     err = capsys.readouterr().err
     assert "--temperature -1.0 is negative" in err and err.count("\n") == 1
+
+
+def test_a_huge_max_new_tokens_is_capped_at_the_context_with_one_line(debug_checkpoint, debug_export, tmp_path, capsys):
+    """``--max-new-tokens 1000000000`` ran for minutes without a word; now it stops at the model's context:
+    the seq_len it was trained on, from the config (a checkpoint) or ``tinytitan.json`` (an export)."""
+    trained = json.loads((debug_export / "tinytitan.json").read_text())["seq_len"]
+    assert trained == 256 < json.loads((debug_export / "config.json").read_text())["max_position_embeddings"]
+    assert from_hf(debug_export).context == from_checkpoint(debug_checkpoint, DEBUG_CONFIG).context == 256
+    capsys.readouterr()  # transformers' loading bar
+    # 256 tokens take a minute on a loaded CPU: the same checkpoint under a config that says seq_len = 24.
+    config = tmp_path / "short.toml"
+    config.write_text(DEBUG_CONFIG.read_text().replace("seq_len = 256", "seq_len = 24", 1))
+    command = ["generate", "--checkpoint", str(debug_checkpoint), "--config", str(config), "--prompt", PROMPT,
+               "--temperature", "0"]  # fmt: skip
+    assert main([*command, "--max-new-tokens", "1000000000", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["tinytitan: --max-new-tokens 1000000000 is more than the model's context of 24 "
+                                "tokens (the sequence length it was trained on): generating at most 24"]  # fmt: skip
+    assert 0 < len(json.loads(out)["ids"]) <= 24  # and --json stays one JSON document
+    assert main([*command, "--max-new-tokens", "6", "--json"]) == 0
+    assert capsys.readouterr().err == ""  # within the context: no line
+
+
+def test_the_text_streams_as_it_is_sampled(titan, debug_export, capsys):
+    from io import StringIO
+
+    from tinytitan.observe.generate import TextStream
+
+    out = StringIO()
+    stream = TextStream(titan, out)
+    seen: list[str] = []
+
+    def on_token(token):
+        stream.add(token)
+        seen.append(out.getvalue())
+
+    new = generate(titan, prompt_ids(titan, PROMPT), 24, temperature=0, on_token=on_token)
+    stream.finish()
+    text = titan.decode([t for t in new if t != titan.eos_id])
+    assert out.getvalue() == text + "\n" and len(seen) == len(new)
+    assert len(set(seen)) > 1 and all(text.startswith(s) for s in seen)  # written piece by piece, as it came
+    command = ["generate", "--model", str(debug_export), "--prompt", PROMPT, "--temperature", "0", "--max-new-tokens"]
+    assert main([*command, "8", "--json"]) == 0
+    completion = json.loads(capsys.readouterr().out)["completion"]
+    assert main([*command, "8"]) == 0
+    assert capsys.readouterr().out == PROMPT + completion + "\n"

@@ -1,9 +1,18 @@
-"""Batch tokenization of documents into ``<|begin_of_text|> ... <|end_of_text|>`` token runs."""
+"""Batch tokenization of documents into ``<|begin_of_text|> ... <|end_of_text|>`` token runs.
+
+A long document goes through the tokenizer in pieces of at most ``PIECE_CHARS`` characters,
+and the tokenizer sees at most ``GROUP_CHARS`` characters per call: HF tokenizers hold about
+100 bytes per character of a call (1.3 GB for 12 MB of text, so GBs for a 47.5 MB document);
+in pieces their buffers are bounded by ``GROUP_CHARS`` (0.3 GB for the same 12 MB).
+A piece is cut before a space that sits between two non-space characters: a byte-level BPE
+tokenizer with Llama 3's split pattern (the embedded one, and those ``tokenizer_convert``
+makes) splits there anyway, so the pieces give exactly the tokens of one call. A text with no
+such space within half a piece (base64, a minified line) is cut at the piece length.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from itertools import chain
 
 import numpy as np
 
@@ -11,6 +20,26 @@ from tinytitan.errors import TinytitanError
 from tinytitan.tokenizer import plain_special_tokens
 
 TOKEN_DTYPE = np.uint32  # the Llama 3 vocabulary (128256) does not fit in uint16
+PIECE_CHARS = 1 << 20  # a document longer than this is tokenized in pieces
+GROUP_CHARS = 4 << 20  # characters per tokenizer call (a normal fetch of 1 MiB is one call)
+
+
+def split_long(text: str, piece: int = PIECE_CHARS) -> list[str]:
+    """``text`` in pieces of at most ``piece`` characters, each cut before a space between two non-spaces."""
+    if len(text) <= piece:
+        return [text]
+    pieces, start, n = [], 0, len(text)
+    while n - start > piece:
+        end, low = start + piece, start + piece // 2
+        cut = text.rfind(" ", low, end)
+        while cut > low and (text[cut - 1].isspace() or text[cut + 1].isspace()):
+            cut = text.rfind(" ", low, cut)
+        if cut <= low:
+            cut = end  # no word boundary nearby: a hard cut
+        pieces.append(text[start:cut])
+        start = cut
+    pieces.append(text[start:])
+    return pieces
 
 
 class Encoder:
@@ -35,6 +64,7 @@ class Encoder:
                 "with bos_token '<|begin_of_text|>' and eos_token '<|end_of_text|>'"
             )
         self._fast = raw is not None and hasattr(raw, "encode_batch_fast")
+        self.piece_chars = PIECE_CHARS
         if raw is not None:
             plain_special_tokens(raw)
 
@@ -64,7 +94,8 @@ class Encoder:
         h.update(f"|bos={self.bos_id}|eos={self.eos_id}|special-token strings=plain text".encode())
         return h.hexdigest()
 
-    def ids(self, texts: list[str]) -> list[list[int]]:
+    def _call(self, texts: list[str]) -> list[list[int]]:
+        """One tokenizer call."""
         if self._raw is not None:
             if self._fast:
                 encs = self._raw.encode_batch_fast(texts, add_special_tokens=False)
@@ -72,6 +103,21 @@ class Encoder:
                 encs = self._raw.encode_batch(texts, add_special_tokens=False)
             return [e.ids for e in encs]
         return [self._fallback.encode(t, add_bos=False, add_eos=False) for t in texts]
+
+    def ids(self, texts: list[str]) -> list[np.ndarray]:
+        """The token ids of each text (no BOS/EOS): long texts in pieces, at most GROUP_CHARS per call."""
+        pieces = [(i, p) for i, text in enumerate(texts) for p in split_long(text, self.piece_chars)]
+        parts: list[list[np.ndarray]] = [[] for _ in texts]
+        group: list[tuple[int, str]] = []
+        size = 0
+        for k, (i, piece) in enumerate(pieces):
+            group.append((i, piece))
+            size += len(piece)
+            if size >= GROUP_CHARS or k == len(pieces) - 1:
+                for (j, _), got in zip(group, self._call([p for _, p in group]), strict=True):
+                    parts[j].append(np.asarray(got, TOKEN_DTYPE))
+                group, size = [], 0
+        return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
 
     def encode_docs(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if not texts:
@@ -87,5 +133,5 @@ class Encoder:
         body[ends - 1] = False
         out[starts] = self.bos_id
         out[ends - 1] = self.eos_id
-        out[body] = np.fromiter(chain.from_iterable(ids), TOKEN_DTYPE, total - 2 * len(ids))
+        out[body] = np.concatenate(ids) if ids else np.empty(0, TOKEN_DTYPE)
         return out, starts

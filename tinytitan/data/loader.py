@@ -45,6 +45,7 @@ from tinytitan.data.loader_state import (
     dump_state,
     load_state,
     merge_states,
+    note_seq_len_change,
 )
 from tinytitan.data.mixture import Reader, StagedSampler, lane_stats
 from tinytitan.data.plan import MixturePlan
@@ -337,6 +338,8 @@ class MixtureDataLoader(BaseDataLoader):
         for line in check_stage_change(st, self.stages, step, self.allow_stage_change):
             if self.dp_rank == 0:
                 logger.warning(line)
+        if self.dp_rank == 0:
+            note_seq_len_change(st.layout, self.seq_len)
         old = st.layout
         self.stage_tokens = self._stage_tokens(st.windows, st.stage_tokens)
         self.windows_base = st.windows

@@ -234,6 +234,19 @@ def weight_change(saved: dict | None, now: dict[str, float]) -> str | None:
     )
 
 
+def note_seq_len_change(saved: Layout, seq_len: int) -> str | None:
+    """One log line when the run resumes with another sequence length (allowed: long-context extension
+    changes it on purpose). Windows are cut at the new length from where the stream stopped."""
+    if saved.seq_len == seq_len:
+        return None
+    message = (
+        f"data: training.seq_len changed since the checkpoint ({saved.seq_len} -> {seq_len}); "
+        "the stream continues where it stopped, in windows of the new length"
+    )
+    logger.warning(message)
+    return message
+
+
 def check_fingerprint(saved: dict, now: dict) -> None:
     """Refuses to resume when the seed, the lanes, the sources or a source's files/filter/split changed."""
     hint = (

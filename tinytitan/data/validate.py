@@ -84,9 +84,8 @@ def _token_chunks_prepared(src: SourcePlan, validation_files: str, prepared_dir:
     from tinytitan.data.shards import Shard, load_manifest, shard_base
 
     if validation_files:
-        entry = load_manifest(prepared_dir)["sources"][src.name]
-        for rec in entry.get("validation_files", []):
-            sh = Shard(shard_base(prepared_dir, src.name, rec["rel"], validation=True))
+        for rec in load_manifest(prepared_dir).sources[src.name].validation_files:
+            sh = Shard(shard_base(prepared_dir, src.name, rec.rel, validation=True))
             yield np.asarray(sh.tokens)
         return
     sh = Shard(shard_base(prepared_dir, src.name, src.files[0].rel))

@@ -15,6 +15,7 @@ without a GPU (development: fail fast). tinytitan.launcher.supervise handles the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from tinytitan.config import DEFAULT_CONFIG, load_job_config, rank_overrides, tr
 from tinytitan.errors import TinytitanError, run_guarded
 from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.preflight import preflight
+from tinytitan.launcher.run_folder import RunLock, finished_run, takes_lock
 from tinytitan.launcher.supervise import Supervisor
 
 CPU_PROCESSES = 2  # FSDP needs at least two ranks to shard anything
@@ -166,14 +168,19 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
 
     world_size = nproc * int(env.get("NNODES") or 1)
     preflight(job_config, world_size, gpus, torch.__version__)
+    finished = finished_run(job_config)
+    if finished is not None:  # before anything is written to the run folder
+        print(finished, flush=True)
+        return 0
     print_stages(job_config, world_size)
     config_file = job_config.job.config_file
     restarts = max_restarts(env, gpus)
     cmd = torchrun_command(nproc, training_args(config_file, rank_overrides(job_config, overrides)), env, restarts)
-    where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
-    print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
-    watch = run_watch(job_config, world_size)
-    return Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts, watch).run()
+    with RunLock(job_config.job.dump_folder) if takes_lock(env) else contextlib.nullcontext():
+        where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
+        print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
+        watch = run_watch(job_config, world_size)
+        return Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts, watch).run()
 
 
 PASS_THROUGH = True  # unknown arguments are torchtitan overrides

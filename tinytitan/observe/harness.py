@@ -20,6 +20,7 @@ still has work, and a rank with none runs one-token dummy batches until all are 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,52 @@ def task_manager(include_path: str | os.PathLike | None = None):
     return _MANAGERS[key]
 
 
+def broken_task_files(folder: str | os.PathLike) -> list[tuple[Path, str, str]]:
+    """The task YAMLs under ``folder`` that do not parse: (file, "line N: the parser's words", its text).
+
+    lm-eval skips such a file with a debug-level log, so a broken local task looked unknown.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # lm-eval's tags (!function) are names here, not imports
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
+    broken = []
+    for path in sorted(Path(folder).glob("**/*.yaml")):
+        text = path.read_text(errors="replace")
+        try:
+            yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            broken.append((path, f"line {mark.line + 1}: {problem}" if mark is not None else problem, text))
+    return broken
+
+
+def _broken_task_error(path: Path, problem: str, tasks: Sequence[str]) -> TinytitanError:
+    return TinytitanError(
+        f"lm-eval task file {path} does not parse ({problem}), so lm-eval skips it and does not know "
+        f"{', '.join(tasks)}: fix the YAML"
+    )
+
+
 def check_tasks(tasks: Sequence[str], include_path=None):
-    """lm-eval is installed and knows every task; returns the task manager."""
+    """lm-eval is installed and knows every task; returns the task manager.
+
+    A task YAML of ``include_path`` that does not parse is named with its line: at once when it
+    names a requested task (before lm-eval indexes its thousands of tasks), else when a task is unknown.
+    """
+    require_lm_eval()
+    broken = broken_task_files(include_path) if include_path is not None and Path(include_path).is_dir() else []
+    for path, problem, text in broken:
+        named = [t for t in tasks if re.search(rf"(?<![\w.-]){re.escape(t)}(?![\w.-])", text)]
+        if named:
+            raise _broken_task_error(path, problem, named)
     manager = task_manager(include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown and broken:
+        raise _broken_task_error(broken[0][0], broken[0][1], unknown)
     if unknown:
         raise TinytitanError(
             f"unknown lm-eval task(s) {', '.join(unknown)}: use lm-eval's task names "

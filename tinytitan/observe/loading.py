@@ -36,6 +36,12 @@ class LanguageModel:
     max_seq_len: int
     hf: bool
     device: torch.device
+    trained_seq_len: int | None = None  # the sequence length training used, when known
+
+    @property
+    def context(self) -> int:
+        """The longest sequence the model was made for: what it was trained on, within its RoPE range."""
+        return min(self.max_seq_len, self.trained_seq_len or self.max_seq_len)
 
     def encode(self, text: str) -> list[int]:
         """Ids without special tokens, as the data loader encodes a document's text."""
@@ -113,6 +119,7 @@ def from_checkpoint(
         max_seq_len=args.max_seq_len,
         hf=False,
         device=device,
+        trained_seq_len=settings.seq_len,
     )
 
 
@@ -141,6 +148,7 @@ def from_random_init(config: str | os.PathLike, seed: int = 0, device=None) -> L
         max_seq_len=args.max_seq_len,
         hf=False,
         device=device,
+        trained_seq_len=settings.seq_len,
     )
 
 
@@ -164,7 +172,19 @@ def from_hf(folder: str | os.PathLike, device=None) -> LanguageModel:
         max_seq_len=model.config.max_position_embeddings,
         hf=True,
         device=device,
+        trained_seq_len=_trained_seq_len(folder),
     )
+
+
+def _trained_seq_len(folder: Path) -> int | None:
+    """``seq_len`` of the export's ``tinytitan.json`` (an export made elsewhere has none)."""
+    import json
+
+    try:
+        value = json.loads((folder / "tinytitan.json").read_text()).get("seq_len")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def load(args) -> LanguageModel:
