@@ -6,7 +6,6 @@ import pytest
 
 from tests.helpers import REPO
 from tinytitan.config import load_job_config
-from tinytitan.launcher import launch
 from tinytitan.models import FLAVORS
 
 CONFIGS = sorted((REPO / "train_configs").glob("*.toml"))

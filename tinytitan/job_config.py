@@ -13,11 +13,11 @@ No ``from __future__ import annotations`` here: torchtitan merges these dataclas
 JobConfig with ``make_dataclass``, and tyro must see real types, not strings.
 """
 
-
 from dataclasses import dataclass, field
 
 from tinytitan.data.config import Data
 from tinytitan.errors import TinytitanError
+from tinytitan.run_record import Run
 
 
 @dataclass
@@ -59,6 +59,7 @@ class Eval:
 class JobConfig:
     data: Data = field(default_factory=Data)
     eval: Eval = field(default_factory=Eval)
+    run: Run = field(default_factory=Run)  # written by the launcher into <dump_folder>/run.toml
 
 
 def _require(ok: bool, key: str, value, rule: str) -> None:

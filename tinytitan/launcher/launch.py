@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 
 from tinytitan.config import DEFAULT_CONFIG, load_job_config, training_args
@@ -123,7 +124,18 @@ def process_env(env: Mapping[str, str], nproc: int, gpus: int) -> dict[str, str]
     return out
 
 
-def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+def launch(
+    config_file: str | None,
+    overrides: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    command: str | None = None,
+) -> int:
+    """``command``: how the user started this launch (the run record keeps it; the start lines show it as
+    the resume command)."""
+    from tinytitan.launcher import report
+    from tinytitan.launcher.record import command_line, resumes_from, script_program, write_run_record
+
+    started = time.monotonic()
     env = dict(os.environ if env is None else env)
     gpus = visible_gpus()
     nproc = resolve_nproc(env, gpus)
@@ -131,13 +143,23 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
     import torch
 
-    preflight(job_config, nproc * int(env.get("NNODES") or 1), gpus, torch.__version__)
+    world_size = nproc * int(env.get("NNODES") or 1)
+    preflight(job_config, world_size, gpus, torch.__version__)
     config_file = job_config.job.config_file
     restarts = max_restarts(env, gpus)
     cmd = torchrun_command(nproc, training_args(config_file, overrides), env, restarts)
+    command = command or command_line(script_program(), overrides, env)
+    record = write_run_record(job_config, world_size=world_size, gpus=gpus, command=command, env=env)
     where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
     print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
-    return Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts).run()
+    start = report.start_lines(job_config, record=record, command=command, start_step=resumes_from(job_config))
+    print("\n".join(start), flush=True)
+    offset = report.metrics_size(job_config)
+    code = Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts).run()
+    if code == 0:
+        outcome = report.read_outcome(job_config, offset)
+        print("\n".join(report.end_lines(job_config, outcome, wall_s=time.monotonic() - started)), flush=True)
+    return code
 
 
 PASS_THROUGH = True  # unknown arguments are torchtitan overrides
@@ -156,12 +178,18 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    from tinytitan.launcher.record import command_line
+
     env = dict(os.environ)
+    given = [*(["--config", args.config] if args.config else []),
+             *(["--ngpu", str(args.ngpu)] if args.ngpu is not None else []),
+             *(["--max-restarts", str(args.max_restarts)] if args.max_restarts is not None else [])]  # fmt: skip
+    command = command_line(["tinytitan", "train"], [*given, *args.overrides], env)
     if args.ngpu is not None:
         env["NGPU"] = str(args.ngpu)
     if args.max_restarts is not None:
         env["MAX_RESTARTS"] = str(args.max_restarts)
-    return launch(args.config, args.overrides, env)
+    return launch(args.config, args.overrides, env, command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,10 @@
 """``tinytitan generate``: sample text from a checkpoint, or from an HF export with ``--model``.
 
-    tinytitan generate --checkpoint outputs/debug/checkpoint --config train_configs/llama3_debug.toml \\
+    tinytitan generate --checkpoint outputs/debug/checkpoint \\
         --prompt "def fibonacci(n):" --max-new-tokens 64 --temperature 0.8 --top-p 0.95 --seed 0
+
+The flavor and tokenizer come from the run's record next to the checkpoint (``--config`` overrides
+it); the model and the step it holds are named on stderr.
 
 Training documents start with BOS, so the prompt does too. ``--temperature 0`` is
 greedy decoding; the checkpoint and its export then give the same tokens. The
@@ -17,7 +20,8 @@ import sys
 import torch
 
 from tinytitan.errors import TinytitanError
-from tinytitan.observe.loading import LanguageModel, add_model_arguments, load
+from tinytitan.observe.loading import LanguageModel, load
+from tinytitan.observe.model_args import add_model_arguments, model_choice
 
 
 def pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -89,12 +93,14 @@ def run(args) -> int:
         raise TinytitanError(f"--temperature {args.temperature} is negative: use 0 for greedy decoding, or a value > 0")
     if not 0 < args.top_p <= 1:
         raise TinytitanError(f"--top-p {args.top_p}: use a value in (0, 1]")
-    lm = load(args)
+    lm = load(model_choice(args))
+    print(f"generate: {lm.name}, step {lm.step if lm.step is not None else 'unknown'}", file=sys.stderr, flush=True)
     ids = prompt_ids(lm, args.prompt)
     new = generate(lm, ids, args.max_new_tokens, args.temperature, args.top_p, args.seed)
     text = lm.decode([t for t in new if t != lm.eos_id])
     if args.json:
-        print(json.dumps({"model": lm.name, "prompt": args.prompt, "completion": text, "prompt_ids": ids, "ids": new}))
+        print(json.dumps({"model": lm.name, "step": lm.step, "prompt": args.prompt, "completion": text,
+                          "prompt_ids": ids, "ids": new}))  # fmt: skip
     else:
         print(args.prompt + text)
         sys.stdout.flush()

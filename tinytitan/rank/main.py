@@ -20,7 +20,7 @@ if __name__ == "__main__":
 
 
 def main() -> None:
-    from tinytitan.rank import device
+    from tinytitan.rank import device, known_warnings
     from tinytitan.rank.preemption import StopRequest
 
     stop = StopRequest()
@@ -28,6 +28,7 @@ def main() -> None:
     rank = int(os.environ.get("RANK", "0"))
     faults.note_rank(rank, step=0)
     device.activate()
+    known_warnings.install(cpu=device.cpu_mode())
     from torchtitan.train import main as torchtitan_main
 
     from tinytitan.rank.spec import register

@@ -45,12 +45,12 @@ class TinyTrainer(Trainer):
         self.agreement = StepAgreement(job_config.comm.init_timeout_seconds)
         self.preempted_at: int | None = None
         self.finished_saves: set = set()
-        self.benchmarks = build_in_loop_eval(self)
+        self.in_loop_eval = build_in_loop_eval(self)  # [eval]: lm-eval tasks every freq steps, or None
 
     def train_step(self, data_iterator):
         super().train_step(data_iterator)
-        if self.benchmarks is not None and self.benchmarks.due(self.step):
-            self.benchmarks.run(self.model_parts, self.step)
+        if self.in_loop_eval is not None and self.in_loop_eval.due(self.step):
+            self.in_loop_eval.run(self.model_parts, self.step)
 
     def close(self) -> None:
         """Closes what this trainer owns, in order, before torchtitan's parts and the process group go.
