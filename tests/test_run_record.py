@@ -82,10 +82,10 @@ def test_start_and_end_lines_say_where_things_are_with_metrics_figures(run):
     assert out[end + 1] == f"  train loss       {train[-1]['loss']:.4f} (step 3)"
     assert out[end + 2] == (f"  validation loss  {val['validation/loss']:.4f} (step 3): slimpajama "
                             f"{val['validation/slimpajama/loss']:.4f}, starcoderdata {val['validation/starcoderdata/loss']:.4f}")  # fmt: skip
-    elapsed = int(train[-1]["time/elapsed_s"])
+    e = int(train[-1]["time/elapsed_s"])
     tps = sum(r["tps"] for r in train) / len(train)
-    assert re.fullmatch(rf"  time             \d+:\d\d:\d\d wall, 0:00:{elapsed:02d} from the first logged step to "
-                        rf"the last; {tps:,.0f} tokens/s per process", out[end + 3])  # fmt: skip
+    assert re.fullmatch(rf"  time             \d+:\d\d:\d\d wall, {e // 3600}:{e // 60 % 60:02d}:{e % 60:02d} from the "
+                        rf"first logged step to the last; {tps:,.0f} tokens/s per process", out[end + 3])  # fmt: skip
     assert out[end + 4] == f"  checkpoints      {dump / 'checkpoint'}: step-3"
     assert out[end + 5:end + 8] == [f"  next             tensorboard --logdir {dump / 'tb'}",
                                     f"                   tinytitan eval loss --checkpoint {dump / 'checkpoint' / 'step-3'}",

@@ -42,7 +42,8 @@ def stages_text(trained) -> str:
     """One phrase per ``[[data.stages]]``: its name, its end in tokens and its weights."""
     parts = []
     for stage in trained.stages():
-        weights = ", ".join(f"{k} {v:g}" for k, v in (getattr(stage, "weights", None) or {}).items())
+        raw = getattr(stage, "weights", None) or {}
+        weights = ", ".join(f"{k} {v:g}" for k, v in raw.items()) if isinstance(raw, dict) else str(raw)
         until = getattr(stage, "until_tokens", None)
         parts.append(f"{getattr(stage, 'name', '?')} until {_num(until)} tokens" + (f" ({weights})" if weights else ""))
     return "; ".join(parts)

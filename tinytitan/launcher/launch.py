@@ -1,4 +1,6 @@
-"""Starts training: checks the config, then runs torchrun with ``-m tinytitan.rank.main``.
+"""Starts training: checks the config, writes the run's record (``<dump_folder>/run.toml``, see
+``tinytitan.launcher.record``) and the start lines, runs torchrun with ``-m tinytitan.rank.main``, and
+sums the run up when it ends (``tinytitan.launcher.report``).
 
 Environment (the interface of torchtitan's run_train.sh): ``NGPU`` (default:
 visible GPUs, or 2 processes on a CPU-only machine), ``CONFIG_FILE`` (default:
