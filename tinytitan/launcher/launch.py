@@ -151,10 +151,12 @@ def launch(
     restarts = max_restarts(env, gpus)
     cmd = torchrun_command(nproc, training_args(config_file, overrides), env, restarts)
     command = command or command_line(script_program(), overrides, env)
-    record = write_run_record(job_config, world_size=world_size, gpus=gpus, command=command, env=env)
+    start_step = resumes_from(job_config)
+    record = write_run_record(job_config, world_size=world_size, gpus=gpus, command=command, env=env,
+                              start_step=start_step)  # fmt: skip
     where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
     print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
-    start = report.start_lines(job_config, record=record, command=command, start_step=resumes_from(job_config))
+    start = report.start_lines(job_config, record=record, command=command, start_step=start_step)
     print("\n".join(start), flush=True)
     offset = report.metrics_size(job_config)
     code = Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts).run()

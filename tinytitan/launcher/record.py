@@ -109,8 +109,11 @@ def device_name(gpus: int) -> str:
     return torch.cuda.get_device_name(0)
 
 
-def write_run_record(job_config, *, world_size: int, gpus: int, command: str, env: Mapping[str, str]) -> Path | None:
-    """Writes (or extends) ``<dump_folder>/run.toml``; returns its path (None on nodes other than node 0)."""
+def write_run_record(
+    job_config, *, world_size: int, gpus: int, command: str, env: Mapping[str, str], start_step: int | None = None
+) -> Path | None:
+    """Writes (or extends) ``<dump_folder>/run.toml``; returns its path (None on nodes other than node 0).
+    ``start_step``: the step this launch resumes from (default: ``resumes_from``)."""
     if (env.get("NODE_RANK") or "0") != "0":
         return None
     import torch
@@ -123,7 +126,7 @@ def write_run_record(job_config, *, world_size: int, gpus: int, command: str, en
     previous = _previous_record(path)
     tokenizer_hash, fingerprint = data_identity(config)
     segment = Segment(
-        start_step=resumes_from(config),
+        start_step=resumes_from(config) if start_step is None else start_step,
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         command=command,
         config_file=str(Path(job_config.job.config_file).resolve()),

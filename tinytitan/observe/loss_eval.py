@@ -44,9 +44,11 @@ class Windows:
     why: str  # what they are, or why they are not the validator's
 
     def describe(self) -> str:
-        count = "all" if self.steps < 0 else f"{self.steps} x {self.ranks} x {self.batch_size} ="
-        total = "" if self.steps < 0 else f" {self.steps * self.ranks * self.batch_size}"
-        return f"{count}{total} windows of {self.seq_len + 1} tokens per source"
+        if self.steps < 0:
+            return f"all held-out windows of {self.seq_len + 1} tokens per source"
+        n = self.steps * self.ranks * self.batch_size
+        size = f" ({n * self.seq_len / 1e6:.1f}M predictions)" if n * self.seq_len >= 1e6 else ""
+        return f"{self.steps} x {self.ranks} x {self.batch_size} = {n} windows of {self.seq_len + 1} tokens per source{size}"
 
 
 def choose_windows(trained, step: int | None, *, seq_len: int | None = None, batch_size: int | None = None,
