@@ -73,6 +73,21 @@ def test_set_pg_timeout_takes_a_timedelta_and_a_group():
     assert list(inspect.signature(distributed_c10d._set_pg_timeout).parameters)[:2] == ["timeout", "group"]
 
 
+def test_validator_init_builds_its_text_loader_through_the_replaced_name():
+    """Validator.__init__ runs whole and keeps no C4 loader (which would download) while the context is open."""
+    from torchtitan.components import validate
+    from torchtitan.config import JobConfig
+
+    original = validate.build_text_validation_dataloader
+    args = dict(job_config=JobConfig(), dp_world_size=1, dp_rank=0, tokenizer=None, parallel_dims=None, loss_fn=None,
+                validation_context=None, maybe_enable_amp=None, metrics_processor="metrics")  # fmt: skip
+    with compat.validator_without_text_loader():
+        validator = validate.Validator(**args)
+    assert validator.validation_dataloader is None and validator.metrics_processor == "metrics"
+    assert validate.build_text_validation_dataloader is original
+    assert "build_text_validation_dataloader" in inspect.getsource(validate.Validator.__init__)
+
+
 def test_a_missing_private_name_is_one_line_naming_it():
     with pytest.raises(TinytitanError, match=r"no CheckpointManager\._should_save.*torchtitan==0\.2\.2"):
         compat.checkpoint_due(object.__new__(type("CheckpointManager", (), {})), 1, last_step=False)

@@ -60,7 +60,7 @@ def truncated_step(debug_run, tmp_path_factory) -> Path:
     "command",
     [
         ["export", "{step}", "--out", "{out}", "--config", DEBUG_CONFIG],
-        ["eval", "--checkpoint", "{step}", "--config", DEBUG_CONFIG],
+        ["eval", "loss", "--checkpoint", "{step}", "--config", DEBUG_CONFIG],
         ["generate", "--checkpoint", "{step}", "--config", DEBUG_CONFIG, "--prompt", "hi"],
     ],
     ids=["export", "eval", "generate"],

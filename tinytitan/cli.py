@@ -4,6 +4,9 @@ The console script dispatches from one table of subcommands.
 
 Each entry names a module with ``configure(parser)`` and ``run(args) -> int``.
 Only the chosen subcommand's module is imported, so ``tinytitan --help`` is fast.
+A module may also define ``modern_argv(argv) -> (argv, note)``: an older spelling of its
+command, rewritten to the current one with a one-line note. A flag argparse refuses is one
+``tinytitan: error:`` line (exit code 2), like every other bad input.
 """
 
 from __future__ import annotations
@@ -25,14 +28,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("tinytitan.export.cli", "convert a checkpoint to Hugging Face / Meta format, verified"),
     "push": ("tinytitan.hub", "upload an export to a private Hub repo and collection"),
     "plot": ("tinytitan.observe.plot", "draw loss, learning rate and throughput curves as PNG"),
-    "eval": ("tinytitan.observe.evaluate", "held-out loss and perplexity per source"),
+    "eval": (
+        "tinytitan.observe.evaluate",
+        "held-out loss per source (eval loss), or lm-eval benchmark tasks (eval tasks)",
+    ),
     "generate": ("tinytitan.observe.generate", "sample text from a checkpoint or an export"),
     "bench": ("tinytitan.bench.cli", "measure training throughput and MFU per flavor"),
 }
 
 
+class UsageError(Exception):
+    """A command line argparse refused: shown as one line, not argparse's usage block."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tinytitan", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="tinytitan", description=__doc__.splitlines()[0])
     parser.epilog = "Run `tinytitan COMMAND --help` for a command's options."
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -46,15 +61,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(command)
-    if command is None:
-        parser.print_help() if not argv else parser.parse_args(argv)
-        return 0 if not argv else 2
-    module = importlib.import_module(COMMANDS[command][0])
-    if getattr(module, "PASS_THROUGH", False):  # e.g. train: torchtitan overrides follow
-        args, extra = parser.parse_known_args(argv)
-        args.overrides = extra
-    else:
-        args = parser.parse_args(argv)
+    try:
+        if command is None:
+            parser.print_help() if not argv else parser.parse_args(argv)
+            return 0 if not argv else 2
+        module = importlib.import_module(COMMANDS[command][0])
+        if hasattr(module, "modern_argv"):
+            argv, note = module.modern_argv(argv)
+            if note:
+                print(f"tinytitan: note: {note} (the old spelling still works, for now)", file=sys.stderr)
+        if getattr(module, "PASS_THROUGH", False):  # e.g. train: torchtitan overrides follow
+            args, extra = parser.parse_known_args(argv)
+            args.overrides = extra
+        else:
+            args = parser.parse_args(argv)
+    except UsageError as e:
+        print(f"tinytitan: error: {e}", file=sys.stderr)
+        return 2
     return run_guarded(lambda: module.run(args))
 
 

@@ -8,6 +8,7 @@ against the installed torchtitan.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -71,3 +72,22 @@ def set_group_timeout(group, seconds: float) -> None:
     from torch.distributed import distributed_c10d
 
     _private(distributed_c10d, "_set_pg_timeout")(timedelta(seconds=seconds), group)
+
+
+# ---------------------------------------------------------------- Validator
+# tinytitan validates on each source's held-out split with torchtitan's own Validator (its __init__
+# and its validate loop); only the C4 text loader its __init__ builds is replaced, per source.
+
+
+@contextmanager
+def validator_without_text_loader():
+    """While it is open, torchtitan's ``Validator.__init__`` builds no text validation loader (a Hub
+    download of C4): tinytitan's ``HeldOutValidator`` sets its own, one per source."""
+    from torchtitan.components import validate
+
+    original = _private(validate, "build_text_validation_dataloader")
+    validate.build_text_validation_dataloader = lambda **kwargs: None
+    try:
+        yield
+    finally:
+        validate.build_text_validation_dataloader = original

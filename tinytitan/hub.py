@@ -127,11 +127,10 @@ def plan_push(
 
 
 def verify_folder(folder: Path, log: Callable[[str], None] = print):
-    """``export``'s checks on the folder's own files; returns the verification."""
-    from tinytitan.export.parity import verify_hf_folder, verify_meta_folder
-    from tinytitan.export.pipeline import META_SUBFOLDER
-    from tinytitan.export.settings import read_tokenizer
+    """``export``'s verification (``tinytitan.export.verify``) on the folder's own weights; returns it."""
     from tinytitan.export.static_checks import check_hf_folder, reference_from_hf
+    from tinytitan.export.tokenizer_files import read_tokenizer
+    from tinytitan.export.verify import meta_part, verify_export
     from tinytitan.models import flavor_args
 
     info = check_hf_folder(folder)
@@ -139,12 +138,8 @@ def verify_folder(folder: Path, log: Callable[[str], None] = print):
     tok = read_tokenizer(folder)
     if tok.eos_id != info.config.get("eos_token_id") or tok.bos_id != info.config.get("bos_token_id"):
         raise TinytitanError(f"{folder}/config.json's bos/eos ids differ from its tokenizer's: export again")
-    result = verify_hf_folder(
-        folder, args, reference_from_hf(folder, args), seq_len=info.seq_len, dtype=info.dtype, eos_id=tok.eos_id
-    )
-    meta = folder / META_SUBFOLDER
-    if (meta / "consolidated.00.pth").is_file():
-        verify_meta_folder(meta, args, reference_from_hf(folder, args), info.dtype)
+    result = verify_export(folder, args, reference_from_hf(folder, args), hf=True, meta=meta_part(folder),
+                           seq_len=info.seq_len, dtype=info.dtype, eos_id=tok.eos_id, log=lambda _: None)  # fmt: skip
     log(f"verified {folder} (flavor {info.flavor}): {result.describe()}")
     recorded = (info.provenance or {}).get("verification")
     if recorded:

@@ -18,6 +18,7 @@ from typing import Literal
 
 from tinytitan.data.config import Data
 from tinytitan.errors import TinytitanError
+from tinytitan.run_record import Run
 
 
 @dataclass
@@ -119,6 +120,7 @@ class JobConfig:
     loss: Loss = field(default_factory=Loss)
     model: Model = field(default_factory=Model)
     hang: Hang = field(default_factory=Hang)
+    run: Run = field(default_factory=Run)  # written by the launcher into <dump_folder>/run.toml
 
 
 def _require(ok: bool, key: str, value, rule: str) -> None:

@@ -48,6 +48,11 @@ def test_manifest_counts_and_dtype(corpus: Corpus, prepared):
     assert sp.tokens == sum(corpus.docs[i].words + 2 for i in kept)
     assert sum(r.empty for r in sp.files) == 1 and sp.files_with_errors == [corpus.corrupt_file]
     assert len(sp.validation_files) == 1
+    # SlimPajama's validation/chunk1/... held-out file: under <source>/validation/, not validation/validation/
+    assert os.path.isfile(
+        os.path.join(prepared, "slimpajama", "validation", "chunk1", "example_holdout_0.jsonl.zst.tok")
+    )
+    assert not os.path.exists(os.path.join(prepared, "slimpajama", "validation", "validation"))
     sc = m.sources["starcoderdata"]
     assert sc.docs == len(corpus.kept("starcoderdata")) == 100
     rel = sc.files[0].rel

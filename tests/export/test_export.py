@@ -265,12 +265,16 @@ def test_failed_verification_leaves_out_untouched(step20, occupied, monkeypatch)
     _no_leftovers(occupied)
 
 
-def test_tokenizer_is_required_for_hf(step20, tmp_path, capsys):
-    rc, err = _export(capsys, step20, "--out", tmp_path / "x")
-    assert rc == 2 and "no tokenizer folder" in err and not (tmp_path / "x").exists()
+def test_tokenizer_is_required_for_hf_without_a_run_record(step20, tmp_path, capsys):
+    bare = tmp_path / "checkpoint" / "step-20"  # the checkpoint without its run folder's run.toml
+    shutil.copytree(step20, bare)
+    rc, err = _export(capsys, bare, "--out", tmp_path / "x")
+    assert rc == 2 and "no tokenizer folder" in err and "run record" in err and not (tmp_path / "x").exists()
     # without --config: the flavor comes from the shapes, the tokenizer from --tokenizer
-    assert _export(capsys, step20, "--out", tmp_path / "y", "--tokenizer", TOKENIZER, "--no-verify")[0] == 0
-    assert json.loads((tmp_path / "y" / "tinytitan.json").read_text())["flavor"] == "debug"
+    assert _export(capsys, bare, "--out", tmp_path / "y", "--tokenizer", TOKENIZER, "--no-verify")[0] == 0
+    record = json.loads((tmp_path / "y" / "tinytitan.json").read_text())
+    assert record["flavor"] == "debug" and record["trained"] is None and record["run_record"] is None
+    assert "| Training sequence length | unknown |" in (tmp_path / "y" / "README.md").read_text()
 
 
 @pytest.mark.parametrize("target", ["run folder", "step folder", "checkpoint folder", "tokenizer folder"])

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers import DEBUG_CONFIG
-
 
 @pytest.fixture(scope="session")
 def debug_checkpoint(debug_run):
@@ -14,9 +12,10 @@ def debug_checkpoint(debug_run):
 
 @pytest.fixture(scope="session")
 def debug_export(debug_checkpoint, tmp_path_factory):
-    """The step-20 checkpoint exported to Hugging Face format by the export package (verified there)."""
+    """The step-20 checkpoint exported to Hugging Face format by the export package (verified there), from the
+    run's record (no --config): its tinytitan.json names that record."""
     from tinytitan.export.pipeline import export
 
     out = tmp_path_factory.mktemp("observe") / "debug-hf"
-    export(debug_checkpoint, out, config=DEBUG_CONFIG)
+    export(debug_checkpoint, out)
     return out

@@ -1,4 +1,4 @@
-"""``tinytitan eval --run``: every checkpoint of a run scored, saved, resumed, summarised and plotted."""
+"""``tinytitan eval tasks --run``: every checkpoint of a run scored, saved, resumed, summarised and plotted."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import shutil
 
 import pytest
 
-from tests.helpers import DEBUG_CONFIG
 from tinytitan.cli import main
 from tinytitan.observe.events import read_scalars
 from tinytitan.observe.harness import SAMPLE_TASK
@@ -17,8 +16,17 @@ from tinytitan.observe.harness import SAMPLE_TASK
 def test_run_curve_is_saved_resumed_and_plotted(debug_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(debug_run, run)
-    args = ["eval", "--run", str(run), "--config", str(DEBUG_CONFIG), "--tasks", SAMPLE_TASK, "--limit", "4",
-            "--no-progress"]  # fmt: skip
+    args = [
+        "eval",
+        "tasks",
+        "--run",
+        str(run),
+        "--tasks",
+        SAMPLE_TASK,
+        "--limit",
+        "4",
+        "--no-progress",
+    ]  # run.toml: flavor
     assert main(args) == 0
     saved = {s: json.loads((run / "eval" / f"step-{s}.json").read_text()) for s in (10, 20)}
     for step, result in saved.items():
@@ -30,7 +38,8 @@ def test_run_curve_is_saved_resumed_and_plotted(debug_run, tmp_path, capsys):
     assert [int(r["step"]) for r in rows] == [10, 20]
     assert float(rows[1][f"{SAMPLE_TASK}/acc,none"]) == saved[20]["tasks"][SAMPLE_TASK]["acc,none"]
     table = (run / "eval" / "summary.md").read_text().splitlines()
-    assert table[0].startswith("| step | tokens |") and len(table) == 4
+    # the README's column names: `<task> acc`, no lm-eval `metric,filter` keys, no stderr columns
+    assert table[0] == f"| step | tokens | {SAMPLE_TASK} acc | {SAMPLE_TASK} acc_norm |" and len(table) == 4
 
     scalars = read_scalars(run)
     curve = scalars[f"eval/{SAMPLE_TASK}/acc"]

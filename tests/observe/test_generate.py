@@ -70,20 +70,23 @@ def test_generate_command_both_paths(debug_checkpoint, debug_export, capsys):
     b = json.loads(capsys.readouterr().out)
     assert a["ids"] == b["ids"] and a["completion"] == b["completion"]
     assert 0 < len(a["ids"]) <= 12
-    # the checkpoint folder (not a step folder) means its latest step
-    run_dir = debug_checkpoint.parent
-    assert main(["generate", "--checkpoint", str(run_dir), "--config", str(DEBUG_CONFIG), *common]) == 0
-    assert json.loads(capsys.readouterr().out)["ids"] == a["ids"]
+    # the checkpoint folder (not a step folder) means its latest step; no --config: the run's run.toml
+    assert main(["generate", "--checkpoint", str(debug_checkpoint.parent), *common]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["ids"] == a["ids"] and json.loads(captured.out)["step"] == 20
+    assert captured.err == f"generate: {debug_checkpoint} (debug), step 20\n"  # which step it loaded
     # plain text: the prompt and its continuation
     assert main(["generate", "--model", str(debug_export), "--prompt", PROMPT, "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith(PROMPT)
 
 
-def test_generate_errors_are_one_line(debug_checkpoint, capsys):
-    assert main(["generate", "--checkpoint", str(debug_checkpoint), "--prompt", "x"]) == 2
-    assert "--config" in capsys.readouterr().err
+def test_generate_errors_are_one_line(tmp_path, capsys):
+    bare = tmp_path / "checkpoint" / "step-20"  # a checkpoint without its run folder's record
+    bare.mkdir(parents=True)
+    assert main(["generate", "--checkpoint", str(bare), "--prompt", "x"]) == 2
+    assert "pass --config TOML" in capsys.readouterr().err
     assert main(["generate", "--prompt", "x"]) == 2
-    assert "either --checkpoint" in capsys.readouterr().err
+    assert "one of the arguments --checkpoint --model is required" in capsys.readouterr().err
 
 
 def test_negative_temperature_is_refused_not_greedy(debug_checkpoint, capsys):
@@ -107,11 +110,16 @@ def test_a_huge_max_new_tokens_is_capped_at_the_context_with_one_line(debug_chec
                "--temperature", "0"]  # fmt: skip
     assert main([*command, "--max-new-tokens", "1000000000", "--json"]) == 0
     out, err = capsys.readouterr()
-    assert err.splitlines() == ["tinytitan: --max-new-tokens 1000000000 is more than the model's context of 24 "
-                                "tokens (the sequence length it was trained on): generating at most 24"]  # fmt: skip
+    cap = ("tinytitan: --max-new-tokens 1000000000 is more than the model's context of 24 tokens (the sequence "
+           "length it was trained on): generating at most 24")  # fmt: skip
+    # Besides the cap: the run record's warning about the disagreeing --config, and the step loaded.
+    lines = err.splitlines()
+    assert lines.count(cap) == 1 and len(lines) == 3, lines
+    assert lines[0].startswith("tinytitan: warning: --config") and "training.seq_len = 24" in lines[0]
+    assert lines[1].startswith("generate: ") and lines[1].endswith("step 20")
     assert 0 < len(json.loads(out)["ids"]) <= 24  # and --json stays one JSON document
     assert main([*command, "--max-new-tokens", "6", "--json"]) == 0
-    assert capsys.readouterr().err == ""  # within the context: no line
+    assert "--max-new-tokens" not in capsys.readouterr().err  # within the context: no line
 
 
 def test_the_text_streams_as_it_is_sampled(titan, debug_export, capsys):

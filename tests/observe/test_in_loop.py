@@ -32,7 +32,7 @@ def test_in_loop_eval_logs_scores_and_changes_no_loss(uninterrupted, tmp_path, c
 
     # The two ranks split the documents; gathered, they score what one process scores on the checkpoint.
     capsys.readouterr()
-    args = ["eval", "--checkpoint", str(with_eval / "checkpoint" / f"step-{STEPS}"), "--config", str(DEBUG_CONFIG)]
+    args = ["eval", "tasks", "--checkpoint", str(with_eval / "checkpoint" / f"step-{STEPS}")]  # flavor etc.: run.toml
     assert main([*args, "--tasks", SAMPLE_TASK, "--limit", "6", "--json"]) == 0
     offline = json.loads(capsys.readouterr().out)["tasks"][SAMPLE_TASK]
     assert rows[STEPS][f"eval/{SAMPLE_TASK}/acc"] == pytest.approx(offline["acc,none"])

@@ -2,7 +2,8 @@
 
 Reads ``.metadata``, the few small values of ``train_state`` and the data loader's
 state document (the stage and the tokens per source); no weights are loaded, so it
-answers in seconds for any model size.
+answers in seconds for any model size. What the run trained with (sequence length,
+data, precision) comes from its record, ``<run>/run.toml``.
 """
 
 from __future__ import annotations
@@ -47,8 +48,11 @@ def data_state(ckpt) -> dict | None:
 
 def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -> dict:
     """A JSON-ready description; the keys are those ``--json`` prints."""
+    from tinytitan.run_record import read_trained_run
+
     ckpt = open_checkpoint(path, step, check=False)  # a truncated one is reported, not refused
     stats = checkpoint_stats(ckpt)
+    trained = read_trained_run(ckpt.path)
     params = sum(e.numel for e in ckpt.model.values())
     problem = folder_problem(ckpt.path)
     return {
@@ -74,6 +78,11 @@ def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
         "problem": problem,  # why the folder is not complete (a truncated .distcp, no .metadata)
         "resumable": ckpt.resumable and problem is None,
         "data": data_state(ckpt),
+        "run_record": str(trained.path) if trained is not None else None,  # <run>/run.toml
+        "trained_flavor": trained.flavor if trained is not None else None,
+        "seq_len": trained.seq_len if trained is not None else None,
+        "sources": [{"name": n, "weight": w} for n, w, _ in trained.sources()] if trained is not None else None,
+        "precision": trained.precision(stats.step) if trained is not None else None,
     }
 
 
@@ -97,6 +106,13 @@ def format_steps(rows: list[dict]) -> str:
         state = "complete" if row["complete"] else f"INCOMPLETE: {row['problem']}; a resume skips it"
         lines.append(f"step-{row['step']:<8} {_size(row['size_on_disk']):>10}  {state}")
     return "\n".join(lines)
+
+
+def _trained(info: dict) -> str:
+    if info["run_record"] is None:
+        return "no run record (run.toml) next to it: export and eval need --config"
+    data = ", ".join(f"{d['name']} {d['weight']:.0%}" for d in info["sources"] or [])
+    return f"seq_len {info['seq_len']}, {data or 'no data sources'}, {info['precision']} ({info['run_record']})"
 
 
 def _size(n: int) -> str:
@@ -133,6 +149,7 @@ def format_report(info: dict) -> str:
         ("model size", _size(info["model_bytes"])),
         ("size on disk", _size(info["size_on_disk"])),
         ("can resume", resume),
+        ("trained with", _trained(info)),
     ]
     data = info.get("data")
     if data:

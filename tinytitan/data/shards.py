@@ -13,7 +13,8 @@ Layout of ``--out DIR``::
     <source>/<file>.tok                 uint32 tokens: BOS doc EOS BOS doc EOS ... (memory-mapped)
     <source>/<file>.idx.npz             document boundaries and positions (see prepare._write_file)
     <source>/<file>.done.json           written last: the file is finished (reruns skip it)
-    <source>/validation/<file>.*        the held-out files (validation_files), same format
+    <source>/validation/<file>.*        the held-out files (validation_files), same format; a file
+                                        path that already starts with validation/ is not nested again
 
 Each input file becomes one shard holding its kept documents in file order, tokenized
 exactly as the streaming path does. The index remembers where every document sat in the
@@ -181,7 +182,16 @@ class Manifest:
 
 
 def shard_base(out: str, source: str, rel: str, validation: bool = False) -> str:
-    return os.path.join(out, source, "validation", rel) if validation else os.path.join(out, source, rel)
+    if not validation:
+        return os.path.join(out, source, rel)
+    inside = rel.split("/", 1)[1] if rel.startswith("validation/") else rel  # SlimPajama's validation/chunk1/...
+    base = os.path.join(out, source, "validation", inside)
+    doubled = os.path.join(out, source, "validation", rel)  # folders prepared before this layout
+    return (
+        doubled
+        if inside != rel and not os.path.exists(base + ".done.json") and os.path.exists(doubled + ".done.json")
+        else base
+    )
 
 
 # ---------------------------------------------------------------- training from shards

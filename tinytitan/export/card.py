@@ -1,16 +1,52 @@
-"""The model card (README.md) and the provenance record of an export.
+"""The model card (README.md) and the provenance record (tinytitan.json) of an export.
 
 The card's YAML front matter is what the Hub indexes (library, license, tags,
-datasets); the body says what the model is and how it was trained, so a
-published repo answers "which run is this?" without the training machine.
+datasets); the body says what the model is and how it was trained -- steps, tokens,
+sequence length, data sources and their weights (and stages), precision, the config --
+from the run's record (``tinytitan.run_record.TrainedRun``), so a published repo answers
+"which run is this?" without the training machine.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 DEFAULT_LICENSE = "apache-2.0"
+DEFAULT_SEQ_LEN = 2048  # torchtitan's training.seq_len: what verification runs at when the run is unknown
 TAGS = ("llama", "llama-3", "text-generation", "torchtitan", "tinytitan")
+# Folder names of the sample/full corpora -> their Hub ids, for the card's `datasets`.
+KNOWN_DATASETS = {
+    "slimpajama-627b": "cerebras/SlimPajama-627B",
+    "slimpajama": "cerebras/SlimPajama-627B",
+    "starcoderdata": "bigcode/starcoderdata",
+}
+
+
+def hub_datasets(trained) -> list[str]:
+    """The Hub ids of the run's data sources that are known corpora (or Hub datasets themselves)."""
+    found: list[str] = []
+    for name, _, path in trained.sources() if trained is not None else []:
+        hub_id = KNOWN_DATASETS.get(Path(path).name.lower()) or KNOWN_DATASETS.get(name.lower())
+        if hub_id and hub_id not in found:
+            found.append(hub_id)
+    return found
+
+
+def data_text(trained) -> str:
+    """``slimpajama 70% (SlimPajama-627B), starcoderdata 30% (starcoderdata)``."""
+    return ", ".join(f"{name} {share:.0%} ({Path(path).name})" for name, share, path in trained.sources())
+
+
+def stages_text(trained) -> str:
+    """One phrase per ``[[data.stages]]``: its name, its end in tokens and its weights."""
+    parts = []
+    for stage in trained.stages():
+        raw = getattr(stage, "weights", None) or {}
+        weights = ", ".join(f"{k} {v:g}" for k, v in raw.items()) if isinstance(raw, dict) else str(raw)
+        until = getattr(stage, "until_tokens", None)
+        parts.append(f"{getattr(stage, 'name', '?')} until {_num(until)} tokens" + (f" ({weights})" if weights else ""))
+    return "; ".join(parts)
 
 
 def _num(n) -> str:
@@ -44,14 +80,16 @@ def model_card(
     flavor: str,
     summary,
     stats,
-    settings,
+    trained,
     dtype: str,
     verification=None,
     license: str = DEFAULT_LICENSE,
 ) -> str:
-    """README.md text. ``summary`` is ``tinytitan.models.summarize(flavor)``, ``stats`` a ``RunStats``."""
+    """README.md text. ``summary`` is ``tinytitan.models.summarize(flavor)``, ``stats`` a ``RunStats``,
+    ``trained`` the run's ``TrainedRun`` (None: unknown)."""
     rope = summary.args.get("rope_scaling_args", {})
     loss = f"{stats.last_loss:.4f} (step {stats.loss_step})" if stats.last_loss is not None else "unknown"
+    known = trained is not None
     rows = [
         ("Flavor", f"`{flavor}`"),
         ("Parameters", f"{_num(summary.total_params)} ({summary.total_params:,}); {_num(summary.non_embedding_params)} without embeddings"),
@@ -59,7 +97,13 @@ def model_card(
         ("Training steps", str(stats.step) if stats.step is not None else "unknown"),
         ("Tokens seen", _tokens(stats)),
         ("Last training loss", loss),
-        ("Training sequence length", str(settings.seq_len)),
+        ("Training sequence length", str(trained.seq_len) if known else "unknown"),
+        ("Training data", data_text(trained) if known and trained.sources() else "unknown"),
+    ]  # fmt: skip
+    if known and trained.stages():
+        rows.append(("Data stages", stages_text(trained)))
+    rows += [
+        ("Training precision", trained.precision(stats.step) if known else "unknown"),
         ("Weights dtype", dtype),
         ("RoPE", f"theta {summary.args.get('rope_theta')}, Llama-3.1 scaling: " + ", ".join(f"{k} {v:g}" for k, v in rope.items())),
     ]  # fmt: skip
@@ -85,23 +129,55 @@ def model_card(
         "print(tokenizer.decode(model.generate(ids, max_new_tokens=20)[0]))",
         "```",
         "",
-        "The model was trained on sequences of "
-        f"{settings.seq_len} tokens; `max_position_embeddings` is the range of its RoPE scaling, not a tested context length.",
+        (f"The model was trained on sequences of {trained.seq_len} tokens; " if known else "")
+        + "`max_position_embeddings` is the range of its RoPE scaling, not a tested context length.",
         "",
     ]
-    if settings.text:
-        body += ["## Training config", "", "```toml", settings.text.rstrip(), "```", ""]
-    return front_matter(license=license, datasets=settings.datasets) + "\n".join(body)
+    if known:
+        where = "the run's record (`run.toml`)" if trained.recorded else f"`{trained.path.name}` (given to the export)"
+        body += ["## Training config", "",
+                 f"From {where}: every value that differs from torchtitan's and tinytitan's defaults.", "",
+                 "```toml", trained.config_text().rstrip(), "```", ""]  # fmt: skip
+        launches = [s for s in trained.run.segments if s.started]
+        if launches:
+            body += ["## Launches", "", "| started | from step | processes | device | tinytitan | torchtitan | commit |",
+                     "|---|---:|---:|---|---|---|---|"]  # fmt: skip
+            body += [f"| {s.started} | {s.start_step} | {s.world_size} | {s.device} | {s.tinytitan_version} | "
+                     f"{s.torchtitan_version} | {s.git_commit[:12] or '-'} |" for s in launches]  # fmt: skip
+            body.append("")
+    return front_matter(license=license, datasets=hub_datasets(trained)) + "\n".join(body)
 
 
-def provenance(*, flavor, settings, stats, dtype, source, verification=None, fmt: str) -> str:
-    """tinytitan.json: what ``push`` re-checks against, and where the export came from."""
+def trained_dict(trained, stats) -> dict | None:
+    """What was trained, for tinytitan.json (None when the run is unknown)."""
+    if trained is None:
+        return None
+    return {
+        "seq_len": trained.seq_len,
+        "steps": stats.step,
+        "ntokens_seen": stats.ntokens_seen,
+        "precision": trained.precision(stats.step),
+        "data": [{"name": n, "weight": w, "path": p} for n, w, p in trained.sources()],
+        "stages": [_plain(stage) for stage in trained.stages()],
+        "config": str(trained.path),
+        "from_run_record": trained.recorded,
+    }
+
+
+def _plain(value):
+    import dataclasses
+
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def provenance(*, flavor, trained, stats, dtype, source, verification=None, fmt: str) -> str:
+    """tinytitan.json: what ``push`` re-checks against, where the export came from, and what was trained."""
     import tinytitan
 
     record = {
         "tinytitan_version": getattr(tinytitan, "__version__", None),
         "flavor": flavor,
-        "seq_len": settings.seq_len,
+        "seq_len": trained.seq_len if trained is not None else None,
         "dtype": dtype,
         "format": fmt,
         "source": source,
@@ -109,6 +185,8 @@ def provenance(*, flavor, settings, stats, dtype, source, verification=None, fmt
         "ntokens_seen": stats.ntokens_seen,
         "ntokens_per_rank": stats.ntokens_per_rank,
         "last_loss": stats.last_loss,
+        "run_record": str(trained.path) if trained is not None and trained.recorded else None,
+        "trained": trained_dict(trained, stats),
         "verification": verification.to_dict() if verification is not None else None,
     }
     return json.dumps(record, indent=2) + "\n"

@@ -1,4 +1,4 @@
-"""``tinytitan export CHECKPOINT --out DIR --config TOML``: see ``tinytitan.export.pipeline``."""
+"""``tinytitan export CHECKPOINT --out DIR [--config TOML]``: see ``tinytitan.export.pipeline``."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ def configure(parser: argparse.ArgumentParser, *, formats: bool = True) -> None:
     )
     parser.add_argument("--out", type=Path, required=True, help="the folder to write (must be empty unless --force)")
     parser.add_argument(
-        "--config", type=Path, default=None, help="the training TOML: flavor, tokenizer folder, seq_len, model card"
+        "--config",
+        type=Path,
+        default=None,
+        help="a training TOML instead of the run's record (<run>/run.toml, the default): flavor, tokenizer, seq_len, card",
     )
     parser.add_argument("--step", type=_step, default=None, help="N or latest, when CHECKPOINT holds several steps")
     if formats:
@@ -29,10 +32,10 @@ def configure(parser: argparse.ArgumentParser, *, formats: bool = True) -> None:
         "--dtype", choices=("float32", "bfloat16"), default="float32", help="weights dtype (default float32)"
     )
     parser.add_argument(
-        "--tokenizer", type=Path, default=None, help="tokenizer folder (default: [model] hf_assets_path of --config)"
+        "--tokenizer", type=Path, default=None, help="tokenizer folder (default: the run's [model] hf_assets_path)"
     )
     parser.add_argument(
-        "--flavor", default=None, help="model flavor (default: [model] flavor of --config, else the one the shapes fit)"
+        "--flavor", default=None, help="model flavor (default: the run's [model] flavor, else the one the shapes fit)"
     )
     parser.add_argument(
         "--repo-id", default=None, help="Hub id for the model card's usage example (default: the folder name)"

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from tinytitan.errors import TinytitanError
+from tinytitan.export.verify import META_SUBFOLDER
 from tinytitan.folders import (
     check_free_space,
     check_output_folder,
@@ -29,7 +30,6 @@ from tinytitan.folders import (
 
 FORMATS = ("hf", "meta", "both")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-META_SUBFOLDER = "original"  # with --format both, as in Meta's own Hub repos
 
 
 @dataclass
@@ -84,7 +84,7 @@ def _write_hf(folder: Path, source, args, dtype, tok, bar) -> list[Path]:
     from tinytitan.export import safetensors_io
     from tinytitan.export.hf import generation_config, hf_config, hf_name, to_hf
     from tinytitan.export.safetensors_io import Planned, write_safetensors
-    from tinytitan.export.settings import write_tokenizer
+    from tinytitan.export.tokenizer_files import write_tokenizer
 
     shapes = source.shapes()
     by_hf = {hf_name(n, shapes[n], args): n for n in source.names()}
@@ -138,34 +138,39 @@ def export(
 ) -> ExportResult:
     """Exports ``checkpoint`` (a step folder, or a checkpoint folder plus ``step``) to ``out``.
 
-    ``config`` (a training TOML) gives the flavor, the tokenizer folder and the
-    sequence length verification runs at; ``tokenizer`` and ``flavor`` override
-    it. ``source`` replaces the checkpoint by another weight source (see
-    ``tinytitan.export.source``). Raises ``TinytitanError`` for bad input and
-    failed verification, leaving ``out`` untouched.
+    What was trained -- flavor, tokenizer folder, sequence length (verification runs at it), data,
+    precision, for the card -- comes from the run's record next to the checkpoint
+    (``tinytitan.run_record``); ``config`` (a training TOML) overrides it, with a warning per key
+    that disagrees; ``tokenizer`` and ``flavor`` override both. ``source`` replaces the checkpoint by
+    another weight source (see ``tinytitan.export.source``). Raises ``TinytitanError`` for bad input
+    and failed verification, leaving ``out`` untouched.
     """
     from tinytitan.checkpoint.flavors import require_flavor
     from tinytitan.checkpoint.reader import open_checkpoint
     from tinytitan.export import card
-    from tinytitan.export.settings import read_tokenizer, read_training_config
     from tinytitan.export.source import DcpSource
+    from tinytitan.export.tokenizer_files import read_tokenizer
     from tinytitan.models import flavor_args, summarize
+    from tinytitan.run_record import read_trained_run
 
     if fmt not in FORMATS:
         raise TinytitanError(f"--format {fmt} is unknown: choose one of {', '.join(FORMATS)}")
     if dtype not in DTYPES:
         raise TinytitanError(f"--dtype {dtype} is unknown: choose one of {', '.join(DTYPES)}")
     out = Path(out)
-    settings = read_training_config(config)
-    tok_dir = tokenizer or settings.tokenizer_dir
-    inputs = [("the checkpoint", checkpoint), ("the tokenizer folder", tok_dir), ("the config", settings.path)]
+    trained = read_trained_run(checkpoint, config)
+    tok_dir = tokenizer or (trained.tokenizer_dir if trained is not None else None)
+    inputs = [("the checkpoint", checkpoint), ("the tokenizer folder", tok_dir), ("the config", config)]
     check_output_folder(out, [(what, Path(p)) for what, p in inputs if p is not None], force)
     if tok_dir is None and fmt != "meta":
-        raise TinytitanError("no tokenizer folder: pass --config TOML (its [model] hf_assets_path) or --tokenizer DIR")
+        raise TinytitanError(
+            "no tokenizer folder: the checkpoint has no run record (run.toml); pass --config TOML "
+            "(its [model] hf_assets_path) or --tokenizer DIR"
+        )
     tok = read_tokenizer(tok_dir) if tok_dir is not None else None
     if source is None:
         source = DcpSource(open_checkpoint(checkpoint, step))
-    flavor = require_flavor(source.shapes(), flavor or settings.flavor, source.description)
+    flavor = require_flavor(source.shapes(), flavor or (trained.flavor if trained else None), source.description)
     args = flavor_args(flavor)
     if tok is not None and tok.vocab_size > args.vocab_size:
         raise TinytitanError(
@@ -179,6 +184,7 @@ def export(
     check_free_space(out, need, f"the {fmt} export")
     tmp = make_temp_dir(out, log)
     result = ExportResult(out, fmt, flavor, dtype, source.description)
+    seq_len = trained.seq_len if trained is not None else card.DEFAULT_SEQ_LEN
     try:
         meta_dir = tmp if fmt == "meta" else tmp / META_SUBFOLDER
         n_tensors = len(source.names()) * (2 if fmt == "both" else 1)
@@ -190,20 +196,20 @@ def export(
 
                 meta_dir.mkdir(exist_ok=True)
                 result.files += write_meta(meta_dir, source, args, torch_dtype, tok, on_tensor=lambda _: bar.update())
-        summary = summarize(flavor, settings.seq_len)
+        summary = summarize(flavor, seq_len)
         name = repo_id or out.name
 
         def write_card() -> None:
             if fmt == "meta":
                 return
             text = card.model_card(
-                repo_name=name, flavor=flavor, summary=summary, stats=stats, settings=settings, dtype=dtype,
+                repo_name=name, flavor=flavor, summary=summary, stats=stats, trained=trained, dtype=dtype,
                 verification=result.verification, license=license or card.DEFAULT_LICENSE,
             )  # fmt: skip
             (tmp / "README.md").write_text(text)
             record = card.provenance(
                 flavor=flavor,
-                settings=settings,
+                trained=trained,
                 stats=stats,
                 dtype=dtype,
                 source=source.description,
@@ -214,7 +220,14 @@ def export(
 
         write_card()
         if verify:
-            _verify(tmp, meta_dir, fmt, source, args, settings.seq_len, torch_dtype, tok, result, log)
+            from tinytitan.export.verify import verify_export
+
+            reference = {name: source.load(name, torch.float32) for name in source.names()}
+            result.verification = verify_export(
+                tmp, args, reference, hf=fmt != "meta", meta=meta_dir if fmt != "hf" else None, seq_len=seq_len,
+                dtype=torch_dtype, eos_id=tok.eos_id if tok is not None else None, log=log,
+            )  # fmt: skip
+            del reference
             write_card()
         replace_folder(tmp, out)
     except OSError as e:
@@ -227,19 +240,3 @@ def export(
         raise
     result.files = sorted(p for p in out.rglob("*") if p.is_file())
     return result
-
-
-def _verify(tmp, meta_dir, fmt, source, args, seq_len, dtype, tok, result, log) -> None:
-    from tinytitan.export.parity import verify_hf_folder, verify_meta_folder
-    from tinytitan.export.static_checks import check_hf_folder
-
-    reference = {name: source.load(name, torch.float32) for name in source.names()}
-    if fmt in ("meta", "both"):
-        verify_meta_folder(meta_dir, args, reference, dtype)
-        log(
-            f"verified Meta format: {len(reference)} tensors equal the checkpoint's ({str(dtype).removeprefix('torch.')})"
-        )
-    if fmt in ("hf", "both"):
-        check_hf_folder(tmp)
-        result.verification = verify_hf_folder(tmp, args, reference, seq_len=seq_len, dtype=dtype, eos_id=tok.eos_id)
-        log(f"verified with transformers: {result.verification.describe()}")

@@ -1,4 +1,6 @@
-"""Starts training: checks the config, then runs torchrun with ``-m tinytitan.rank.main``.
+"""Starts training: checks the config, writes the run's record (``<dump_folder>/run.toml``, see
+``tinytitan.launcher.record``) and the start lines, runs torchrun with ``-m tinytitan.rank.main``, and
+sums the run up when it ends (``tinytitan.launcher.report``).
 
 Environment (the interface of torchtitan's run_train.sh): ``NGPU`` (default:
 visible GPUs, or 2 processes on a CPU-only machine), ``CONFIG_FILE`` (default:
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -158,7 +161,18 @@ def print_stages(job_config, world_size: int) -> None:
         print(f"tinytitan: {line}", flush=True)
 
 
-def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+def launch(
+    config_file: str | None,
+    overrides: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    command: str | None = None,
+) -> int:
+    """``command``: how the user started this launch (the run record keeps it; the start lines show it as
+    the resume command)."""
+    from tinytitan.launcher import report
+    from tinytitan.launcher.record import command_line, resumes_from, script_program, write_run_record
+
+    started = time.monotonic()
     env = dict(os.environ if env is None else env)
     gpus = visible_gpus()
     nproc = resolve_nproc(env, gpus)
@@ -177,10 +191,21 @@ def launch(config_file: str | None, overrides: Sequence[str], env: Mapping[str, 
     restarts = max_restarts(env, gpus)
     cmd = torchrun_command(nproc, training_args(config_file, rank_overrides(job_config, overrides)), env, restarts)
     with RunLock(job_config.job.dump_folder) if takes_lock(env) else contextlib.nullcontext():
+        command = command or command_line(script_program(), overrides, env)
+        start_step = resumes_from(job_config)
+        record = write_run_record(job_config, world_size=world_size, gpus=gpus, command=command, env=env,
+                                  start_step=start_step)  # fmt: skip
         where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
         print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
+        start = report.start_lines(job_config, record=record, command=command, start_step=start_step)
+        print("\n".join(start), flush=True)
+        offset = report.metrics_size(job_config)
         watch = run_watch(job_config, world_size)
-        return Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts, watch).run()
+        code = Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts, watch).run()
+    if code == 0:
+        outcome = report.read_outcome(job_config, offset)
+        print("\n".join(report.end_lines(job_config, outcome, wall_s=time.monotonic() - started)), flush=True)
+    return code
 
 
 PASS_THROUGH = True  # unknown arguments are torchtitan overrides
@@ -203,12 +228,18 @@ def configure(parser) -> None:
 
 
 def run(args) -> int:
+    from tinytitan.launcher.record import command_line
+
     env = dict(os.environ)
+    given = [*(["--config", args.config] if args.config else []),
+             *(["--ngpu", str(args.ngpu)] if args.ngpu is not None else []),
+             *(["--max-restarts", str(args.max_restarts)] if args.max_restarts is not None else [])]  # fmt: skip
+    command = command_line(["tinytitan", "train"], [*given, *args.overrides], env)
     if args.ngpu is not None:
         env["NGPU"] = str(args.ngpu)
     if args.max_restarts is not None:
         env["MAX_RESTARTS"] = str(args.max_restarts)
-    return launch(args.config, args.overrides, env)
+    return launch(args.config, args.overrides, env, command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

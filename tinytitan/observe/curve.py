@@ -1,11 +1,13 @@
-"""``tinytitan eval --run RUN_DIR --tasks ...``: benchmark accuracy over a whole run, resumable.
+"""``tinytitan eval tasks --run RUN_DIR --tasks ...``: benchmark accuracy over a whole run, resumable.
 
 Every complete ``step-N`` checkpoint (one with DCP's ``.metadata``, written last) is scored and
 its result saved as ``RUN_DIR/eval/step-N.json`` (written to a temporary name, then renamed, so
 a killed evaluation leaves no half file). A rerun skips the steps whose file already holds
 the asked tasks with the same settings, and scores only missing tasks otherwise. Then it writes
-``eval/summary.csv`` and ``eval/summary.md`` (step, tokens, one column per task metric) and
-the scalars ``eval/<task>/<metric>`` into ``RUN_DIR/tb/eval`` for TensorBoard and ``tinytitan plot``.
+``eval/summary.csv`` (step, tokens, one column per lm-eval ``task/metric,filter``),
+``eval/summary.md`` (the same table for reading: ``<task> acc``, ``<task> acc_norm``; no stderr
+columns) and the scalars ``eval/<task>/<metric>`` into ``RUN_DIR/tb/eval`` for TensorBoard and
+``tinytitan plot``. The flavor and tokenizer come from the run's record (``--config`` overrides it).
 """
 
 from __future__ import annotations
@@ -57,14 +59,16 @@ def run_checkpoints(run_dir: Path) -> dict[int, Path]:
     return dict(steps)
 
 
-def evaluate_run(run_dir, config, settings: TaskSettings, device=None, progress: bool = True, force=False) -> list:
+def evaluate_run(run_dir, settings: TaskSettings, device=None, *, progress: bool = False, force: bool = False,
+                 config=None) -> list:  # fmt: skip
     """Scores what is missing, then writes the summaries and TensorBoard scalars; returns every step's result."""
     from tqdm import tqdm
 
+    from tinytitan.run_record import read_trained_run
+
     run_dir = Path(run_dir)
-    if config is None:
-        raise TinytitanError("--run needs --config TOML (the run's training config: flavor and tokenizer)")
     checkpoints = run_checkpoints(run_dir)
+    trained = read_trained_run(run_dir, config, required="--run")
     out = run_dir / EVAL_DIR
     out.mkdir(exist_ok=True)
     results = []
@@ -82,7 +86,8 @@ def evaluate_run(run_dir, config, settings: TaskSettings, device=None, progress:
         missing = [t for t in settings.tasks if t not in saved["tasks"]]
         if missing:
             bar.set_postfix_str(f"step {step}")
-            result = evaluate_checkpoint(folder, config, None, dataclasses.replace(settings, tasks=missing), device)
+            result = evaluate_checkpoint(folder, None, dataclasses.replace(settings, tasks=missing), device,
+                                         trained=trained, progress=progress)  # fmt: skip
             saved.update(step=result["step"], tokens=result["tokens"], model=result["model"])
             saved["tasks"].update(result["tasks"])
             _write_atomic(path, json.dumps(saved, indent=1) + "\n")
@@ -96,6 +101,12 @@ def _columns(results: list[dict]) -> list[tuple[str, str]]:
     return sorted({(t, m) for r in results for t, ms in r["tasks"].items() for m in ms if "," in m})
 
 
+def column_name(task: str, metric: str) -> str:
+    """``acc,none`` of a task -> ``<task> acc`` (another filter: ``<task> acc (filter)``), as the README shows."""
+    name, _, flt = metric.partition(",")
+    return f"{task} {name}" + (f" ({flt})" if flt and flt != "none" else "")
+
+
 def write_summaries(out: Path, results: list[dict]) -> None:
     columns = _columns(results)
     header = ["step", "tokens", *(f"{task}/{metric}" for task, metric in columns)]
@@ -105,6 +116,9 @@ def write_summaries(out: Path, results: list[dict]) -> None:
     writer.writerow(header)
     writer.writerows(rows)
     _write_atomic(out / "summary.csv", table.getvalue())
+    shown = [(t, m) for t, m in columns if "_stderr" not in m]  # the scores, not their standard errors
+    header = ["step", "tokens", *(column_name(t, m) for t, m in shown)]
+    rows = [[r["step"], r["tokens"], *(r["tasks"].get(t, {}).get(m) for t, m in shown)] for r in results]
     cell = lambda v: "" if v is None else (f"{v:.4f}" if isinstance(v, float) else f"{v:,}")  # noqa: E731
     lines = ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

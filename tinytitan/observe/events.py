@@ -20,7 +20,7 @@ VALIDATION_LOSS = "validation_metrics/loss"
 LR = "lr"
 TPS = "throughput(tps)"
 TOKENS_SEEN = "n_tokens_seen"
-PER_SOURCE_VALIDATION = re.compile(r"^validation/(.+)/loss$")  # tinytitan.data.validate's tags
+PER_SOURCE_VALIDATION = re.compile(r"^validation/(.+)/loss$")  # tinytitan.data.heldout's tags
 STAGE_FIRST_STEP = re.compile(r"^data/stage/([^/]+)/first_step$")  # tinytitan.rank.metrics, with [[data.stages]]
 
 Series = list[tuple[int, float]]
@@ -56,7 +56,7 @@ def read_scalars(run_dir: str | os.PathLike) -> dict[str, Series]:
 
 
 def eval_tags(tags) -> list[str]:
-    """Benchmark scalars (``eval/<task>/<metric>``, from ``tinytitan eval --run`` or in-loop ``[eval]``)."""
+    """Benchmark scalars (``eval/<task>/<metric>``, from ``tinytitan eval tasks --run`` or in-loop ``[eval]``)."""
     return sorted(t for t in tags if t.startswith("eval/"))
 
 

@@ -1,7 +1,10 @@
 """``tinytitan generate``: sample text from a checkpoint, or from an HF export with ``--model``.
 
-    tinytitan generate --checkpoint outputs/debug/checkpoint --config train_configs/llama3_debug.toml \\
+    tinytitan generate --checkpoint outputs/debug/checkpoint \\
         --prompt "def fibonacci(n):" --max-new-tokens 64 --temperature 0.8 --top-p 0.95 --seed 0
+
+The flavor and tokenizer come from the run's record next to the checkpoint (``--config`` overrides
+it); the model and the step it holds are named on stderr.
 
 Training documents start with BOS, so the prompt does too. ``--temperature 0`` is
 greedy decoding; the checkpoint and its export then give the same tokens. The
@@ -24,7 +27,8 @@ from typing import TextIO
 import torch
 
 from tinytitan.errors import TinytitanError
-from tinytitan.observe.loading import LanguageModel, add_model_arguments, load
+from tinytitan.observe.loading import LanguageModel, load
+from tinytitan.observe.model_args import add_model_arguments, model_choice
 
 
 def pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -141,7 +145,8 @@ def run(args) -> int:
         raise TinytitanError(f"--temperature {args.temperature} is negative: use 0 for greedy decoding, or a value > 0")
     if not 0 < args.top_p <= 1:
         raise TinytitanError(f"--top-p {args.top_p}: use a value in (0, 1]")
-    lm = load(args)
+    lm = load(model_choice(args))
+    print(f"generate: {lm.name}, step {lm.step if lm.step is not None else 'unknown'}", file=sys.stderr, flush=True)
     sample(lm, args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.seed, as_json=args.json)
     return 0
 
@@ -154,7 +159,8 @@ def sample(lm: LanguageModel, prompt: str, max_new_tokens: int, temperature: flo
     if as_json:
         new = generate(lm, ids, max_new, temperature, top_p, seed)
         text = lm.decode([t for t in new if t != lm.eos_id])
-        print(json.dumps({"model": lm.name, "prompt": prompt, "completion": text, "prompt_ids": ids, "ids": new}))
+        print(json.dumps({"model": lm.name, "step": lm.step, "prompt": prompt, "completion": text, "prompt_ids": ids,
+                          "ids": new}))  # fmt: skip
         return
     sys.stdout.write(prompt)
     sys.stdout.flush()

@@ -49,12 +49,13 @@ def titan_lm(
     batch_size: int = 16,
     distributed: bool = False,
     max_gen_toks: int = 128,
+    progress: bool = False,
 ):
     """An lm-eval model over ``forward``; ``distributed`` splits the work across the process group's ranks."""
     require_lm_eval()
     from tinytitan.observe.titan_lm import TitanLM
 
-    return TitanLM(forward, tokenizer, max_length, device, batch_size, distributed, max_gen_toks)
+    return TitanLM(forward, tokenizer, max_length, device, batch_size, distributed, max_gen_toks, progress)
 
 
 def hf_harness_model(folder: str | os.PathLike, batch_size: int, device: str = "cpu"):

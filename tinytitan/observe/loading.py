@@ -2,15 +2,18 @@
 
 ``from_checkpoint`` builds torchtitan's own ``Transformer`` for the flavor (the
 model training ran, not a re-implementation) in float32 and fills it from the
-DCP checkpoint without a process group; the tokenizer is the config's
-``[model] hf_assets_path``. ``from_hf`` loads an export with transformers. Both
-give the same interface, so evaluation and generation code does not care which,
-and agreement between the two checks the export.
+DCP checkpoint without a process group; flavor and tokenizer come from the run's
+record next to the checkpoint (``tinytitan.run_record``), or a ``--config`` that
+overrides it. ``from_hf`` loads an export with transformers; its step and tokens come
+from the export's ``tinytitan.json``. Both give the same interface, so evaluation
+and generation code does not care which, and agreement between the two checks the
+export. ``load(ModelChoice)`` picks one of the two as the CLI's flags say.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +39,9 @@ class LanguageModel:
     max_seq_len: int
     hf: bool
     device: torch.device
+    step: int | None = None  # the training step it holds (None: unknown)
+    tokens: int | None = None  # tokens trained on, all ranks (None: unknown)
+    trained: Any = None  # tinytitan.run_record.TrainedRun of its run, where known
     trained_seq_len: int | None = None  # the sequence length training used, when known
 
     @property
@@ -85,25 +91,28 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def from_checkpoint(
-    checkpoint: str | os.PathLike, config: str | os.PathLike | None, step: int | str | None = "latest", device=None
+    checkpoint: str | os.PathLike,
+    config: str | os.PathLike | None = None,
+    step: int | str | None = "latest",
+    device=None,
+    trained=None,
 ) -> LanguageModel:
+    """torchtitan's model from a DCP checkpoint; ``trained`` (a ``TrainedRun``) or else the run's record
+    (``config`` overrides it) gives the flavor and the tokenizer."""
     from torchtitan.models.llama3 import Transformer
     from torchtitan.models.llama3.model.model import precompute_freqs_cis
 
     from tinytitan.checkpoint.flavors import require_flavor
     from tinytitan.checkpoint.reader import open_checkpoint
-    from tinytitan.export.settings import read_training_config
+    from tinytitan.checkpoint.stats import checkpoint_stats
     from tinytitan.models import flavor_args
+    from tinytitan.run_record import read_trained_run
     from tinytitan.tokenizer import load_tokenizer
 
-    if config is None:
-        raise TinytitanError("--checkpoint needs --config TOML (the training config: flavor and tokenizer)")
-    settings = read_training_config(config)
-    if settings.tokenizer_dir is None:
-        raise TinytitanError(f"{config} has no [model] hf_assets_path: set it to the tokenizer folder training used")
-    tokenizer = load_tokenizer(settings.tokenizer_dir)
+    trained = trained or read_trained_run(checkpoint, config, required="--checkpoint")
+    tokenizer = load_tokenizer(_tokenizer_dir(trained))
     ckpt = open_checkpoint(checkpoint, step)
-    flavor = require_flavor(ckpt.shapes(), settings.flavor, str(ckpt.path))
+    flavor = require_flavor(ckpt.shapes(), trained.flavor, str(ckpt.path))
     args = flavor_args(flavor)
     with torch.device("meta"):
         model = Transformer(args)
@@ -112,6 +121,7 @@ def from_checkpoint(
     model.freqs_cis = precompute_freqs_cis(args.dim // args.n_heads, args.max_seq_len, args.rope_theta,
                                            args.rope_scaling_args)  # fmt: skip
     device = pick_device(device)
+    stats = checkpoint_stats(ckpt)
     return LanguageModel(
         name=f"{ckpt.path} ({flavor})",
         module=model.to(device).eval(),
@@ -119,40 +129,64 @@ def from_checkpoint(
         max_seq_len=args.max_seq_len,
         hf=False,
         device=device,
-        trained_seq_len=settings.seq_len,
+        trained_seq_len=trained.seq_len,
+        step=stats.step,
+        tokens=stats.ntokens_seen,
+        trained=trained,
     )
 
 
-def from_random_init(config: str | os.PathLike, seed: int = 0, device=None) -> LanguageModel:
-    """The config's model as training initialises it (torchtitan's ``init_weights``), before any step:
-    the chance baseline of a benchmark."""
+def _tokenizer_dir(trained) -> Path:
+    if trained.tokenizer_dir is None:
+        raise TinytitanError(
+            f"{trained.path} has no [model] hf_assets_path: set it to the tokenizer folder training used"
+        )
+    return trained.tokenizer_dir
+
+
+def from_random_init(config=None, seed: int | None = None, device=None) -> LanguageModel:
+    """The model as training initialises it (torchtitan's ``init_weights``) with the run's ``[debug] seed``
+    (or ``seed``), before any step: the chance baseline of a benchmark. ``config``: a TOML or a ``TrainedRun``."""
     from torchtitan.models.llama3 import Transformer
 
-    from tinytitan.export.settings import read_training_config
     from tinytitan.models import flavor_args
+    from tinytitan.run_record import TrainedRun, read_trained_run
     from tinytitan.tokenizer import load_tokenizer
 
-    settings = read_training_config(config)
-    if settings.tokenizer_dir is None:
-        raise TinytitanError(f"{config} has no [model] hf_assets_path: set it to the tokenizer folder training used")
-    args = flavor_args(settings.flavor)
+    trained = config if isinstance(config, TrainedRun) else read_trained_run(None, config, required="--random-init")
+    if seed is None:
+        seed = trained.job.debug.seed if trained.job.debug.seed is not None else 0
+    args = flavor_args(trained.flavor)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         model = Transformer(args)
         model.init_weights()
     device = pick_device(device)
     return LanguageModel(
-        name=f"random init ({settings.flavor}, seed {seed})",
+        name=f"random init ({trained.flavor}, seed {seed})",
         module=model.to(device).eval(),
-        tokenizer=load_tokenizer(settings.tokenizer_dir),
+        tokenizer=load_tokenizer(_tokenizer_dir(trained)),
         max_seq_len=args.max_seq_len,
         hf=False,
         device=device,
-        trained_seq_len=settings.seq_len,
+        trained_seq_len=trained.seq_len,
+        step=0,
+        tokens=0,
+        trained=trained,
     )
 
 
-def from_hf(folder: str | os.PathLike, device=None) -> LanguageModel:
+def export_record(folder: str | os.PathLike) -> dict:
+    """The export's ``tinytitan.json`` (step, tokens, what was trained); {} for a folder without one."""
+    from tinytitan.export.static_checks import PROVENANCE_FILE
+
+    try:
+        return json.loads((Path(folder) / PROVENANCE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def from_hf(folder: str | os.PathLike, device=None, config: str | os.PathLike | None = None) -> LanguageModel:
     from transformers import AutoModelForCausalLM
 
     from tinytitan.export.static_checks import check_hf_folder
@@ -165,6 +199,7 @@ def from_hf(folder: str | os.PathLike, device=None) -> LanguageModel:
     tokenizer = load_tokenizer(folder)
     device = pick_device(device)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
+    record = export_record(folder)
     return LanguageModel(
         name=str(folder),
         module=model,
@@ -172,35 +207,40 @@ def from_hf(folder: str | os.PathLike, device=None) -> LanguageModel:
         max_seq_len=model.config.max_position_embeddings,
         hf=True,
         device=device,
-        trained_seq_len=_trained_seq_len(folder),
+        trained_seq_len=_trained_seq_len(record),
+        step=record.get("step"),
+        tokens=record.get("ntokens_seen"),
+        trained=trained_of_export(record, config),
     )
 
 
-def _trained_seq_len(folder: Path) -> int | None:
-    """``seq_len`` of the export's ``tinytitan.json`` (an export made elsewhere has none)."""
-    import json
+def trained_of_export(record: dict, config: str | os.PathLike | None = None):
+    """The run an export came from: ``config``, else the run record its tinytitan.json names, if it is still there."""
+    from tinytitan.run_record import read_trained_run
 
-    try:
-        value = json.loads((folder / "tinytitan.json").read_text()).get("seq_len")
-    except (OSError, ValueError, AttributeError):
-        return None
+    path = record.get("run_record")
+    where = Path(path).parent if path and Path(path).is_file() else None
+    return read_trained_run(where, config)
+
+
+def _trained_seq_len(record: dict) -> int | None:
+    """``seq_len`` of the export's ``tinytitan.json`` (an export made elsewhere has none)."""
+    value = record.get("seq_len")
     return value if isinstance(value, int) and value > 0 else None
 
 
-def load(args) -> LanguageModel:
-    """From the CLI's ``--checkpoint/--config/--step`` or ``--model`` (exactly one of the two)."""
-    if bool(args.checkpoint) == bool(args.model):
-        raise TinytitanError("pass either --checkpoint CKPT --config TOML, or --model HF_DIR")
-    if args.model:
-        return from_hf(args.model, args.device)
-    return from_checkpoint(args.checkpoint, args.config, args.step, args.device)
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model to load, as the CLI's flags name it: a checkpoint (and step) or an export."""
+
+    checkpoint: Path | None = None
+    step: int | str | None = "latest"
+    model: Path | None = None
+    config: Path | None = None  # overrides the run's record
+    device: str = "cpu"
 
 
-def add_model_arguments(parser) -> None:
-    parser.add_argument(
-        "--checkpoint", default=None, help="DCP checkpoint: a step-N folder or a run's checkpoint folder"
-    )
-    parser.add_argument("--config", default=None, help="the training TOML (flavor, tokenizer, data)")
-    parser.add_argument("--step", default="latest", help="with a checkpoint folder: the step (default latest)")
-    parser.add_argument("--model", default=None, help="a Hugging Face export folder instead of a checkpoint")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+def load(choice: ModelChoice) -> LanguageModel:
+    if choice.model is not None:
+        return from_hf(choice.model, choice.device, choice.config)
+    return from_checkpoint(choice.checkpoint, choice.config, choice.step, choice.device)

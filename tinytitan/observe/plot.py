@@ -3,7 +3,7 @@
 Three panels share the x axis (step, or tokens seen): loss (train as a line,
 validation as markers, per source where the validator logs it), learning rate,
 and tokens/s per device; a fourth, benchmark accuracy (``eval/<task>/<metric>``),
-where the run was evaluated (``tinytitan eval --run`` or in-loop ``[eval]``). Several runs are overlaid, one colour each, so runs of
+where the run was evaluated (``tinytitan eval tasks --run`` or in-loop ``[eval]``). Several runs are overlaid, one colour each, so runs of
 different settings compare at a glance. A run with ``[[data.stages]]`` gets a dotted vertical
 line, named, where each stage after the first begins. Reads the TensorBoard event files, so it
 works on a run that is still going and needs no GPU or browser.

@@ -1,8 +1,9 @@
 """Benchmark accuracy of one checkpoint or export: lm-eval tasks, the result as one JSON-ready dict.
 
 ``{"model", "step", "tokens", "tasks": {task: {"acc,none": ..., ...}}}``: a checkpoint is scored by
-torchtitan's own model (``TitanLM``), an export by lm-eval's ``HFLM``. ``tokens`` is the global
-count of tokens trained on (``metrics.jsonl`` next to the checkpoint), None where unknown.
+torchtitan's own model (``TitanLM``), an export by lm-eval's ``HFLM``. ``step`` and ``tokens`` (the
+global count of tokens trained on) come from the run (``metrics.jsonl`` next to the checkpoint) or
+the export's ``tinytitan.json``; None where unknown.
 """
 
 from __future__ import annotations
@@ -41,15 +42,6 @@ def parse_tasks(text: str | Sequence[str]) -> list[str]:
     return [t.strip() for t in items if t.strip()]
 
 
-def checkpoint_position(checkpoint, step=None) -> tuple[int | None, int | None]:
-    """(step, global tokens seen) of a checkpoint, from its train state and the run's metrics.jsonl."""
-    from tinytitan.checkpoint.reader import open_checkpoint
-    from tinytitan.checkpoint.stats import checkpoint_stats
-
-    stats = checkpoint_stats(open_checkpoint(checkpoint, step))
-    return stats.step, stats.ntokens_seen
-
-
 def score(harness, settings: TaskSettings) -> dict[str, dict[str, float]] | None:
     """task -> lm-eval's metric dict for an lm-eval model, with ``settings``; None off rank 0."""
     from tinytitan.observe.harness import metric_dict, run_tasks
@@ -59,46 +51,57 @@ def score(harness, settings: TaskSettings) -> dict[str, dict[str, float]] | None
     return None if results is None else metric_dict(results)
 
 
-def score_model(lm, settings: TaskSettings, distributed: bool = False) -> dict[str, dict[str, float]] | None:
+def score_model(lm, settings: TaskSettings, distributed: bool = False, progress: bool = False):
     """``score`` for a loaded ``LanguageModel`` (torchtitan's model)."""
     from tinytitan.observe.harness import titan_lm
 
     def forward(ids):
         return lm.module(ids)
 
-    return score(titan_lm(forward, lm.tokenizer, lm.max_seq_len, lm.device, settings.batch_size, distributed), settings)
+    harness = titan_lm(forward, lm.tokenizer, lm.max_seq_len, lm.device, settings.batch_size, distributed,
+                       progress=progress)  # fmt: skip
+    return score(harness, settings)
 
 
-def evaluate_checkpoint(checkpoint, config, step, settings: TaskSettings, device=None) -> dict:
+def evaluate_checkpoint(checkpoint, step, settings: TaskSettings, device=None, *, config=None, trained=None,
+                        progress: bool = False) -> dict:  # fmt: skip
+    """A checkpoint's scores; the run's record (or ``config``, or ``trained``) gives flavor and tokenizer."""
     from tinytitan.observe.harness import require_lm_eval
     from tinytitan.observe.loading import from_checkpoint
 
     require_lm_eval()
-    lm = from_checkpoint(checkpoint, config, step, device)
-    at_step, tokens = checkpoint_position(checkpoint, step)
-    return {"model": lm.name, "step": at_step, "tokens": tokens, "tasks": score_model(lm, settings)}
+    lm = from_checkpoint(checkpoint, config, step, device, trained=trained)
+    return {
+        "model": lm.name,
+        "step": lm.step,
+        "tokens": lm.tokens,
+        "tasks": score_model(lm, settings, progress=progress),
+    }
 
 
-def evaluate_random_init(config, settings: TaskSettings, device=None, seed: int = 0) -> dict:
-    """The chance baseline: the config's model as initialised, before training (step 0)."""
+def evaluate_random_init(config, settings: TaskSettings, device=None, *, progress: bool = False) -> dict:
+    """The chance baseline: the config's model as training initialises it with its [debug] seed (step 0)."""
     from tinytitan.observe.harness import require_lm_eval
     from tinytitan.observe.loading import from_random_init
 
     require_lm_eval()
-    lm = from_random_init(config, seed, device)
-    return {"model": lm.name, "step": 0, "tokens": 0, "tasks": score_model(lm, settings)}
+    lm = from_random_init(config, None, device)
+    return {"model": lm.name, "step": 0, "tokens": 0, "tasks": score_model(lm, settings, progress=progress)}
 
 
-def evaluate_export(folder: str | os.PathLike, settings: TaskSettings, device=None) -> dict:
-    """lm-eval's HFLM on an export (step and tokens are the export's, unknown here)."""
+def evaluate_export(folder: str | os.PathLike, settings: TaskSettings, device=None, *, progress: bool = False) -> dict:
+    """lm-eval's HFLM on an export; step and tokens from its tinytitan.json."""
     from pathlib import Path
 
     from tinytitan.observe.harness import hf_harness_model
+    from tinytitan.observe.loading import export_record
 
     if not (Path(folder) / "config.json").is_file():
         raise TinytitanError(f"{folder} has no config.json: pass the folder written by `tinytitan export --format hf`")
     harness = hf_harness_model(folder, settings.batch_size, device or "cpu")
-    return {"model": str(folder), "step": None, "tokens": None, "tasks": score(harness, settings)}
+    record = export_record(folder)
+    return {"model": str(folder), "step": record.get("step"), "tokens": record.get("ntokens_seen"),
+            "tasks": score(harness, settings)}  # fmt: skip
 
 
 def format_table(result: dict) -> str:

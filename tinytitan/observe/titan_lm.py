@@ -23,8 +23,9 @@ class TitanLM(TemplateLM):
 
     backend = "causal"
 
-    def __init__(self, forward, tokenizer, max_length, device, batch_size, distributed, max_gen_toks):
+    def __init__(self, forward, tokenizer, max_length, device, batch_size, distributed, max_gen_toks, progress=False):
         super().__init__()
+        self.progress = progress  # progress bars on stderr (rank 0): only where it is a terminal
         self.forward = forward
         self.tok = tokenizer  # tinytitan.tokenizer.LoadedTokenizer
         self.max_length = max_length
@@ -100,7 +101,8 @@ class TitanLM(TemplateLM):
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         chunks = (order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size))
-        bar = tqdm(total=len(requests), desc="loglikelihood", disable=disable_tqdm or self._rank != 0)
+        bar = tqdm(total=len(requests), desc="loglikelihood", disable=disable_tqdm or not self.progress or self._rank != 0,
+                   leave=False)  # fmt: skip
         for chunk in chunks:
             rows, spans = [], []
             for i in chunk:
@@ -146,7 +148,8 @@ class TitanLM(TemplateLM):
 
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i].args[0]))
         out: list[str | None] = [None] * len(requests)
-        bar = tqdm(total=len(requests), desc="generate_until", disable=disable_tqdm or self._rank != 0)
+        bar = tqdm(total=len(requests), desc="generate_until", disable=disable_tqdm or not self.progress or self._rank != 0,
+                   leave=False)  # fmt: skip
         for i in order:
             context, kwargs = requests[i].args
             until = kwargs.get("until") or []

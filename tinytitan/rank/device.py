@@ -133,6 +133,9 @@ def adapt_job_config(job_config) -> None:
     if job_config.optimizer.implementation == "fused":
         changes.append("optimizer fused->foreach")
         job_config.optimizer.implementation = "foreach"
+    if job_config.comm.trace_buf_size > 0:  # NCCL's flight recorder: nothing to record on gloo, only an empty folder
+        changes.append("no NCCL flight recorder (comm_traces/)")
+        job_config.comm.trace_buf_size = 0
     world = int(os.environ.get("WORLD_SIZE", "1"))
     logger.info(
         "CPU mode: no accelerator found; torchtitan runs on CPU with gloo, FSDP over %d processes, fp32%s",

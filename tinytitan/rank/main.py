@@ -23,7 +23,7 @@ if __name__ == "__main__":
 
 
 def main() -> None:
-    from tinytitan.rank import device
+    from tinytitan.rank import device, known_warnings
     from tinytitan.rank.preemption import StopRequest
 
     stop = StopRequest()
@@ -33,6 +33,7 @@ def main() -> None:
     faults.dump_stacks_on_signal(rank)
     signal.signal(signal.SIGINT, _exit_interrupted)
     device.activate()
+    known_warnings.install(cpu=device.cpu_mode())
     from torchtitan.train import main as torchtitan_main
 
     from tinytitan.rank.spec import register

@@ -22,6 +22,8 @@ from torchtitan.tools.logging import logger
 from tinytitan.config import METRICS_FILE
 from tinytitan.rank import device
 
+MFU_KEY = "mfu(%)"
+
 
 def format_duration(seconds: float) -> str:
     return str(timedelta(seconds=int(max(seconds, 0))))
@@ -41,13 +43,18 @@ def sum_over_ranks(stats: dict[str, float]) -> dict[str, float]:
 
 
 class _KeepLast:
-    """Wraps torchtitan's metric logger (TensorBoard or none), keeping the last dict it got."""
+    """Wraps torchtitan's metric logger (TensorBoard or none), keeping the last dict it got.
 
-    def __init__(self, inner):
+    ``no_mfu``: MFU is left out (on CPU there is no peak FLOPS to measure against: n/a, not 0)."""
+
+    def __init__(self, inner, no_mfu: bool = False):
         self.inner = inner
+        self.no_mfu = no_mfu
         self.last: dict[str, Any] = {}
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
+        if self.no_mfu:
+            metrics = {k: v for k, v in metrics.items() if k != MFU_KEY}
         self.last = dict(metrics)
         self.inner.log(metrics, step)
 
@@ -61,13 +68,14 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float]:
 
 class TinyMetricsProcessor(MetricsProcessor):
     """Each JSONL row holds every number torchtitan logged (loss, tps, mfu(%), memory/*,
-    time_metrics/*, lr, ...) plus short aliases: loss, max_loss, grad_norm, tps."""
+    time_metrics/*, lr, ...) plus short aliases: loss, max_loss, grad_norm, tps. On CPU ``mfu(%)`` is
+    null (n/a) and TensorBoard gets no MFU curve."""
 
     def __init__(self, job_config, parallel_dims, tag=None):
         super().__init__(job_config, parallel_dims, tag)
-        self.logger = _KeepLast(self.logger)
+        self.logger = _KeepLast(self.logger, no_mfu=device.cpu_mode())
         if device.cpu_mode():
-            self.gpu_peak_flops = float("inf")  # no known peak: MFU reads 0 on CPU
+            self.gpu_peak_flops = float("inf")  # no known peak: the step line says "mfu: n/a" (rank.known_warnings)
         self._loader = None
         self.total_steps = job_config.training.steps
         self._first_log: tuple[int, float] | None = None
@@ -135,6 +143,7 @@ class TinyMetricsProcessor(MetricsProcessor):
                 "grad_norm": grad_norm,
                 "tps": tps,
                 **_numbers(self.logger.last),
+                **({MFU_KEY: None} if self.logger.no_mfu else {}),
             }
         )
 

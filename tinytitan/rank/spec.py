@@ -94,9 +94,10 @@ def build_dataloader(**kwargs):
 
 
 def build_validator(**kwargs):
-    from tinytitan.data.validate import build_validator as build
+    """torchtitan's Validator over each source's held-out split (``tinytitan.data.heldout``)."""
+    from tinytitan.data.heldout import HeldOutValidator
 
-    return build(**kwargs)
+    return HeldOutValidator(**kwargs)
 
 
 def build_metrics_processor(job_config, parallel_dims, model_args=None, tag=None):

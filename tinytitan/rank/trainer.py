@@ -65,7 +65,7 @@ class TinyTrainer(Trainer):
         self.agreement = StepAgreement(job_config.comm.init_timeout_seconds)
         self.preempted_at: int | None = None
         self.finished_saves: set = set()
-        self.benchmarks = build_in_loop_eval(self)
+        self.in_loop_eval = build_in_loop_eval(self)  # [eval]: lm-eval tasks every freq steps, or None
 
     def post_dataloading_process(self, input_dict, labels):
         """torchtitan's, plus the labels among the model's inputs when the model computes the loss ([loss])."""
@@ -82,9 +82,9 @@ class TinyTrainer(Trainer):
     def train_step(self, data_iterator):
         self.heartbeat.begin_step(self.step)
         super().train_step(data_iterator)
-        if self.benchmarks is not None and self.benchmarks.due(self.step):
+        if self.in_loop_eval is not None and self.in_loop_eval.due(self.step):
             self.heartbeat.enter("eval")
-            self.benchmarks.run(self.model_parts, self.step)
+            self.in_loop_eval.run(self.model_parts, self.step)
 
     def batch_generator(self, data_iterable):
         batches = super().batch_generator(data_iterable)

@@ -1,60 +1,16 @@
-"""What an export needs from the training config and the tokenizer folder.
+"""The tokenizer files of an export: read from the training tokenizer folder, copied, BOS made explicit.
 
-The config is read as training read it (``tinytitan.config.load_job_config``);
-an export needs four values from it: flavor, tokenizer folder, sequence length,
-data sources.
+What was trained (flavor, sequence length, data) comes from the run's record: ``tinytitan.run_record``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_SEQ_LEN = 2048  # torchtitan's default training.seq_len
 EXPORT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")  # copied into an export
-# Folder names of the sample/full corpora -> their Hub ids, for the model card's `datasets`.
-KNOWN_DATASETS = {
-    "slimpajama-627b": "cerebras/SlimPajama-627B",
-    "slimpajama": "cerebras/SlimPajama-627B",
-    "starcoderdata": "bigcode/starcoderdata",
-}
-
-
-@dataclass
-class TrainingConfig:
-    path: Path | None = None
-    text: str = ""
-    flavor: str | None = None
-    tokenizer_dir: Path | None = None
-    seq_len: int = DEFAULT_SEQ_LEN
-    description: str = ""
-    datasets: list[str] = field(default_factory=list)
-
-
-def read_training_config(path: str | os.PathLike | None) -> TrainingConfig:
-    if path is None:
-        return TrainingConfig()
-    from tinytitan.config import load_job_config
-
-    job = load_job_config(path)
-    path = Path(job.job.config_file)
-    datasets = []
-    for source in job.data.sources:
-        hub_id = KNOWN_DATASETS.get(Path(source.path).name.lower()) or KNOWN_DATASETS.get(source.name.lower())
-        if hub_id and hub_id not in datasets:
-            datasets.append(hub_id)
-    assets = job.model.hf_assets_path
-    return TrainingConfig(
-        path=path,
-        text=path.read_text(),
-        flavor=job.model.flavor,
-        tokenizer_dir=Path(assets) if assets else None,
-        seq_len=job.training.seq_len,
-        description=job.job.description,
-        datasets=datasets,
-    )
 
 
 @dataclass(frozen=True)

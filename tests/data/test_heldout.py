@@ -10,8 +10,8 @@ from torchtitan.components.loss import build_cross_entropy_loss
 from torchtitan.distributed import ParallelDims
 
 from tests.data.fixtures import ID_BASE, doc_ids, job_config, loader, mark_holdout, sources, tokenizer
+from tinytitan.data.heldout import HeldOutValidator
 from tinytitan.data.prepare import prepare
-from tinytitan.data.validate import build_validator
 
 
 def holdout_sources(corpus, n=12):
@@ -61,7 +61,7 @@ def _validator(jc, corpus):
     device.activate()  # torchtitan on the CPU, as in training without a GPU
     metrics = Metrics()
     dims = ParallelDims(dp_replicate=1, dp_shard=1, cp=1, tp=1, pp=1, ep=1, etp=1, world_size=1)
-    v = build_validator(
+    v = HeldOutValidator(
         job_config=jc,
         dp_world_size=1,
         dp_rank=0,
