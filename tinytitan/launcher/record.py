@@ -61,19 +61,10 @@ def git_commit(root: Path = SOURCE_ROOT) -> str:
 
 
 def resumes_from(job_config) -> int:
-    """The step a launch starts from: the newest complete checkpoint, as the trainer picks it (0: none)."""
-    from tinytitan.checkpoint.completeness import folder_problem, saved_step_folders
+    """The step a launch starts from (0: a fresh start): ``run_folder.resume_step``, as the trainer picks it."""
+    from tinytitan.launcher.run_folder import resume_step
 
-    ckpt = job_config.checkpoint
-    if not ckpt.enable:
-        return 0
-    folder = Path(job_config.job.dump_folder) / ckpt.folder
-    if ckpt.load_step > 0:
-        return ckpt.load_step if (folder / f"step-{ckpt.load_step}").is_dir() else 0
-    for step, path in reversed(saved_step_folders(folder)):
-        if folder_problem(path) is None:
-            return step
-    return 0
+    return resume_step(job_config) or 0
 
 
 def data_identity(job_config) -> tuple[str, str]:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from tinytitan.checkpoint.completeness import folder_problem, saved_step_folders
+from tinytitan.checkpoint.completeness import newest_complete
 from tinytitan.errors import TinytitanError
 
 STATE_DIR = ".tinytitan"  # run-internal state inside the run folder (also heartbeats/)
@@ -43,10 +43,8 @@ def resume_step(job_config) -> int | None:
     folder = Path(job_config.job.dump_folder) / ckpt.folder
     if ckpt.load_step >= 0:
         return ckpt.load_step if (folder / f"step-{ckpt.load_step}").is_dir() else None
-    for step, path in reversed(saved_step_folders(folder)):
-        if folder_problem(path) is None:
-            return step
-    return None
+    newest = newest_complete(folder)
+    return newest[0] if newest is not None else None
 
 
 def finished_run(job_config) -> str | None:
