@@ -186,7 +186,10 @@ def test_ctrl_c_stops_in_two_lines_and_names_the_step_to_resume_from(tmp_path):
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "tinytitan.launcher.launch", *overrides], cwd=REPO,
                                 env=run_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    wait_until(proc, lambda: (tmp_path / "checkpoint" / "step-2" / ".metadata").exists(), "the checkpoint")
+    # After both ranks logged the end of the step-2 save: its closing lines are not in flight at the signal
+    # (on a loaded machine they came after .metadata and were counted).
+    wait_until(proc, lambda: (tmp_path / "checkpoint" / "step-2" / ".metadata").exists()
+               and log.read_text().count("Finished saving the checkpoint") >= 2, "the checkpoint")  # fmt: skip
     before = log.read_text()
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=120) == 128 + signal.SIGINT
@@ -200,6 +203,8 @@ def test_ctrl_c_stops_in_two_lines_and_names_the_step_to_resume_from(tmp_path):
         after[-1] == f"tinytitan: stopped (exit code 130); run the same command to resume from step {step} ({folder})"
     )
     assert len(after) <= 5, after
+    launcher = [line for line in after if not line.startswith("[rank")]  # the rest: ranks' lines in flight
+    assert launcher == ["tinytitan: interrupted: stopping the ranks (Ctrl-C again to kill them)", after[-1]], after
     assert "Traceback" not in text
 
 

@@ -18,9 +18,9 @@ PACKAGE = REPO / "tinytitan"
 # layer or below, never above. Keep in step with docs/architecture.md.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("config", "run_record", "folders", "hf_token", "models", "faults", "compat"),
+    ("config", "folders", "hf_token", "models", "faults", "compat"),
     ("tokenizer", "tokenizer_convert"),
-    ("data", "checkpoint"),
+    ("data", "checkpoint", "run_record"),
     ("export",),
     ("hub",),
     ("observe",),

@@ -328,10 +328,25 @@ class TrainedRun:
         return self.run.segment_at(step)
 
     def sources(self) -> list[tuple[str, float, str]]:
-        """(name, share of the training tokens, path) per data source."""
-        sources = self.job.data.sources
-        total = sum(s.weight for s in sources) or 1.0
-        return [(s.name, s.weight / total, s.path) for s in sources]
+        """(name, share of the training tokens, path) per data source; with ``[[data.stages]]`` the stages'
+        weights averaged by each stage's length in steps (the mean of the stages' weights where the world
+        size, and so the stages' lengths, is unknown)."""
+        data = self.job.data
+        shares = data.mixture_weights()
+        segment = self.segment_at(None)
+        if data.stages and segment is not None and segment.world_size > 0:
+            from tinytitan.data.stages import run_spans
+
+            try:
+                spans = run_spans(self.job, segment.world_size)
+            except TinytitanError:
+                spans = []
+            total = sum(span.steps() for span in spans)
+            if total:
+                shares = {
+                    s.name: sum(span.weights[s.name] * span.steps() for span in spans) / total for s in data.sources
+                }
+        return [(s.name, shares[s.name], s.path) for s in data.sources]
 
     def stages(self) -> list:
         """``[[data.stages]]`` where the config has them (``name``, ``until_tokens``, ``weights``, ``lr``)."""
