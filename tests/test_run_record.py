@@ -137,3 +137,28 @@ def test_a_resume_appends_a_launch_to_the_record(run, tmp_path):
     assert (first.start_step, second.start_step, second.command) == (0, 3, "again")
     assert second.changed == ["training.steps: 3 -> 6"]
     assert first == load_job_config(dump / "run.toml").run.segments[0]
+
+
+def test_the_summary_adds_up_the_training_time_of_every_start(tmp_path):
+    """Each rank process times from its own first logged step: after a torchrun restart the rows' elapsed
+    time starts again at 0. The summary sums the starts instead of reporting the last one's."""
+    from tinytitan.launcher.report import end_lines, read_outcome
+
+    job_config = load_job_config(str(DEBUG_CONFIG), ["--job.dump_folder", str(tmp_path), "--training.steps", "5",
+                                                     "--checkpoint.no-enable"])  # fmt: skip
+    rows = [(1, 0.0), (2, 30.5), (3, 61.0), (3, 0.0), (4, 29.0), (5, 59.0)]  # a restart from step 2's checkpoint
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"step": s, "loss": 5.0 - s / 10, "tps": 1000.0, "time/elapsed_s": e}) + "\n" for s, e in rows
+        )
+    )
+    outcome = read_outcome(job_config, 0)
+    assert outcome.starts == 2 and outcome.training_s == 61.0 + 59.0
+    (time_line,) = [line for line in end_lines(job_config, outcome, wall_s=150.0) if line.startswith("  time")]
+    assert time_line == ("  time             0:02:30 wall, 0:02:00 training in 2 starts (each from its first logged "
+                         "step to its last); 1,000 tokens/s per process")  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": s, "loss": 1.0, "time/elapsed_s": e}) + "\n" for s, e in rows[:3])
+    )
+    single = read_outcome(job_config, 0)
+    assert single.starts == 1 and single.training_s == 61.0

@@ -76,7 +76,8 @@ class Outcome:
     validation_step: int | None = None
     validation_loss: float | None = None
     validation_sources: dict[str, float] = field(default_factory=dict)
-    training_s: float | None = None  # time/elapsed_s of the last row: first logged step to the last
+    training_s: float | None = None  # summed over starts: each start's first logged step to its last
+    starts: int = 0  # process starts that logged a step (torchrun restarts each rank's elapsed clock)
     tokens_per_s: float | None = None  # mean of the rows' tps (tokens/s per process)
     rows: int = 0
 
@@ -90,6 +91,7 @@ def read_outcome(job_config, offset: int) -> Outcome:
         f.seek(offset)
         lines = f.read().decode(errors="replace").splitlines()
     tps: list[float] = []
+    before_this_start, elapsed = 0.0, None
     for line in lines:
         try:
             row = json.loads(line)
@@ -99,7 +101,12 @@ def read_outcome(job_config, offset: int) -> Outcome:
             out.rows += 1
             out.step, out.loss = row["step"], row["loss"]
             out.tokens = row.get("n_tokens_seen", out.tokens)
-            out.training_s = row.get("time/elapsed_s", out.training_s)
+            if (now := row.get("time/elapsed_s")) is not None:
+                if elapsed is None or now == 0.0 or now < elapsed:  # a start's first logged step is at 0.0
+                    before_this_start += elapsed or 0.0
+                    out.starts += 1
+                elapsed = now
+                out.training_s = before_this_start + now
             if row.get("tps") is not None:
                 tps.append(row["tps"])
         if row.get("validation/loss") is not None:
@@ -131,7 +138,11 @@ def end_lines(job_config, outcome: Outcome, *, wall_s: float) -> list[str]:
                                              + (f": {per_source}" if per_source else "")))  # fmt: skip
     time = f"{duration(wall_s)} wall"
     if outcome.training_s is not None:
-        time += f", {duration(outcome.training_s)} from the first logged step to the last"
+        if outcome.starts > 1:
+            time += (f", {duration(outcome.training_s)} training in {outcome.starts} starts"
+                     " (each from its first logged step to its last)")  # fmt: skip
+        else:
+            time += f", {duration(outcome.training_s)} from the first logged step to the last"
     if outcome.tokens_per_s is not None:
         time += f"; {outcome.tokens_per_s:,.0f} tokens/s per process"
     lines.append(_row("time", time))
