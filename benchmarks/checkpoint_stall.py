@@ -88,7 +88,9 @@ def measure_restart(steps: int, interval: int) -> dict:
             if proc.poll() is not None:
                 raise SystemExit(f"training ended early:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.05)
-        victim = _rank_pid(proc.pid, 1)
+        victim = rank_pid(proc.pid, 1)
+        if victim is None:
+            raise SystemExit("rank 1 not found")
         killed_at = time.time()
         os.kill(victim, signal.SIGKILL)
         proc.wait()
@@ -99,7 +101,8 @@ def measure_restart(steps: int, interval: int) -> dict:
     return {"restart_to_first_step_s": round(first - killed_at, 1), "exit_code": proc.returncode}
 
 
-def _rank_pid(launcher: int, rank: int) -> int:
+def rank_pid(launcher: int, rank: int) -> int | None:
+    """The pid of training rank ``rank`` started by launcher ``launcher`` (found by their environment)."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -108,14 +111,10 @@ def _rank_pid(launcher: int, rank: int) -> int:
             environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (
-            b"tinytitan.rank.main" in cmdline
-            and b"torch.distributed.run" not in cmdline
-            and f"RANK={rank}".encode() in environ
-        ):
-            if f"TINYTITAN_LAUNCHER_PID={launcher}".encode() in environ:
+        if b"tinytitan.rank.main" in cmdline and b"torch.distributed.run" not in cmdline:
+            if f"RANK={rank}".encode() in environ and f"TINYTITAN_LAUNCHER_PID={launcher}".encode() in environ:
                 return int(entry)
-    raise SystemExit(f"rank {rank} not found")
+    return None
 
 
 def main() -> None:

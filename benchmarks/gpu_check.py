@@ -38,6 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout without `pip install`
 
+from checkpoint_stall import rank_pid  # noqa: E402  (benchmarks/, this script's folder, is on sys.path)
+
 from tinytitan.bench.run import (  # noqa: E402
     Settings,
     StepSchedule,
@@ -225,22 +227,6 @@ def metrics_rows(dump: Path) -> list[dict]:
     return rows
 
 
-def rank_pid(launcher_pid: int) -> int | None:
-    """The training process (rank 0) the launcher started, found by its environment."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"tinytitan.rank.main" in cmdline and b"torch.distributed.run" not in cmdline:
-            if b"RANK=0" in environ and f"TINYTITAN_LAUNCHER_PID={launcher_pid}".encode() in environ:
-                return int(entry)
-    return None
-
-
 def phase_resume(check: Check) -> None:
     """One run: SIGKILL of its rank after the first (async) checkpoint, torchrun restarts it, it resumes.
 
@@ -313,7 +299,7 @@ def kill_and_watch(proc: subprocess.Popen, dump: Path, interval: int, timeout: f
         if proc.poll() is not None or time.monotonic() > end:
             return {"error": f"the run ended or timed out before checkpoint step-{interval} was complete"}
         time.sleep(0.02)
-    victim = rank_pid(proc.pid)
+    victim = rank_pid(proc.pid, 0)
     if victim is None or proc.poll() is not None:
         return {"error": "the run finished before the kill: more steps are needed"}
     os.kill(victim, signal.SIGKILL)
