@@ -1,0 +1,1 @@
+"""A run folder (``--job.dump_folder``): its layout, written once (``RunFolder``)."""
