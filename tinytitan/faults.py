@@ -150,14 +150,6 @@ class Heartbeat:
         return 0 < self.first_step < self.step
 
 
-def heartbeat_folder(dump_folder: str | os.PathLike) -> Path:
-    return Path(dump_folder) / ".tinytitan" / "heartbeats"
-
-
-def heartbeat_path(dump_folder: str | os.PathLike, rank: int) -> Path:
-    return heartbeat_folder(dump_folder) / f"rank-{rank}.json"
-
-
 def write_heartbeat(path: Path, beat: Heartbeat) -> None:
     _write(path, dataclasses.asdict(beat))
 

@@ -300,9 +300,9 @@ def run_once(
         return {**record, "status": "timeout", "error": f"no result within {timeout_s:.0f}s"}
     if returncode != 0:
         return {**record, "status": failure_status(log_text), "error": last_error_line(log_text)}
-    from tinytitan.config import METRICS_FILE
+    from tinytitan.run.folder import RunFolder
 
-    rows = [json.loads(line) for line in (dump / METRICS_FILE).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in RunFolder.at(dump).metrics.read_text().splitlines() if line.strip()]
     record = {**record, "status": "ok", **summarize_rows(rows, s, schedule, machine)}
     if profile:
         record["profile"] = read_profile(dump)

@@ -39,6 +39,7 @@ from tinytitan.faults import DUPLICATE_WINDOW_S, ErrorNote, PreemptedNote, RankN
 from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.rank_output import RankOutput
 from tinytitan.launcher.watcher import HangWatcher
+from tinytitan.run.folder import step_name
 
 FAILURE_LINE = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
 RANK_PREFIX = re.compile(r"^\[(?:default|rank)\d+\]:")
@@ -238,7 +239,7 @@ class Supervisor:
         if self.watch.checkpoints is None:
             return "step 0 (checkpointing is off)"
         newest = newest_complete(self.watch.checkpoints)
-        return f"the step-{newest[0]} checkpoint" if newest else "step 0 (no complete checkpoint yet)"
+        return f"the {step_name(newest[0])} checkpoint" if newest else "step 0 (no complete checkpoint yet)"
 
     # ---- the end ----
     def _outcome(self, returncode: int) -> int:
