@@ -99,13 +99,10 @@ def from_checkpoint(
 ) -> LanguageModel:
     """torchtitan's model from a DCP checkpoint; ``trained`` (a ``TrainedRun``) or else the run's record
     (``config`` overrides it) gives the flavor and the tokenizer."""
-    from torchtitan.models.llama3 import Transformer
-    from torchtitan.models.llama3.model.model import precompute_freqs_cis
-
     from tinytitan.checkpoint.flavors import require_flavor
     from tinytitan.checkpoint.reader import open_checkpoint
     from tinytitan.checkpoint.stats import checkpoint_stats
-    from tinytitan.models import flavor_args
+    from tinytitan.models import build_torchtitan, flavor_args
     from tinytitan.run_record import read_trained_run
     from tinytitan.tokenizer import load_tokenizer
 
@@ -114,12 +111,7 @@ def from_checkpoint(
     ckpt = open_checkpoint(checkpoint, step)
     flavor = require_flavor(ckpt.shapes(), trained.flavor, str(ckpt.path))
     args = flavor_args(flavor)
-    with torch.device("meta"):
-        model = Transformer(args)
-    model.load_state_dict(dict(ckpt.iter_tensors(torch.float32)), strict=True, assign=True)
-    # The RoPE table is not saved (a non-persistent buffer): compute it as torchtitan does.
-    model.freqs_cis = precompute_freqs_cis(args.dim // args.n_heads, args.max_seq_len, args.rope_theta,
-                                           args.rope_scaling_args)  # fmt: skip
+    model = build_torchtitan(args, dict(ckpt.iter_tensors(torch.float32)))
     device = pick_device(device)
     stats = checkpoint_stats(ckpt)
     return LanguageModel(

@@ -25,7 +25,13 @@ from torchtitan.train import Trainer
 
 from tinytitan import faults
 from tinytitan.checkpoint.completeness import disk_full_error, folder_problem, purge_checkpoints, saved_step_folders
-from tinytitan.compat import checkpoint_due, checkpoint_folder, full_training_state, wait_for_async_save
+from tinytitan.compat import (
+    checkpoint_due,
+    checkpoint_folder,
+    full_training_state,
+    wait_for_async_save,
+    wrap_method,
+)
 from tinytitan.config import resolve_job_paths
 from tinytitan.data.stages import stage_lr_schedule
 from tinytitan.errors import TinytitanError
@@ -53,9 +59,9 @@ class TinyTrainer(Trainer):
         super().__init__(job_config)
         if lr_line:
             logger.info(lr_line)
-        self.checkpointer.save = self._in_phase("checkpoint", self.checkpointer.save)
+        wrap_method(self.checkpointer, "save", lambda save: self._in_phase("checkpoint", save))
         if getattr(self, "validator", None) is not None:  # set only when [validation] is enabled
-            self.validator.validate = self._in_phase("validation", self.validator.validate)
+            wrap_method(self.validator, "validate", lambda validate: self._in_phase("validation", validate))
         if hasattr(self.dataloader, "stats"):
             self.metrics_processor.count_data_with(self.dataloader)
         # purged here, see purge_checkpoints (a disabled CheckpointManager has no keep_latest_k)
