@@ -18,7 +18,7 @@ PACKAGE = REPO / "tinytitan"
 # layer or below, never above. Keep in step with docs/architecture.md.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("config", "folders", "hf_token", "models", "faults", "compat", "run"),
+    ("config", "folders", "hf_token", "models", "faults", "compat", "run", "lm_tasks"),
     ("tokenizer", "tokenizer_convert"),
     ("data", "checkpoint", "run_record"),
     ("export",),

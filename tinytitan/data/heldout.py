@@ -79,7 +79,8 @@ def _token_chunks_text(src: SourcePlan, validation_files: str, encoder: Encoder,
 
 
 def _token_chunks_prepared(src: SourcePlan, validation_files: str, prepared_dir: str) -> Iterator[np.ndarray]:
-    from tinytitan.data.shards import Shard, load_manifest, shard_base
+    from tinytitan.data.shard_reader import Shard
+    from tinytitan.data.shards import load_manifest, shard_base
 
     if validation_files:
         for rec in load_manifest(prepared_dir).sources[src.name].validation_files:

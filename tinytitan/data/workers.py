@@ -49,7 +49,7 @@ class BackendSpec:
 
 def make_backend(spec: BackendSpec):
     if spec.format == "tokens":
-        from tinytitan.data.shards import TokensBackend
+        from tinytitan.data.shard_reader import TokensBackend
 
         return TokensBackend(spec.prepared_dir)
     from tinytitan.data.text_backend import TextBackend

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 from tinytitan.errors import TinytitanError
-from tinytitan.observe.task_eval import TaskSettings, evaluate_checkpoint
+from tinytitan.lm_tasks import TaskSettings
+from tinytitan.observe.task_eval import evaluate_checkpoint
 
 EVAL_DIR = "eval"
 TB_SUBDIR = Path("tb") / "eval"
