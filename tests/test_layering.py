@@ -22,7 +22,6 @@ LAYERS: list[tuple[str, ...]] = [
     ("tokenizer", "tokenizer_convert"),
     ("data", "checkpoint", "run_record"),
     ("export",),
-    ("hub",),
     ("observe",),
     ("rank", "job_config", "register"),
     ("launcher",),

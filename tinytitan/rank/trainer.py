@@ -46,7 +46,7 @@ class TinyTrainer(Trainer):
     stop_request: StopRequest = StopRequest()  # tinytitan.rank.main installs the signal handlers on it
 
     def __init__(self, job_config):
-        from tinytitan.observe.in_loop import build_in_loop_eval
+        from tinytitan.rank.in_loop_eval import build_in_loop_eval
 
         device.adapt_job_config(job_config)
         resolve_job_paths(job_config)
