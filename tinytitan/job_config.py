@@ -18,7 +18,7 @@ from typing import Literal
 
 from tinytitan.data.config import Data
 from tinytitan.errors import TinytitanError
-from tinytitan.run_record import Run
+from tinytitan.run.record import Run
 
 FLOAT8_CONVERTER = "quantize.linear.float8"
 

@@ -1,4 +1,4 @@
-"""Writes the run's record, ``<dump_folder>/run.toml``, before torchrun starts (``tinytitan.run_record``).
+"""Writes the run's record, ``<dump_folder>/run.toml``, before torchrun starts (``tinytitan.run.record``).
 
 The config written is the one every rank reads (the TOML file plus the overrides, through
 ``tinytitan.config.load_job_config``), with its input paths and dump folder made absolute. A run
@@ -21,12 +21,12 @@ from pathlib import Path
 
 from tinytitan.config import SOURCE_ROOT
 from tinytitan.run.folder import RUN_FILE, RunFolder
-from tinytitan.run_record import Segment, absolute_paths, differences, read_record, to_toml
+from tinytitan.run.record import Segment, absolute_paths, differences, read_record, to_toml
 
 # The launcher's environment variables (tinytitan.launcher.launch), shown in front of the command.
 LAUNCH_ENV = ("NGPU", "CONFIG_FILE", "LOG_RANK", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "MAX_RESTARTS")
 HEADER = """\
-tinytitan run record, written by the launcher when the run started (tinytitan.run_record).
+tinytitan run record, written by the launcher when the run started (tinytitan.run.record).
 The job config the ranks ran with: the config file plus the overrides, input paths made absolute.
 [[run.segments]]: one table per launch (the step it started from, command, versions, what changed).
 Read by `tinytitan export`, `eval`, `generate` and `checkpoint inspect`.

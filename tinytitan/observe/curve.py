@@ -65,7 +65,7 @@ def evaluate_run(run_dir, settings: TaskSettings, device=None, *, progress: bool
     """Scores what is missing, then writes the summaries and TensorBoard scalars; returns every step's result."""
     from tqdm import tqdm
 
-    from tinytitan.run_record import read_trained_run
+    from tinytitan.run.record import read_trained_run
 
     run_dir = Path(run_dir)
     checkpoints = run_checkpoints(run_dir)

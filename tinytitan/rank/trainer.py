@@ -23,7 +23,6 @@ from torchtitan.components.checkpoint import AsyncMode
 from torchtitan.tools.logging import logger
 from torchtitan.train import Trainer
 
-from tinytitan import faults
 from tinytitan.checkpoint.completeness import disk_full_error, folder_problem, purge_checkpoints, saved_step_folders
 from tinytitan.compat import (
     checkpoint_due,
@@ -40,6 +39,7 @@ from tinytitan.rank import device
 from tinytitan.rank.heartbeat import writer_for
 from tinytitan.rank.loss import model_inputs
 from tinytitan.rank.preemption import StepAgreement, StopRequest
+from tinytitan.run import faults
 
 
 class TinyTrainer(Trainer):
