@@ -103,7 +103,7 @@ def _columns(results: list[dict]) -> list[tuple[str, str]]:
 
 
 def column_name(task: str, metric: str) -> str:
-    """``acc,none`` of a task -> ``<task> acc`` (another filter: ``<task> acc (filter)``), as the README shows."""
+    """``acc,none`` of a task -> ``<task> acc`` (another filter: ``<task> acc (filter)``), as docs/measured.md shows."""
     name, _, flt = metric.partition(",")
     return f"{task} {name}" + (f" ({flt})" if flt and flt != "none" else "")
 
