@@ -91,3 +91,11 @@ def test_validator_init_builds_its_text_loader_through_the_replaced_name():
 def test_a_missing_private_name_is_one_line_naming_it():
     with pytest.raises(TinytitanError, match=r"no CheckpointManager\._should_save.*torchtitan==0\.2\.2"):
         compat.checkpoint_due(object.__new__(type("CheckpointManager", (), {})), 1, last_step=False)
+
+
+def test_foreach_lerp_moves_each_tensor_toward_its_end_in_place():
+    import torch
+
+    a, b = torch.zeros(3), torch.ones(2)
+    compat.foreach_lerp_([a, b], [torch.full((3,), 4.0), torch.full((2,), 3.0)], 0.25)
+    assert a.tolist() == [1.0, 1.0, 1.0] and b.tolist() == [1.5, 1.5]

@@ -96,9 +96,11 @@ def from_checkpoint(
     step: int | str | None = "latest",
     device=None,
     trained=None,
+    weights: str = "raw",
 ) -> LanguageModel:
     """torchtitan's model from a DCP checkpoint; ``trained`` (a ``TrainedRun``) or else the run's record
-    (``config`` overrides it) gives the flavor and the tokenizer."""
+    (``config`` overrides it) gives the flavor and the tokenizer. ``weights``: "raw", or "ema" (the average
+    of the weights, ``[ema]``)."""
     from torchtitan.models.llama3 import Transformer
     from torchtitan.models.llama3.model.model import precompute_freqs_cis
 
@@ -111,7 +113,7 @@ def from_checkpoint(
 
     trained = trained or read_trained_run(checkpoint, config, required="--checkpoint")
     tokenizer = load_tokenizer(_tokenizer_dir(trained))
-    ckpt = open_checkpoint(checkpoint, step)
+    ckpt = open_checkpoint(checkpoint, step, weights=weights)
     flavor = require_flavor(ckpt.shapes(), trained.flavor, str(ckpt.path))
     args = flavor_args(flavor)
     with torch.device("meta"):
@@ -123,7 +125,7 @@ def from_checkpoint(
     device = pick_device(device)
     stats = checkpoint_stats(ckpt)
     return LanguageModel(
-        name=f"{ckpt.path} ({flavor})",
+        name=f"{ckpt.path} ({flavor}{', EMA weights' if weights == 'ema' else ''})",
         module=model.to(device).eval(),
         tokenizer=tokenizer,
         max_seq_len=args.max_seq_len,
@@ -238,9 +240,15 @@ class ModelChoice:
     model: Path | None = None
     config: Path | None = None  # overrides the run's record
     device: str = "cpu"
+    weights: str = "raw"  # with a checkpoint: "raw" or "ema" (the average of the weights)
 
 
 def load(choice: ModelChoice) -> LanguageModel:
+    if choice.model is not None and choice.weights != "raw":
+        raise TinytitanError(
+            f"--weights {choice.weights} applies to --checkpoint: an export holds the weights it was exported "
+            "with (its tinytitan.json says which); drop --weights"
+        )
     if choice.model is not None:
         return from_hf(choice.model, choice.device, choice.config)
-    return from_checkpoint(choice.checkpoint, choice.config, choice.step, choice.device)
+    return from_checkpoint(choice.checkpoint, choice.config, choice.step, choice.device, weights=choice.weights)
