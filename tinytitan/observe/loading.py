@@ -112,8 +112,8 @@ def from_checkpoint(
     from tinytitan.tokenizer import load_tokenizer
 
     trained = trained or read_trained_run(checkpoint, config, required="--checkpoint")
+    ckpt = open_checkpoint(checkpoint, step, weights=weights)  # before the tokenizer: --weights ema refused at once
     tokenizer = load_tokenizer(_tokenizer_dir(trained))
-    ckpt = open_checkpoint(checkpoint, step, weights=weights)
     flavor = require_flavor(ckpt.shapes(), trained.flavor, str(ckpt.path))
     args = flavor_args(flavor)
     with torch.device("meta"):
