@@ -10,11 +10,12 @@ import shutil
 import pytest
 import torch
 
-from tests.helpers import N, launch, small_run_overrides, train_losses
+from tests.helpers import DEBUG_CONFIG, N, launch, small_run_overrides, train_losses
 from tinytitan.checkpoint.reader import open_checkpoint
 from tinytitan.cli import main
+from tinytitan.config import load_job_config
 from tinytitan.errors import TinytitanError
-from tinytitan.job_config import Ema
+from tinytitan.job_config import Ema, validate_job_config
 from tinytitan.rank.ema import WeightAverage, state_dict_name
 
 DECAY = 0.8
@@ -53,15 +54,17 @@ def test_wrapper_names_are_dropped_to_the_state_dict_key():
 
 
 @pytest.mark.parametrize(
-    "ema, last_model_only, message",
-    [(Ema(enable=True, decay=1.0), False, r"\[ema\] decay = 1 is not in \(0, 1\)"),
-     (Ema(enable=True, decay=0.0), False, r"\[ema\] decay = 0 is not in \(0, 1\)"),
-     (Ema(enable=True), True, r"last_save_model_only = true.*set last_save_model_only = false")],
+    "overrides, message",
+    [(["--ema.decay", "1.0"], r"^\[ema\] decay = 1 is not in \(0, 1\): give the per-step decay"),
+     (["--ema.decay", "0"], r"^\[ema\] decay = 0 is not in \(0, 1\)"),
+     (["--checkpoint.last_save_model_only"], r"^\[ema\] enable = true but \[checkpoint\] last_save_model_only = "
+                                             r"true: .*; set last_save_model_only = false$")],
 )  # fmt: skip
-def test_bad_ema_settings_are_one_line(ema, last_model_only, message):
+def test_bad_ema_settings_are_one_line_before_any_process_starts(overrides, message):
+    """validate_job_config: what the launcher runs before torchrun (and each rank again)."""
     with pytest.raises(TinytitanError, match=message):
-        ema.validate(last_model_only)
-    Ema(enable=False, decay=5.0).validate(True)  # off: nothing to check
+        validate_job_config(load_job_config(DEBUG_CONFIG, ["--ema.enable", *overrides]))
+    validate_job_config(load_job_config(DEBUG_CONFIG, overrides))  # [ema] off: nothing to check
 
 
 @pytest.fixture(scope="module")
