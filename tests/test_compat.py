@@ -155,3 +155,11 @@ def test_no_private_torchtitan_name_outside_compat():
                     f"{path.relative_to(REPO)}:{node.lineno} import {a.name}" for a in node.names if a.name in private
                 ]
     assert not found, "private torchtitan names outside tinytitan/compat.py: " + "; ".join(found)
+
+
+def test_foreach_lerp_moves_each_tensor_toward_its_end_in_place():
+    import torch
+
+    a, b = torch.zeros(3), torch.ones(2)
+    compat.foreach_lerp_([a, b], [torch.full((3,), 4.0), torch.full((2,), 3.0)], 0.25)
+    assert a.tolist() == [1.0, 1.0, 1.0] and b.tolist() == [1.5, 1.5]

@@ -111,6 +111,13 @@ def set_group_timeout(group, seconds: float) -> None:
     _private(distributed_c10d, "_set_pg_timeout")(timedelta(seconds=seconds), group)
 
 
+def foreach_lerp_(tensors: list, ends: list, weight: float) -> None:
+    """``t += weight * (end - t)`` for every pair, in one fused pass (the [ema] update; torch has no public name)."""
+    import torch
+
+    _private(torch, "_foreach_lerp_")(tensors, ends, weight)
+
+
 # ---------------------------------------------------------------- Validator
 # tinytitan validates on each source's held-out split with torchtitan's own Validator (its __init__
 # and its validate loop); only the C4 text loader its __init__ builds is replaced, per source.

@@ -143,6 +143,40 @@ class Hang:
         return train_timeout_seconds / 2 if self.stall_seconds == -1 else self.stall_seconds
 
 
+@dataclass
+class Ema:
+    """``[ema]``: an exponential moving average of the weights, kept beside them in every checkpoint
+    (docs/averaging.md); ``tinytitan export/eval/generate --weights ema`` use it."""
+
+    enable: bool = False
+    """keep the average: after each optimizer step, ema <- decay_t * ema + (1 - decay_t) * weights"""
+    decay: float = 0.99
+    """the average's decay per optimizer step, in (0, 1); its half-life is ln(0.5) / ln(decay) steps
+    (0.99: 69 steps, 0.999: 693); take about a tenth of the run"""
+    warmup: bool = True
+    """decay_t = min(decay, (1 + step) / (10 + step)): the first steps' weights (and the random init) fade fast
+    instead of weighing on the average for a half-life; false: decay_t = decay from step 1"""
+
+    def decay_at(self, step: int) -> float:
+        """The decay used by the update after optimizer step ``step`` (1-based)."""
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
+    def validate(self, last_save_model_only: bool) -> None:
+        """Pure: one line naming the key and the fix."""
+        if not self.enable:
+            return
+        if not 0 < self.decay < 1:
+            raise TinytitanError(
+                f"[ema] decay = {self.decay:g} is not in (0, 1): give the per-step decay, e.g. 0.99 "
+                "(a half-life of 69 steps)"
+            )
+        if last_save_model_only:
+            raise TinytitanError(
+                "[ema] enable = true but [checkpoint] last_save_model_only = true: the last checkpoint would hold the "
+                "raw weights only, not the average; set last_save_model_only = false"
+            )
+
+
 def stall_seconds(job_config) -> float:
     """The effective ``[hang] stall_seconds`` of a full JobConfig (0: off)."""
     return job_config.hang.effective(job_config.comm.train_timeout_seconds)
@@ -155,6 +189,7 @@ class JobConfig:
     loss: Loss = field(default_factory=Loss)
     model: Model = field(default_factory=Model)
     hang: Hang = field(default_factory=Hang)
+    ema: Ema = field(default_factory=Ema)
     run: Run = field(default_factory=Run)  # written by the launcher into <dump_folder>/run.toml
 
 
@@ -212,6 +247,7 @@ def validate_job_config(job_config, world_size: int | None = None) -> None:
     job_config.data.validate()
     job_config.eval.validate()
     job_config.hang.validate(job_config.comm.train_timeout_seconds)
+    job_config.ema.validate(ckpt.enable and ckpt.last_save_model_only)
     validate_loss(job_config)
     p = job_config.parallelism
     if job_config.eval.tasks:

@@ -74,6 +74,7 @@ def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
         "lr_scheduler": ckpt.has_state("lr_scheduler"),
         "dataloader": ckpt.has_state("dataloader"),
         "train_state": ckpt.has_state("train_state"),
+        "ema": ckpt.has_ema,  # an average of the weights ([ema]): --weights ema of export, eval, generate
         "complete": problem is None,
         "problem": problem,  # why the folder is not complete (a truncated .distcp, no .metadata)
         "resumable": ckpt.resumable and problem is None,
@@ -122,6 +123,9 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+EMA_TEXT = "yes: an average of the weights ([ema]); export, eval and generate take --weights ema"
+
+
 def format_report(info: dict) -> str:
     layout = {"flat": "flat (torchtitan >= 0.2)", "prefixed": 'prefixed ("model." keys, torchtitan < 0.2)'}[
         info["layout"]
@@ -149,6 +153,7 @@ def format_report(info: dict) -> str:
         ("model size", _size(info["model_bytes"])),
         ("size on disk", _size(info["size_on_disk"])),
         ("can resume", resume),
+        ("EMA weights", EMA_TEXT if info["ema"] else "no"),
         ("trained with", _trained(info)),
     ]
     data = info.get("data")

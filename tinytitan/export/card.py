@@ -84,6 +84,7 @@ def model_card(
     dtype: str,
     verification=None,
     license: str = DEFAULT_LICENSE,
+    weights: str = "raw",
 ) -> str:
     """README.md text. ``summary`` is ``tinytitan.models.summarize(flavor)``, ``stats`` a ``RunStats``,
     ``trained`` the run's ``TrainedRun`` (None: unknown)."""
@@ -105,6 +106,7 @@ def model_card(
     rows += [
         ("Training precision", trained.precision(stats.step) if known else "unknown"),
         ("Weights dtype", dtype),
+        ("Weights", WEIGHTS_TEXT[weights]),
         ("RoPE", f"theta {summary.args.get('rope_theta')}, Llama-3.1 scaling: " + ", ".join(f"{k} {v:g}" for k, v in rope.items())),
     ]  # fmt: skip
     if verification is not None:
@@ -170,7 +172,11 @@ def _plain(value):
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
-def provenance(*, flavor, trained, stats, dtype, source, verification=None, fmt: str) -> str:
+WEIGHTS_TEXT = {"raw": "the trained weights of the last step", "ema": "the exponential moving average of the "
+                "trained weights ([ema] in the training config), not the last step's"}  # fmt: skip
+
+
+def provenance(*, flavor, trained, stats, dtype, source, verification=None, fmt: str, weights: str = "raw") -> str:
     """tinytitan.json: what ``push`` re-checks against, where the export came from, and what was trained."""
     import tinytitan
 
@@ -181,6 +187,7 @@ def provenance(*, flavor, trained, stats, dtype, source, verification=None, fmt:
         "dtype": dtype,
         "format": fmt,
         "source": source,
+        "weights": weights,  # "raw" or "ema" (the average of the weights)
         "step": stats.step,
         "ntokens_seen": stats.ntokens_seen,
         "ntokens_per_rank": stats.ntokens_per_rank,

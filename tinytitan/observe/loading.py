@@ -96,9 +96,11 @@ def from_checkpoint(
     step: int | str | None = "latest",
     device=None,
     trained=None,
+    weights: str = "raw",
 ) -> LanguageModel:
     """torchtitan's model from a DCP checkpoint; ``trained`` (a ``TrainedRun``) or else the run's record
-    (``config`` overrides it) gives the flavor and the tokenizer."""
+    (``config`` overrides it) gives the flavor and the tokenizer. ``weights``: "raw", or "ema" (the average
+    of the weights, ``[ema]``)."""
     from tinytitan.checkpoint.flavors import require_flavor
     from tinytitan.checkpoint.reader import open_checkpoint
     from tinytitan.checkpoint.stats import checkpoint_stats
@@ -107,15 +109,15 @@ def from_checkpoint(
     from tinytitan.tokenizer import load_tokenizer
 
     trained = trained or read_trained_run(checkpoint, config, required="--checkpoint")
+    ckpt = open_checkpoint(checkpoint, step, weights=weights)  # before the tokenizer: --weights ema refused at once
     tokenizer = load_tokenizer(_tokenizer_dir(trained))
-    ckpt = open_checkpoint(checkpoint, step)
     flavor = require_flavor(ckpt.shapes(), trained.flavor, str(ckpt.path))
     args = flavor_args(flavor)
     model = build_torchtitan(args, dict(ckpt.iter_tensors(torch.float32)))
     device = pick_device(device)
     stats = checkpoint_stats(ckpt)
     return LanguageModel(
-        name=f"{ckpt.path} ({flavor})",
+        name=f"{ckpt.path} ({flavor}{', EMA weights' if weights == 'ema' else ''})",
         module=model.to(device).eval(),
         tokenizer=tokenizer,
         max_seq_len=args.max_seq_len,
@@ -230,9 +232,15 @@ class ModelChoice:
     model: Path | None = None
     config: Path | None = None  # overrides the run's record
     device: str = "cpu"
+    weights: str = "raw"  # with a checkpoint: "raw" or "ema" (the average of the weights)
 
 
 def load(choice: ModelChoice) -> LanguageModel:
+    if choice.model is not None and choice.weights != "raw":
+        raise TinytitanError(
+            f"--weights {choice.weights} applies to --checkpoint: an export holds the weights it was exported "
+            "with (its tinytitan.json says which); drop --weights"
+        )
     if choice.model is not None:
         return from_hf(choice.model, choice.device, choice.config)
-    return from_checkpoint(choice.checkpoint, choice.config, choice.step, choice.device)
+    return from_checkpoint(choice.checkpoint, choice.config, choice.step, choice.device, weights=choice.weights)

@@ -36,13 +36,13 @@ def score_model(lm, settings: TaskSettings, distributed: bool = False, progress:
 
 
 def evaluate_checkpoint(checkpoint, step, settings: TaskSettings, device=None, *, config=None, trained=None,
-                        progress: bool = False) -> dict:  # fmt: skip
+                        progress: bool = False, weights: str = "raw") -> dict:  # fmt: skip
     """A checkpoint's scores; the run's record (or ``config``, or ``trained``) gives flavor and tokenizer."""
     from tinytitan.observe.harness import require_lm_eval
     from tinytitan.observe.loading import from_checkpoint
 
     require_lm_eval()
-    lm = from_checkpoint(checkpoint, config, step, device, trained=trained)
+    lm = from_checkpoint(checkpoint, config, step, device, trained=trained, weights=weights)
     return {
         "model": lm.name,
         "step": lm.step,

@@ -11,6 +11,11 @@ Faults are handled at the one place torchtitan calls between steps,
 - old checkpoints are purged counting complete folders only (torchtitan's own purge
   counts partial ones too, and could delete the last complete checkpoint);
 - the ranks agree whether one was asked to stop; if so, all save this step and stop.
+
+``[ema]`` (tinytitan.rank.ema): the average of the weights is updated at the end of ``train_step`` (after the
+optimizer step) and is the CheckpointManager state ``ema``, saved and loaded with the others; a checkpoint
+saved without one (EMA turned on mid-run, a seed checkpoint, ``initial_load_path``) starts it at the loaded
+weights.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torchtitan.tools.logging import logger
 from torchtitan.train import Trainer
 
 from tinytitan.checkpoint.completeness import disk_full_error, folder_problem, purge_checkpoints, saved_step_folders
+from tinytitan.checkpoint.reader import open_checkpoint
 from tinytitan.compat import (
     checkpoint_due,
     checkpoint_folder,
@@ -72,6 +78,63 @@ class TinyTrainer(Trainer):
         self.preempted_at: int | None = None
         self.finished_saves: set = set()
         self.in_loop_eval = build_in_loop_eval(self)  # [eval]: lm-eval tasks every freq steps, or None
+        self.ema = self._build_ema(job_config)
+
+    def _build_ema(self, job_config):
+        """[ema]: the average of the weights, registered with the checkpointer (its ``states`` dict is what
+        torchtitan saves and loads), or None when off."""
+        if not job_config.ema.enable:
+            return None
+        from tinytitan.rank.ema import STATE_KEY, WeightAverage
+
+        ckpt = self.checkpointer
+        ema = WeightAverage(self.model_parts, job_config.ema, ckpt.states["model"].state_dict().keys())
+        ckpt.states[STATE_KEY] = ema
+        wrap_method(ckpt, "load", self._load_with_ema)
+        logger.info(f"[ema] averaging the weights, decay {job_config.ema.decay:g}"
+                    + (" (warmup (1 + step) / (10 + step))" if job_config.ema.warmup else ""))  # fmt: skip
+        return ema
+
+    def _load_with_ema(self, load):
+        """torchtitan's load, skipping the ``ema`` state when the checkpoint it reads has none; then an average
+        that was not loaded restarts at the loaded weights."""
+        from tinytitan.rank.ema import STATE_KEY
+
+        def run(step: int = -1):
+            ckpt = self.checkpointer
+            folder = self._folder_to_load(step)
+            skip = folder is not None and not open_checkpoint(folder, check=False).has_ema
+            excluded = list(ckpt.exclude_from_loading)
+            if skip:
+                ckpt.exclude_from_loading = [*excluded, STATE_KEY]
+            try:
+                loaded = load(step)
+            finally:
+                ckpt.exclude_from_loading = excluded
+            if not self.ema.loaded:
+                self.ema.copy_from_model()
+                if loaded:
+                    logger.warning("[ema] the checkpoint loaded holds no average: it starts at the loaded weights")
+            return loaded
+
+        return run
+
+    def _folder_to_load(self, step: int):
+        """The full checkpoint torchtitan's ``load(step)`` will read with every state, or None (nothing, or
+        the model only)."""
+        ckpt, config = self.checkpointer, self.job_config.checkpoint
+        if not ckpt.enable:
+            return None
+        if not os.path.exists(ckpt.folder):
+            if config.initial_load_path and not config.initial_load_model_only and not config.initial_load_in_hf:
+                return config.initial_load_path
+            return None
+        if step == -1:
+            saved = saved_step_folders(ckpt.folder)
+            step = saved[-1][0] if saved else -1
+        if step <= 0:  # nothing, or step 0 (torchtitan loads a seed checkpoint's model only)
+            return None
+        return checkpoint_folder(ckpt, step)
 
     def post_dataloading_process(self, input_dict, labels):
         """torchtitan's, plus the labels among the model's inputs when the model computes the loss ([loss])."""
@@ -88,6 +151,8 @@ class TinyTrainer(Trainer):
     def train_step(self, data_iterator):
         self.heartbeat.begin_step(self.step)
         super().train_step(data_iterator)
+        if self.ema is not None:
+            self.ema.update(self.step)  # after the optimizer step; before this step's checkpoint
         if self.in_loop_eval is not None and self.in_loop_eval.due(self.step):
             self.heartbeat.enter("eval")
             self.in_loop_eval.run(self.model_parts, self.step)
