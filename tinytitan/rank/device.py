@@ -133,6 +133,8 @@ def adapt_job_config(job_config) -> None:
     if job_config.optimizer.implementation == "fused":
         changes.append("optimizer fused->foreach")
         job_config.optimizer.implementation = "foreach"
+    if getattr(job_config.model, "attn_type", "sdpa") == "flex":  # no FlexAttention backward on the CPU
+        changes.append(f"flex attention as SDPA with the exact {job_config.model.attn_mask_type} mask")
     if job_config.comm.trace_buf_size > 0:  # NCCL's flight recorder: nothing to record on gloo, only an empty folder
         changes.append("no NCCL flight recorder (comm_traces/)")
         job_config.comm.trace_buf_size = 0
