@@ -91,3 +91,15 @@ def test_validator_init_builds_its_text_loader_through_the_replaced_name():
 def test_a_missing_private_name_is_one_line_naming_it():
     with pytest.raises(TinytitanError, match=r"no CheckpointManager\._should_save.*torchtitan==0\.2\.2"):
         compat.checkpoint_due(object.__new__(type("CheckpointManager", (), {})), 1, last_step=False)
+
+
+def test_lm_eval_git_lookup_is_quiet_outside_a_checkout_and_restored(tmp_path, monkeypatch, capfd):
+    from lm_eval import evaluator
+
+    original = evaluator.get_git_commit_hash
+    monkeypatch.chdir(tmp_path)  # no git checkout here: `git describe` fails
+    with compat.lm_eval_quiet_git():
+        assert evaluator.get_git_commit_hash is not original
+        assert evaluator.get_git_commit_hash() is None
+    assert "fatal" not in capfd.readouterr().err
+    assert evaluator.get_git_commit_hash is original

@@ -147,6 +147,7 @@ def export(
     """
     from tinytitan.checkpoint.flavors import require_flavor
     from tinytitan.checkpoint.reader import open_checkpoint
+    from tinytitan.checkpoint.stats import parent_of
     from tinytitan.export import card
     from tinytitan.export.source import DcpSource
     from tinytitan.export.tokenizer_files import read_tokenizer
@@ -178,6 +179,7 @@ def export(
         )
     torch_dtype = DTYPES[dtype]
     stats = source.run_stats()
+    parent = parent_of(trained)
     log(f"exporting {source.description} (flavor {flavor}, step {stats.step}) as {fmt}, {dtype}")
 
     need = _export_bytes(source.shapes(), torch_dtype, fmt)
@@ -204,7 +206,7 @@ def export(
                 return
             text = card.model_card(
                 repo_name=name, flavor=flavor, summary=summary, stats=stats, trained=trained, dtype=dtype,
-                verification=result.verification, license=license or card.DEFAULT_LICENSE,
+                verification=result.verification, license=license, parent=parent,
             )  # fmt: skip
             (tmp / "README.md").write_text(text)
             record = card.provenance(
@@ -215,6 +217,8 @@ def export(
                 source=source.description,
                 verification=result.verification,
                 fmt=fmt,
+                parent=parent,
+                license=license,
             )
             (tmp / "tinytitan.json").write_text(record)
 

@@ -219,6 +219,7 @@ def launch(
         code = Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts, watch).run()
     if code == 0:
         outcome = report.read_outcome(job_config, offset)
+        outcome.start_step = start_step
         print("\n".join(report.end_lines(job_config, outcome, wall_s=time.monotonic() - started)), flush=True)
     return code
 

@@ -149,19 +149,22 @@ def run_tasks(lm, tasks: Sequence[str], *, include_path=None, limit: int | None 
     """
     from lm_eval import simple_evaluate
 
+    from tinytitan.compat import lm_eval_quiet_git
+
     manager = check_tasks(tasks, include_path)
-    return simple_evaluate(
-        model=lm,
-        tasks=list(tasks),
-        task_manager=manager,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        log_samples=log_samples,
-        random_seed=None,
-        numpy_random_seed=None,
-        torch_random_seed=None,
-        bootstrap_iters=0,
-    )
+    with lm_eval_quiet_git():
+        return simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            task_manager=manager,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            log_samples=log_samples,
+            random_seed=None,
+            numpy_random_seed=None,
+            torch_random_seed=None,
+            bootstrap_iters=0,
+        )
 
 
 def metric_dict(results: dict[str, Any]) -> dict[str, dict[str, float]]:

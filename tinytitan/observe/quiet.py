@@ -1,0 +1,63 @@
+"""Third-party progress bars only on a terminal.
+
+``eval`` and ``generate`` run transformers, huggingface_hub, datasets and lm-eval, which draw tqdm bars
+("Loading weights", "Map", lm-eval's request bars) whether or not anyone watches. ``third_party(progress)``
+turns them off, through each library's public switch, when ``progress`` is false (``--no-progress``, or
+stderr is not a terminal), and leaves them on otherwise. lm-eval's INFO hints go with them; its warnings
+stay. lm-eval's `git describe` (``fatal: not a git repository`` outside a checkout) is quiet always
+(``tinytitan.compat.lm_eval_quiet_git``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import sys
+
+
+def wanted(no_progress: bool = False) -> bool:
+    """Progress bars: on a terminal, unless ``--no-progress``."""
+    return not no_progress and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def third_party(progress: bool):
+    """While open, third-party progress bars show only if ``progress``."""
+    if progress:
+        yield
+        return
+    saved = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # tqdm's default for bars made without an explicit `disable`
+    undo = []
+    if importlib.util.find_spec("transformers") is not None:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        undo.append(hf_logging.enable_progress_bar)
+    if importlib.util.find_spec("huggingface_hub") is not None:
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+        disable_progress_bars()
+        undo.append(enable_progress_bars)
+    if importlib.util.find_spec("datasets") is not None:
+        import datasets
+
+        datasets.disable_progress_bars()
+        undo.append(datasets.enable_progress_bars)
+    quieted = [logging.getLogger(name) for name in ("lm_eval", "lm-eval")]
+    levels = [log.level for log in quieted]
+    for log in quieted:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in zip(quieted, levels, strict=True):
+            log.setLevel(level)
+        for enable in undo:
+            enable()
+        if saved is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = saved
