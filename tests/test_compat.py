@@ -163,3 +163,15 @@ def test_foreach_lerp_moves_each_tensor_toward_its_end_in_place():
     a, b = torch.zeros(3), torch.ones(2)
     compat.foreach_lerp_([a, b], [torch.full((3,), 4.0), torch.full((2,), 3.0)], 0.25)
     assert a.tolist() == [1.0, 1.0, 1.0] and b.tolist() == [1.5, 1.5]
+
+
+def test_lm_eval_git_lookup_is_quiet_outside_a_checkout_and_restored(tmp_path, monkeypatch, capfd):
+    from lm_eval import evaluator
+
+    original = evaluator.get_git_commit_hash
+    monkeypatch.chdir(tmp_path)  # no git checkout here: `git describe` fails
+    with compat.lm_eval_quiet_git():
+        assert evaluator.get_git_commit_hash is not original
+        assert evaluator.get_git_commit_hash() is None
+    assert "fatal" not in capfd.readouterr().err
+    assert evaluator.get_git_commit_hash is original

@@ -58,6 +58,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from tinytitan.observe.quiet import tqdm_default_off
+
+    tqdm_default_off(sys.stderr.isatty())  # before any command imports tqdm
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(command)

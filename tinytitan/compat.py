@@ -135,3 +135,33 @@ def validator_without_text_loader():
         yield
     finally:
         validate.build_text_validation_dataloader = original
+
+
+# ---------------------------------------------------------------- lm-eval
+# simple_evaluate records `git describe --always` with git's stderr inherited: outside a git checkout
+# every `eval tasks` printed "fatal: not a git repository". Its evaluator module holds the function.
+
+
+@contextmanager
+def lm_eval_quiet_git():
+    """While it is open, lm-eval's evaluator looks the commit up with git's stderr discarded."""
+    import os
+    import subprocess
+
+    from lm_eval import evaluator
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    original = _private(evaluator, "get_git_commit_hash")
+
+    def quiet() -> str | None:
+        try:
+            done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return get_commit_from_path(os.getcwd())
+        return done.stdout.strip() if done.returncode == 0 else get_commit_from_path(os.getcwd())
+
+    evaluator.get_git_commit_hash = quiet
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original

@@ -162,6 +162,29 @@ def print_stages(job_config, world_size: int) -> None:
         print(f"tinytitan: {line}", flush=True)
 
 
+def checked(config_file: str | None, overrides: Sequence[str], env: Mapping[str, str]):
+    """Every check a launch runs before anything is written: (job_config, nproc, gpus, world_size, files), ``files``
+    the text sources' files as the data check listed them (the run's record reuses them)."""
+    gpus = visible_gpus()
+    nproc = resolve_nproc(env, gpus)
+    check_launch_env(env, nproc)
+    job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
+    import torch
+
+    world_size = nproc * int(env.get("NNODES") or 1)
+    files = preflight(job_config, world_size, gpus, torch.__version__)
+    return job_config, nproc, gpus, world_size, files
+
+
+def check(config_file: str | None, overrides: Sequence[str], env: Mapping[str, str]) -> int:
+    """``tinytitan train --check``: the launch's checks and its plan (``tinytitan.launcher.plan``), nothing run."""
+    from tinytitan.launcher.plan import print_plan
+
+    job_config, nproc, gpus, world_size, _ = checked(config_file, overrides, env)
+    print_plan(job_config, nproc=nproc, gpus=gpus, world_size=world_size)
+    return 0
+
+
 def launch(
     config_file: str | None,
     overrides: Sequence[str],
@@ -175,14 +198,7 @@ def launch(
 
     started = time.monotonic()
     env = dict(os.environ if env is None else env)
-    gpus = visible_gpus()
-    nproc = resolve_nproc(env, gpus)
-    check_launch_env(env, nproc)
-    job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
-    import torch
-
-    world_size = nproc * int(env.get("NNODES") or 1)
-    files = preflight(job_config, world_size, gpus, torch.__version__)
+    job_config, nproc, gpus, world_size, files = checked(config_file, overrides, env)
     finished = finished_run(job_config)
     if finished is not None:  # before anything is written to the run folder
         print(finished, flush=True)
@@ -205,6 +221,7 @@ def launch(
         code = Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts, watch).run()
     if code == 0:
         outcome = report.read_outcome(job_config, offset)
+        outcome.start_step = start_step
         print("\n".join(report.end_lines(job_config, outcome, wall_s=time.monotonic() - started)), flush=True)
     return code
 
@@ -213,10 +230,20 @@ PASS_THROUGH = True  # unknown arguments are torchtitan overrides
 
 
 def configure(parser) -> None:
+    import argparse
+
+    from tinytitan.config import shipped_configs
+
     parser.add_argument(
         "--config",
         default=None,
-        help=f"TOML job config, or a shipped one by name: debug, nano, micro, tiny (default: $CONFIG_FILE or {DEFAULT_CONFIG})",
+        help=f"TOML job config, or a shipped one by name: {', '.join(shipped_configs())} "
+        f"(default: $CONFIG_FILE or {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="run every start check and print the plan (steps, tokens, stages, readers); start and write nothing",
     )
     parser.add_argument("--ngpu", type=int, default=None, help="processes per node (default: $NGPU or visible GPUs)")
     parser.add_argument(
@@ -225,7 +252,16 @@ def configure(parser) -> None:
         default=None,
         help=f"restarts after a rank fails (default: $MAX_RESTARTS, or {GPU_MAX_RESTARTS} with GPUs, 0 without)",
     )
-    parser.epilog = "Other arguments pass to torchtitan, e.g. --training.steps 20 --job.dump_folder /tmp/run1"
+    parser.epilog = "Other arguments are config overrides, e.g. --training.steps 20 --job.dump_folder /tmp/run1"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    plain = parser.format_help
+
+    def format_help() -> str:  # the keys only when help is asked for (they are read from the source)
+        from tinytitan.launcher.keys import keys_help
+
+        return plain() + "\n" + keys_help() + "\n"
+
+    parser.format_help = format_help
 
 
 def run(args) -> int:
@@ -240,6 +276,8 @@ def run(args) -> int:
         env["NGPU"] = str(args.ngpu)
     if args.max_restarts is not None:
         env["MAX_RESTARTS"] = str(args.max_restarts)
+    if args.check:
+        return check(args.config, args.overrides, env)
     return launch(args.config, args.overrides, env, command)
 
 

@@ -47,6 +47,9 @@ def start_lines(job_config, *, record: Path | None, command: str, start_step: in
     dump = RunFolder.of(job_config).root
     ckpt = job_config.checkpoint
     lines = [_row("run folder", shown(dump) + (f"  (the config as run: {shown(record)})" if record else ""))]
+    initialised = initialised_from(job_config, start_step)
+    if initialised:
+        lines.append(_row("initialised", initialised))
     if ckpt.enable:
         where = f"{shown(checkpoint_folder(job_config))}  (every {ckpt.interval} steps and the last"
         where += f"; resuming from step {start_step})" if start_step else ")"
@@ -58,6 +61,16 @@ def start_lines(job_config, *, record: Path | None, command: str, start_step: in
     if ckpt.enable:
         lines.append(_row("resume", f"{command}   (the same command: it continues from the newest checkpoint)"))
     return lines
+
+
+def initialised_from(job_config, start_step: int) -> str | None:
+    """``from X (weights only: …)`` for a continued run's first launch (torchtitan reads
+    ``initial_load_path`` only while the run has no checkpoint of its own), else None."""
+    ckpt = job_config.checkpoint
+    if not ckpt.initial_load_path or not ckpt.enable or start_step:
+        return None
+    kind = "a Hugging Face folder" if ckpt.initial_load_in_hf else "weights only"
+    return f"from {shown(ckpt.initial_load_path)} ({kind}: a fresh optimizer, LR schedule and data stream)"
 
 
 def metrics_size(job_config) -> int:
@@ -80,6 +93,8 @@ class Outcome:
     starts: int = 0  # process starts that logged a step (torchrun restarts each rank's elapsed clock)
     tokens_per_s: float | None = None  # mean of the rows' tps (tokens/s per process)
     rows: int = 0
+    stage_first_step: dict[str, int] = field(default_factory=dict)  # [[data.stages]] begun: name -> first step
+    start_step: int = 0  # the step this launch resumed from (0: a new run)
 
 
 def read_outcome(job_config, offset: int) -> Outcome:
@@ -109,12 +124,26 @@ def read_outcome(job_config, offset: int) -> Outcome:
                 out.training_s = before_this_start + now
             if row.get("tps") is not None:
                 tps.append(row["tps"])
+        for key, value in row.items():
+            parts = key.split("/")
+            if len(parts) == 4 and parts[:2] == ["data", "stage"] and parts[3] == "first_step":
+                out.stage_first_step[parts[2]] = int(value)
         if row.get("validation/loss") is not None:
             out.validation_step, out.validation_loss = row["step"], row["validation/loss"]
             out.validation_sources = {k.split("/")[1]: v for k, v in row.items()
                                       if k.startswith("validation/") and k.endswith("/loss") and k.count("/") == 2}  # fmt: skip
     out.tokens_per_s = sum(tps) / len(tps) if tps else None
     return out
+
+
+def stages_run(outcome: Outcome) -> str:
+    """``pretrain steps 1-6, cooldown steps 7-12``: the stages this launch logged, to its last step."""
+    begun = sorted(outcome.stage_first_step.items(), key=lambda item: item[1])
+    parts = []
+    for i, (name, first) in enumerate(begun):
+        last = begun[i + 1][1] - 1 if i + 1 < len(begun) else outcome.step
+        parts.append(f"{name} steps {first}-{last}")
+    return ", ".join(parts)
 
 
 def duration(seconds: float) -> str:
@@ -131,6 +160,12 @@ def end_lines(job_config, outcome: Outcome, *, wall_s: float) -> list[str]:
         return [head, _row("time", f"{duration(wall_s)} wall")]
     tokens = f", {outcome.tokens:,} tokens seen" if outcome.tokens is not None else ""
     lines = [f"tinytitan: finished at step {outcome.step} of {total}{tokens}"]
+    initialised = initialised_from(job_config, outcome.start_step)
+    if initialised:
+        lines.append(_row("initialised", initialised))
+    stages = stages_run(outcome)
+    if stages:
+        lines.append(_row("stages", stages))
     lines.append(_row("train loss", f"{outcome.loss:.4f} (step {outcome.step})"))
     if outcome.validation_loss is not None:
         per_source = ", ".join(f"{name} {loss:.4f}" for name, loss in outcome.validation_sources.items())

@@ -66,13 +66,19 @@ class ModelArgs(TransformerModelArgs):
 
     torchtitan's llama3 builds its document mask from the trainer's tokenizer (``tokenizer.eos_id``); the
     args carry the same id so that what they print (and save) is what the mask uses, not their default 0.
+
+    ``dense_mask``: ``attn_type = "flex"`` on a CPU rank, where FlexAttention has no backward pass; the model
+    then computes the same mask exactly with SDPA (``tinytitan.rank.attention``). False with an accelerator.
     """
+
+    dense_mask: bool = False
 
     def update_from_config(self, job_config, **kwargs) -> None:
         super().update_from_config(job_config, **kwargs)
         self.attn_type = getattr(job_config.model, "attn_type", "sdpa")
         self.attn_mask_type = getattr(job_config.model, "attn_mask_type", "causal")
         self.eos_id = _tokenizer(job_config.model.hf_assets_path).eos_id
+        self.dense_mask = self.attn_type == "flex" and device.cpu_mode()
 
 
 def model_args() -> dict[str, ModelArgs]:

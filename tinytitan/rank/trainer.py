@@ -48,6 +48,17 @@ from tinytitan.rank.preemption import StepAgreement, StopRequest
 from tinytitan.run import faults
 
 
+def clamp_warmup(job_config) -> None:
+    """A warmup longer than the LR schedule warms up over the whole schedule, as torchtitan does, but said once
+    and set in the config, so torchtitan's start line shows the warmup it runs (not the one asked for)."""
+    sched = job_config.lr_scheduler
+    total = sched.total_steps if sched.total_steps is not None else job_config.training.steps
+    if sched.warmup_steps > total:
+        logger.info(f"lr: [lr_scheduler] warmup_steps {sched.warmup_steps} exceeds the schedule's {total} steps: "
+                    f"warming up over all {total}")  # fmt: skip
+        sched.warmup_steps = total
+
+
 class TinyTrainer(Trainer):
     stop_request: StopRequest = StopRequest()  # tinytitan.rank.main installs the signal handlers on it
 
@@ -60,6 +71,7 @@ class TinyTrainer(Trainer):
         self.heartbeat = writer_for(job_config, int(os.environ.get("RANK", "0")))
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         validate_job_config(job_config, world_size)  # the launcher's checks, again: `torchrun` alone skips them
+        clamp_warmup(job_config)
         # torchtitan's LR hook sees [lr_scheduler] and training.steps only: the stages become its decay_ratio
         lr_line = stage_lr_schedule(job_config, world_size)
         super().__init__(job_config)

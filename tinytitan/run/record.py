@@ -225,7 +225,8 @@ def _short(value: Any) -> str:
 
 
 def absolute_paths(job_config):
-    """Makes the config's local input paths and its dump folder absolute (Hub dataset ids stay as they are),
+    """Makes the config's local input paths (tokenizer, data, prepared shards, the checkpoint a continued run
+    starts from) and its dump folder absolute (Hub dataset ids stay as they are),
     so a record read from another working directory names the same files. Returns ``job_config``."""
 
     def absolute(path: str) -> str:
@@ -233,6 +234,7 @@ def absolute_paths(job_config):
 
     job_config.job.dump_folder = str(Path(job_config.job.dump_folder).resolve())
     job_config.model.hf_assets_path = absolute(job_config.model.hf_assets_path)
+    job_config.checkpoint.initial_load_path = absolute(job_config.checkpoint.initial_load_path)
     data = getattr(job_config, "data", None)
     if data is not None:
         data.prepared_dir = absolute(data.prepared_dir)
