@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
+from tests.export.test_hub import TOKEN
 from tests.helpers import REPO, tree_digest
 from tests.hub_server import HubServer
-from tests.test_hub import TOKEN
 
 TOKENIZER = REPO / "tinytitan" / "assets" / "tokenizer"
 REPO_ID = "org/llama"

@@ -183,7 +183,7 @@ def test_continued_pretraining_starts_from_the_source_weights(stages_run, debug_
 def test_killed_in_the_first_stage_resumes_across_the_boundary_bit_for_bit(stages_run, debug_run, tmp_path):
     """SIGKILL of a rank after the step-4 checkpoint: the restart resumes there (the run's own checkpoint, not
     the initial weights), crosses into the cooldown at step 7, and every loss equals the uninterrupted run's."""
-    from tests.test_faults import ranks, start, wait_until
+    from tests.launcher.test_faults import ranks, start, wait_until
 
     overrides = stages_run_overrides(tmp_path, debug_run)
     proc = start(overrides, tmp_path / "log.txt", {"MAX_RESTARTS": "1", "CONFIG_FILE": str(STAGES_CONFIG)})
