@@ -136,9 +136,9 @@ class Rollback:
                 if s > good_step:  # saved on the way to the divergence: suspect
                     shutil.rmtree(path, ignore_errors=True)
         dist.barrier(group=trainer.agreement.group)
-        rollbacks = self.rollbacks
+        rollbacks, skipped_total = self.rollbacks, guard.skipped_total  # counts of the whole run: kept
         ckpt.load(step=good_step)  # every state: model, optimizer, LR, data position, step; and the guard's window
-        self.rollbacks = rollbacks
+        self.rollbacks, guard.skipped_total = rollbacks, skipped_total
         n = diverged - good_step if cfg.rollback_skip_steps == -1 else cfg.rollback_skip_steps
         loader = trainer.dataloader
         first = loader.windows() if hasattr(loader, "windows") else None
