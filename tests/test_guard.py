@@ -75,7 +75,8 @@ def test_a_nan_gradient_and_a_spike_are_skipped_and_named_and_the_run_finishes(f
     assert read_health(faulty / "checkpoint" / "step-8")["skipped_since_previous"] == 1  # step 6
     # the end summary and inspect say so
     assert "guard            4 steps skipped (3, 6, 9, 10); 1 rollback (at step 10 to step-8" in log
-    assert "health        healthy (weights finite" in format_report(inspect_checkpoint(faulty / "checkpoint" / "step-8"))
+    report = format_report(inspect_checkpoint(faulty / "checkpoint" / "step-8"))
+    assert "health        healthy (weights finite, loss 7.2976; 1 step skipped since the previous checkpoint)" in report
 
 
 def test_a_divergence_rolls_back_and_skips_the_promised_windows(faulty):
