@@ -165,3 +165,29 @@ def lm_eval_quiet_git():
         yield
     finally:
         evaluator.get_git_commit_hash = original
+
+
+# ---------------------------------------------------------------- gradient norm
+# torchtitan's Trainer.train_step clips with ``dist_utils.clip_grad_norm_`` and keeps the total norm
+# to itself until it logs it (log steps only). The guard (tinytitan.rank.guard) judges every step on
+# it before the optimizer step: the function is wrapped once, in place, to hand the norm over.
+
+_grad_norm_listeners: list = []
+
+
+def on_grad_norm(listener) -> None:
+    """``listener(total_norm)`` after each ``clip_grad_norm_`` of torchtitan's train step (the latest listener only)."""
+    from torchtitan.distributed import utils as dist_utils
+
+    clip = _private(dist_utils, "clip_grad_norm_")
+    if not getattr(clip, "tinytitan_wrapped", False):
+
+        def clip_and_tell(*args, **kwargs):
+            total_norm = clip(*args, **kwargs)
+            for tell in _grad_norm_listeners:
+                tell(total_norm)
+            return total_norm
+
+        clip_and_tell.tinytitan_wrapped = True
+        dist_utils.clip_grad_norm_ = clip_and_tell
+    _grad_norm_listeners[:] = [listener]

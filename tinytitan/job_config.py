@@ -177,6 +177,46 @@ class Ema:
             )
 
 
+@dataclass
+class Guard:
+    """``[guard]``: steps that would harm the weights are skipped, a divergence is rolled back (docs/guard.md)."""
+
+    enable: bool = True
+    """skip non-finite steps and spikes, roll back on divergence, mark checkpoints healthy or suspect"""
+    window: int = 100
+    """a spike is judged against the loss and gradient norm of up to this many recent applied steps"""
+    warmup: int = 20
+    """no spike is judged before this many applied steps are in the window (non-finite steps always are)"""
+    z_threshold: float = 6.0
+    """a step whose loss or gradient norm is more than this many standard deviations above the window's
+    mean is a spike, and skipped; 0: never (only non-finite steps are skipped)"""
+    max_skipped: int = 5
+    """this many skipped steps in a row is a divergence: roll back to the newest healthy checkpoint"""
+    max_rollbacks: int = 3
+    """rollbacks without recovery (no healthy checkpoint saved past the divergence) before the run stops"""
+    rollback_skip_steps: int = -1
+    """after a rollback to step C from a divergence at step D, skip the data of this many steps; -1: D - C
+    (every step from the checkpoint to the divergence)"""
+    stats_freq: int = 100
+    """per-layer gradient and weight norms and update-to-weight ratios every this many steps; 0: never"""
+
+    def validate(self) -> None:
+        """Pure: one line naming the key and the fix."""
+        for key, low in (("window", 2), ("warmup", 2), ("max_skipped", 1), ("max_rollbacks", 0), ("stats_freq", 0)):
+            value = getattr(self, key)
+            if value < low:
+                raise TinytitanError(f"[guard] {key} = {value} must be at least {low}")
+        if self.warmup > self.window:
+            raise TinytitanError(f"[guard] warmup = {self.warmup} exceeds window = {self.window}: lower warmup")
+        if self.z_threshold < 0:
+            raise TinytitanError(f"[guard] z_threshold = {self.z_threshold:g} is negative: e.g. 6, or 0 for off")
+        if self.rollback_skip_steps < -1:
+            raise TinytitanError(
+                f"[guard] rollback_skip_steps = {self.rollback_skip_steps}: give N >= 0 steps, or -1 (every step "
+                "from the checkpoint to the divergence)"
+            )
+
+
 def stall_seconds(job_config) -> float:
     """The effective ``[hang] stall_seconds`` of a full JobConfig (0: off)."""
     return job_config.hang.effective(job_config.comm.train_timeout_seconds)
@@ -190,6 +230,7 @@ class JobConfig:
     model: Model = field(default_factory=Model)
     hang: Hang = field(default_factory=Hang)
     ema: Ema = field(default_factory=Ema)
+    guard: Guard = field(default_factory=Guard)
     run: Run = field(default_factory=Run)  # written by the launcher into <dump_folder>/run.toml
 
 
@@ -248,6 +289,7 @@ def validate_job_config(job_config, world_size: int | None = None) -> None:
     job_config.eval.validate()
     job_config.hang.validate(job_config.comm.train_timeout_seconds)
     job_config.ema.validate(ckpt.enable and ckpt.last_save_model_only)
+    job_config.guard.validate()
     validate_loss(job_config)
     p = job_config.parallelism
     if job_config.eval.tasks:

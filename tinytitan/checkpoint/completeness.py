@@ -15,6 +15,7 @@ from pathlib import Path
 from tinytitan.errors import TinytitanError
 from tinytitan.folders import free_bytes
 from tinytitan.run.folder import STEP_DIR
+from tinytitan.run.steps import is_healthy
 
 METADATA = ".metadata"
 
@@ -69,20 +70,26 @@ def newest_complete(folder: str | os.PathLike) -> tuple[int, Path] | None:
     return None
 
 
-def purge_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
+def purge_checkpoints(folder: str | os.PathLike, keep: int, keep_healthy: bool = False) -> list[Path]:
     """Keep the newest `keep` complete checkpoints; delete older ones and partial folders older than those.
 
     Partial folders newer than the newest complete one stay: one may be a save in
-    flight, and the next save of that step replaces it. Returns what was deleted.
+    flight, and the next save of that step replaces it. ``keep_healthy`` ([guard]): when none
+    of the kept ones is healthy (``tinytitan.run.steps.is_healthy``), the newest healthy one
+    older than them stays too. Returns what was deleted.
     """
     steps = step_folders(folder)
-    complete = [s for s, p in steps if (p / METADATA).is_file() and folder_problem(p) is None]
+    complete = [(s, p) for s, p in steps if (p / METADATA).is_file() and folder_problem(p) is None]
     if not complete:
         return []
-    oldest_kept = complete[-keep:][0]
+    kept = complete[-keep:]
+    oldest_kept = kept[0][0]
+    also_kept = None
+    if keep_healthy and not any(is_healthy(p) for _, p in kept):
+        also_kept = next((s for s, p in reversed(complete[:-keep]) if is_healthy(p)), None)
     deleted = []
     for step, path in steps:
-        if step >= oldest_kept:
+        if step >= oldest_kept or step == also_kept:
             continue
         shutil.rmtree(path, ignore_errors=True)
         deleted.append(path)

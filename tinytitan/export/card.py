@@ -100,6 +100,17 @@ def stages_text(trained, stats) -> str:
     return "; ".join(parts)
 
 
+def health_text(trained, step: int | None) -> str:
+    """The steps ``[guard]`` skipped and its rollbacks up to ``step``, from the run's ``steps.jsonl``; "" if none."""
+    from tinytitan.run.folder import RunFolder
+    from tinytitan.run.steps import StepLog, read_events
+
+    if trained is None or not trained.recorded:
+        return ""
+    events = read_events(RunFolder.at(trained.path.parent)).events
+    return StepLog([e for e in events if step is None or e.step <= step]).summary()
+
+
 def _num(n) -> str:
     if n is None:
         return "unknown"
@@ -198,6 +209,8 @@ def card_rows(
         ("RoPE", f"theta {summary.args.get('rope_theta')}, Llama-3.1 scaling: " + ", ".join(f"{k} {v:g}" for k, v in rope.items())),
         ("License", license if license != UNCHOSEN_LICENSE else "not chosen: `tinytitan export --license ID` or `tinytitan push --license ID`"),
     ]  # fmt: skip
+    if health_text(trained, stats.step):
+        rows.append(("Training health", health_text(trained, stats.step)))
     if verification is not None:
         rows.append(("Export check", verification.describe().replace("|", "")))
     return rows

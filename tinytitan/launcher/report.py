@@ -151,6 +151,16 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def guard_summary(job_config) -> str:
+    """Skipped steps and rollbacks of the whole run (``steps.jsonl``, tinytitan.run.steps); "" when none."""
+    from tinytitan.run.folder import RunFolder
+    from tinytitan.run.steps import read_events
+
+    folder = RunFolder.of(job_config)
+    summary = read_events(folder).summary()
+    return f"{summary} ({shown(folder.steps)})" if summary else ""
+
+
 def end_lines(job_config, outcome: Outcome, *, wall_s: float) -> list[str]:
     from tinytitan.checkpoint.completeness import saved_step_folders
 
@@ -181,6 +191,9 @@ def end_lines(job_config, outcome: Outcome, *, wall_s: float) -> list[str]:
     if outcome.tokens_per_s is not None:
         time += f"; {outcome.tokens_per_s:,.0f} tokens/s per process"
     lines.append(_row("time", time))
+    guard = guard_summary(job_config)
+    if guard:
+        lines.append(_row("guard", guard))
     nexts = [c for c in [tensorboard_command(job_config)] if c]
     saved = saved_step_folders(checkpoint_folder(job_config)) if job_config.checkpoint.enable else []
     if saved:

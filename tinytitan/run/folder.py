@@ -43,6 +43,11 @@ def step_of(path: str | os.PathLike) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def health_file(step_folder: str | os.PathLike) -> Path:
+    """The health mark of a checkpoint folder (``step-N/health.json``), wherever the folder is."""
+    return Path(step_folder) / HEALTH_FILE
+
+
 @dataclass(frozen=True)
 class RunFolder:
     root: Path
@@ -89,7 +94,7 @@ class RunFolder:
         return self.checkpoints / step_name(n)
 
     def health(self, n: int) -> Path:
-        return self.step(n) / HEALTH_FILE
+        return health_file(self.step(n))
 
     # ---------------------------------------------------------------- run-internal state
     @property
