@@ -201,9 +201,10 @@ def build_optimizers(model_parts, optimizer_config, parallel_dims, ft_manager=No
 
 def check_flavor_groups(flavor: str, muon_params: list[str]) -> dict[str, str]:
     """``assign_groups`` over a flavor's parameters, built on the meta device (no memory, no file read)."""
-    from tinytitan.models import flavor_args
-    from tinytitan.rank.loss import TinyTransformer
+    from torchtitan.models.llama3 import Transformer
 
-    with torch.device("meta"):
-        model = TinyTransformer(flavor_args(flavor))
+    from tinytitan.models import flavor_args
+
+    with torch.device("meta"):  # torchtitan's Llama 3: the parameters and names of tinytitan's model
+        model = Transformer(flavor_args(flavor))
     return assign_groups([(name, tuple(p.shape)) for name, p in model.named_parameters()], muon_params)
