@@ -94,7 +94,7 @@ def train(recipe: Recipe, seed: int, args, common: list[str]) -> Path:
 
 def tokens_to_reach(points: list[tuple[int, float]], target: float) -> float | None:
     """The first token count where the curve reaches ``target`` (linear between points), or None."""
-    for (t0, l0), (t1, l1) in zip([(0, float("inf")), *points], points):
+    for (t0, l0), (t1, l1) in zip([(0, float("inf")), *points], points, strict=False):
         if l1 <= target:
             return t1 if l0 == float("inf") else t0 + (t1 - t0) * (l0 - target) / (l0 - l1)
     return None
@@ -143,7 +143,7 @@ def plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, (name, recipe) in enumerate(results["recipes"].items()):
         for j, run in enumerate(recipe["runs"].values()):
-            tokens, losses = zip(*run["curve"])
+            tokens, losses = zip(*run["curve"], strict=True)
             ax.plot(tokens, losses, color=f"C{i}", marker="o", ms=3, alpha=0.8, label=name if j == 0 else None)
     base = next(iter(results["recipes"].values()))
     target = statistics.mean(run["curve"][-1][1] for run in base["runs"].values())

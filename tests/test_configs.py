@@ -19,7 +19,10 @@ def parse(path: Path, *overrides: str):
 
 def test_there_are_configs_for_every_flavor_and_the_stage_recipes():
     muon = {f"llama3_{f}_muon" for f in ("debug", "nano", "micro", "tiny")}
-    assert {p.stem for p in CONFIGS} == {f"llama3_{f}" for f in FLAVORS} | {"llama3_debug_stages", "llama3_tiny_stages"} | muon
+    assert {p.stem for p in CONFIGS} == {f"llama3_{f}" for f in FLAVORS} | {
+        "llama3_debug_stages",
+        "llama3_tiny_stages",
+    } | muon
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -55,7 +58,11 @@ def test_the_muon_recipes_are_their_base_configs_with_muon(flavor):
     for section in ("model", "training", "lr_scheduler", "parallelism", "checkpoint", "validation", "compile", "data"):
         assert asdict(getattr(a, section)) == asdict(getattr(b, section)), (flavor, section)
     assert a.optimizer.name == "Muon" and b.optimizer.name == "AdamW"
-    assert (a.optimizer.beta1, a.optimizer.beta2, a.optimizer.eps) == (b.optimizer.beta1, b.optimizer.beta2, b.optimizer.eps)
+    assert (a.optimizer.beta1, a.optimizer.beta2, a.optimizer.eps) == (
+        b.optimizer.beta1,
+        b.optimizer.beta2,
+        b.optimizer.eps,
+    )
     assert a.optimizer.momentum == 0.95 and a.optimizer.ns_steps == 5
     assert a.job.dump_folder == b.job.dump_folder + "_muon"
 

@@ -70,13 +70,13 @@ def validate_optimizer(job_config) -> None:
         _require(getattr(opt, key) >= 0, f"optimizer.{key}", getattr(opt, key), "use 0 (adamw_lr) or an LR > 0")
     if opt.early_step_in_backward:
         raise TinytitanError(
-            '[optimizer] early_step_in_backward = true: Muon orthogonalizes whole matrices after the backward; '
+            "[optimizer] early_step_in_backward = true: Muon orthogonalizes whole matrices after the backward; "
             "set it to false"
         )
     from tinytitan.models import FLAVORS, SPEC_NAME
 
     if job_config.model.name == SPEC_NAME and job_config.model.flavor in FLAVORS:
-        from tinytitan.rank.muon import check_flavor_groups
+        from tinytitan.models import check_flavor_groups
 
         check_flavor_groups(job_config.model.flavor, list(opt.muon_params))
 

@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 
 from tests.helpers import REPO, N, launch, small_run_overrides, train_losses
 from tinytitan.errors import TinytitanError, run_guarded
-from tinytitan.rank.muon import DEFAULT_MUON_PARAMS, MuonAdamW, check_flavor_groups, param_groups
+from tinytitan.models import DEFAULT_MUON_PARAMS, check_flavor_groups
+from tinytitan.rank.muon import MuonAdamW, param_groups
 
 MUON_CONFIG = REPO / "train_configs" / "llama3_debug_muon.toml"
 HIDDEN = ("attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1", "feed_forward.w2",
@@ -200,7 +201,7 @@ def test_a_muon_checkpoint_exports_to_a_verified_hf_folder(muon_run, tmp_path):
 
 def test_the_bad_group_line_is_raised_by_the_builder_too():
     """A library caller that skips the launcher's checks gets the same line from the optimizer builder."""
-    from tinytitan.rank.muon import assign_groups
+    from tinytitan.models import assign_groups
 
     with pytest.raises(TinytitanError, match=r"matches norm.weight \(1-D\)"):
         assign_groups([("norm.weight", (256,)), ("layers.0.attention.wq.weight", (256, 256))], ["*"])

@@ -17,7 +17,6 @@ result does not depend on the number of ranks (the reasons, and the cost, in doc
 
 from __future__ import annotations
 
-import fnmatch
 import math
 from typing import Any
 
@@ -28,44 +27,12 @@ from torchtitan.components.optimizer import OptimizersContainer
 from torchtitan.components.optimizer import build_optimizers as build_titan_optimizers
 
 from tinytitan.errors import TinytitanError
+from tinytitan.models import DEFAULT_MUON_PARAMS, assign_groups  # noqa: F401 (re-exported)
 
 # The quintic Newton-Schulz iteration's coefficients (Keller Jordan's Muon): they push every singular
 # value of the normalized matrix towards ~1 in a few steps, without converging exactly.
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
-DEFAULT_MUON_PARAMS = ("layers.*.attention.w*", "layers.*.feed_forward.w*")
-WRAPPER_PARTS = ("_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module")
 GROUPS = ("muon", "embed", "output", "adamw")
-
-
-def clean_name(name: str) -> str:
-    """A parameter's FQN without the wrappers compile and activation checkpointing add."""
-    return ".".join(part for part in name.split(".") if part not in WRAPPER_PARTS)
-
-
-def assign_groups(named_shapes: list[tuple[str, tuple[int, ...]]], muon_params) -> dict[str, str]:
-    """Parameter name -> its group ("muon", "embed", "output", "adamw"), by name and shape only.
-
-    A pattern of ``muon_params`` (fnmatch on the FQN) that matches what Muon cannot take (not a 2-D
-    matrix, the embedding or the output projection) is one line naming the parameter and the fix.
-    """
-    groups = {}
-    for raw, shape in named_shapes:
-        name = clean_name(raw)
-        matched = [pattern for pattern in muon_params if fnmatch.fnmatchcase(name, pattern)]
-        role = "embed" if name.startswith("tok_embeddings.") else "output" if name.startswith("output.") else None
-        if matched and (role or len(shape) != 2):
-            what = f"the {'embedding' if role == 'embed' else 'output projection'}" if role else f"{len(shape)}-D"
-            raise TinytitanError(
-                f"[optimizer] muon_params pattern {matched[0]!r} matches {name} ({what}), which Muon cannot take: "
-                f"Muon orthogonalizes 2-D hidden matrices only; narrow the pattern (default: {list(DEFAULT_MUON_PARAMS)})"
-            )
-        groups[raw] = "muon" if matched else role or "adamw"
-    if "muon" not in groups.values():
-        raise TinytitanError(
-            f"[optimizer] muon_params {list(muon_params)} match no 2-D hidden matrix: name = \"Muon\" would train "
-            f"nothing with Muon; use the default {list(DEFAULT_MUON_PARAMS)} or name = \"AdamW\""
-        )
-    return groups
 
 
 def group_lrs(cfg) -> dict[str, float]:
@@ -197,14 +164,3 @@ def build_optimizers(model_parts, optimizer_config, parallel_dims, ft_manager=No
             "and turn torchft off"
         )
     return MuonContainer(model_parts, optimizer_config)
-
-
-def check_flavor_groups(flavor: str, muon_params: list[str]) -> dict[str, str]:
-    """``assign_groups`` over a flavor's parameters, built on the meta device (no memory, no file read)."""
-    from torchtitan.models.llama3 import Transformer
-
-    from tinytitan.models import flavor_args
-
-    with torch.device("meta"):  # torchtitan's Llama 3: the parameters and names of tinytitan's model
-        model = Transformer(flavor_args(flavor))
-    return assign_groups([(name, tuple(p.shape)) for name, p in model.named_parameters()], muon_params)
