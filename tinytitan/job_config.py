@@ -50,6 +50,54 @@ class Model:
 
 
 @dataclass
+class Optimizer:
+    """tinytitan's keys in torchtitan's ``[optimizer]`` section (merged into it): the settings of
+    ``name = "Muon"`` (tinytitan/rank/muon.py, docs/recipes.md). With Muon, ``lr`` is the LR of the hidden
+    matrices, ``weight_decay`` applies to every group and ``beta1``/``beta2``/``eps`` to the AdamW part."""
+
+    momentum: float = 0.95
+    """Muon: momentum of the hidden matrices' gradients, in [0, 1)"""
+    nesterov: bool = True
+    """Muon: Nesterov momentum (the update is grad + momentum x buffer)"""
+    ns_steps: int = 5
+    """Muon: Newton-Schulz iterations that orthogonalize each update (>= 1; 5 is the usual)"""
+    adamw_lr: float = 3e-3
+    """Muon: LR of the AdamW part (the norms, and the embedding and output unless set below)"""
+    embed_lr: float = 0.0
+    """Muon: LR of the token embedding (AdamW); 0: adamw_lr"""
+    output_lr: float = 0.0
+    """Muon: LR of the output projection (AdamW); 0: adamw_lr"""
+    muon_params: list[str] = field(default_factory=lambda: ["layers.*.attention.w*", "layers.*.feed_forward.w*"])
+    """Muon: fnmatch patterns of the parameter names Muon trains (2-D hidden matrices only)"""
+
+
+def validate_optimizer(job_config) -> None:
+    """``[optimizer]``: the name, and with Muon its keys and the groups it would build (on the meta device)."""
+    opt = job_config.optimizer
+    if opt.name not in ("AdamW", "Adam", "Muon"):
+        raise TinytitanError(f'[optimizer] name = {opt.name!r} is unknown: use "AdamW", "Adam" or "Muon"')
+    if opt.name != "Muon":
+        return
+    _require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "Muon's momentum must be in [0, 1), e.g. 0.95")
+    _require(opt.ns_steps >= 1, "optimizer.ns_steps", opt.ns_steps,
+             "Muon needs at least 1 Newton-Schulz step (5 is the usual)")  # fmt: skip
+    _require(opt.adamw_lr > 0, "optimizer.adamw_lr", opt.adamw_lr, "the AdamW part's LR must be > 0")
+    for key in ("embed_lr", "output_lr"):
+        _require(getattr(opt, key) >= 0, f"optimizer.{key}", getattr(opt, key), "use 0 (adamw_lr) or an LR > 0")
+    if opt.early_step_in_backward:
+        raise TinytitanError(
+            "[optimizer] early_step_in_backward = true: Muon orthogonalizes whole matrices after the backward; "
+            "set it to false"
+        )
+    from tinytitan.models import FLAVORS, SPEC_NAME
+
+    if job_config.model.name == SPEC_NAME and job_config.model.flavor in FLAVORS:
+        from tinytitan.models import check_flavor_groups
+
+        check_flavor_groups(job_config.model.flavor, list(opt.muon_params))
+
+
+@dataclass
 class Eval:
     """``[eval]``: lm-eval benchmark tasks scored on the training model every ``freq`` steps (docs/observe.md)."""
 
@@ -228,6 +276,7 @@ class JobConfig:
     eval: Eval = field(default_factory=Eval)
     loss: Loss = field(default_factory=Loss)
     model: Model = field(default_factory=Model)
+    optimizer: Optimizer = field(default_factory=Optimizer)
     hang: Hang = field(default_factory=Hang)
     ema: Ema = field(default_factory=Ema)
     guard: Guard = field(default_factory=Guard)
@@ -285,6 +334,7 @@ def validate_job_config(job_config, world_size: int | None = None) -> None:
     for key in ("init_timeout_seconds", "train_timeout_seconds"):
         value = getattr(job_config.comm, key)
         _require(value > 0, f"comm.{key}", value, "it must be > 0 seconds")
+    validate_optimizer(job_config)
     job_config.data.validate()
     job_config.eval.validate()
     job_config.hang.validate(job_config.comm.train_timeout_seconds)
