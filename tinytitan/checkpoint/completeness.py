@@ -10,9 +10,9 @@ from __future__ import annotations
 import errno
 import os
 import re
-import shutil
 from pathlib import Path
 
+from tinytitan.checkpoint.hold import remove_unless_held
 from tinytitan.errors import TinytitanError
 from tinytitan.folders import free_bytes
 
@@ -85,8 +85,8 @@ def purge_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
     for step, path in steps:
         if step >= oldest_kept:
             continue
-        shutil.rmtree(path, ignore_errors=True)
-        deleted.append(path)
+        if remove_unless_held(path):  # a reader (export, eval, ...) holding it: the next purge tries again
+            deleted.append(path)
     return deleted
 
 

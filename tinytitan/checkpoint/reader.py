@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from tinytitan.checkpoint.completeness import METADATA, STEP_DIR, folder_problem, saved_step_folders
+from tinytitan.checkpoint.hold import hold_checkpoint, missing_checkpoint
 from tinytitan.errors import TinytitanError
 
 MODEL_PREFIX = "model."
@@ -84,9 +85,7 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
     """A step folder, or a checkpoint folder (or the run folder above it) plus ``step``."""
     path = Path(path)
     if not path.exists():
-        raise TinytitanError(
-            f"checkpoint {path} does not exist: pass a step folder such as outputs/debug/checkpoint/step-20"
-        )
+        raise TinytitanError(missing_checkpoint(path))
     if (path / METADATA).is_file():
         if (
             step not in (None, "latest")
@@ -203,6 +202,8 @@ def open_checkpoint(path: str | os.PathLike, step: int | str | None = None, *, c
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     folder = resolve_checkpoint(path, step)
+    if hold_checkpoint(folder) and not folder.exists():  # the purge deleted it before the hold
+        raise TinytitanError(missing_checkpoint(folder))
     reader = _reader_class()(str(folder))
     try:
         metadata = reader.read_metadata()

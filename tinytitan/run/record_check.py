@@ -1,0 +1,53 @@
+"""Is a run's record (``run.toml``) whole? A cut copy must be refused, never read as defaults.
+
+The launcher writes the record key by key with every table of the job config and, last,
+one ``[[run.segments]]`` table per launch whose last key is ``changed``
+(``tinytitan.launcher.record``). A copy cut short (a full disk, a partial download, ``head -c``)
+still parses as TOML when it ends at a line boundary, and torchtitan's config reader fills
+every missing key with its default: a run of seq_len 128 on two sources read back as seq_len
+2048 with no data. ``record_problem`` names what is missing instead; stdlib only.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+
+# (table, key) that every record holds: what export, eval, generate and inspect read from it.
+REQUIRED_KEYS = (
+    ("job", "dump_folder"),
+    ("model", "name"),
+    ("model", "flavor"),
+    ("training", "seq_len"),
+    ("training", "steps"),
+    ("training", "mixed_precision_param"),
+    ("checkpoint", "folder"),
+)
+# Keys of every [[run.segments]] table: the first and the last the writer writes.
+SEGMENT_KEYS = ("start_step", "changed")
+
+
+def record_problem(path: str | os.PathLike) -> str | None:
+    """None for a whole record, else what is wrong with it, in a few words."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    except UnicodeDecodeError:
+        return "it is not UTF-8 text"
+    except tomllib.TOMLDecodeError as e:
+        return f"it does not parse as TOML ({e})"
+    missing = [f"{table}.{key}" for table, key in REQUIRED_KEYS if key not in (doc.get(table) or {})]
+    if missing:
+        more = f" and {len(missing) - 3} more keys" if len(missing) > 3 else ""
+        return f"it lacks {', '.join(missing[:3])}{more}"
+    run = doc.get("run")
+    segments = run.get("segments") if isinstance(run, dict) else None
+    if not isinstance(segments, list) or not segments:
+        return "it lacks [[run.segments]] (its end)"
+    for i, segment in enumerate(segments):
+        absent = [k for k in SEGMENT_KEYS if not isinstance(segment, dict) or k not in segment]
+        if absent:
+            return f"its [[run.segments]] entry {i} lacks {', '.join(absent)}"
+    return None
