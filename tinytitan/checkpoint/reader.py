@@ -194,15 +194,19 @@ class Checkpoint:
         return out
 
 
-def open_checkpoint(path: str | os.PathLike, step: int | str | None = None, *, check: bool = True) -> Checkpoint:
+def open_checkpoint(
+    path: str | os.PathLike, step: int | str | None = None, *, check: bool = True, hold: bool = True
+) -> Checkpoint:
     """Reads only ``.metadata`` (and the data files' sizes); tensors are loaded later, one at a time.
 
-    ``check``: refuse a checkpoint whose data files are shorter than ``.metadata`` says.
+    ``check``: refuse a checkpoint whose data files are shorter than ``.metadata`` says. ``hold``: keep
+    the step folder from the purge of a training in its run for as long as this process lives
+    (``tinytitan.checkpoint.hold``; not for the launcher of that training).
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     folder = resolve_checkpoint(path, step)
-    if hold_checkpoint(folder) and not folder.exists():  # the purge deleted it before the hold
+    if hold and hold_checkpoint(folder) and not folder.exists():  # the purge deleted it before the hold
         raise TinytitanError(missing_checkpoint(folder))
     reader = _reader_class()(str(folder))
     try:

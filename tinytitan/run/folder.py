@@ -10,6 +10,7 @@
   checkpoint/step-N/health.json  whether the steps up to N were healthy (written after the save)
   .tinytitan/lock          the launcher's flock: one training per folder
   .tinytitan/heartbeats/rank-R.json  where each rank is in its step
+  .tinytitan/data-files.json  the data files (size, mtime) of the last accepted launch: a resume names a changed one
   .tinytitan/holds/step-N  a reader's shared flock on checkpoint step-N: the purge leaves it alone
 ```
 
@@ -107,6 +108,10 @@ class RunFolder:
 
     def heartbeat(self, rank: int) -> Path:
         return self.heartbeats / f"rank-{rank}.json"
+
+    @property
+    def data_files(self) -> Path:
+        return self.state / "data-files.json"
 
     @property
     def holds(self) -> Path:
