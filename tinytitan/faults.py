@@ -96,6 +96,20 @@ class ErrorNote:
 
 
 @dataclass(frozen=True)
+class CrashNote:
+    """The rank failed with another exception: its type and message, which the launcher's failure line names."""
+
+    KIND: ClassVar[str] = "crash"
+    rank: int
+    message: str
+
+
+class RankFailure(RuntimeError):
+    """A failure whose message says all (a data loader worker died): the rank exits 1 without a traceback,
+    the launcher names the cause in its failure line, and a restart (if any is left) resumes."""
+
+
+@dataclass(frozen=True)
 class PreemptedNote:
     """The rank finished the preemption checkpoint of `step` in folder `checkpoint`."""
 
@@ -181,7 +195,7 @@ def read_note(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-Note = TypeVar("Note", RankNote, ErrorNote, PreemptedNote, Heartbeat)
+Note = TypeVar("Note", RankNote, ErrorNote, CrashNote, PreemptedNote, Heartbeat)
 
 
 def _typed(kind: type[Note], data: dict | None) -> Note | None:
@@ -201,7 +215,7 @@ def _typed(kind: type[Note], data: dict | None) -> Note | None:
     return kind(**values)
 
 
-def _note(note: RankNote | ErrorNote | PreemptedNote) -> None:
+def _note(note: RankNote | ErrorNote | CrashNote | PreemptedNote) -> None:
     folder = notes_dir()
     if folder is not None:
         _write(folder / f"{note.KIND}-{note.rank}.json", dataclasses.asdict(note))
@@ -214,6 +228,13 @@ def note_rank(rank: int) -> None:
 
 def note_error(rank: int, message: str) -> None:
     _note(ErrorNote(rank=rank, message=message))
+
+
+def note_crash(rank: int, error: BaseException) -> None:
+    """What the rank failed with, in one line (the first line of its message)."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    message = text if isinstance(error, RankFailure) else f"{type(error).__name__}: {text}".rstrip(": ")
+    _note(CrashNote(rank=rank, message=message[:400]))
 
 
 def note_preempted(rank: int, step: int, checkpoint: str) -> None:

@@ -17,6 +17,9 @@
   prints the stacks of its ranks that are behind, kills its ranks, and torchrun restarts.
 - The victims' collective-failure tracebacks become one line each (tinytitan.launcher.rank_output).
 - Every rank failing with a ``TinytitanError``: that one line, not torchrun's report.
+- A rank failing otherwise: the failure line names its exception (``CrashNote``; a dead data loader worker
+  without a traceback), and with no restart left, the checkpoint the same command resumes from;
+  torchrun's ``ChildFailedError`` report after it would only repeat the rank's traceback.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 
 from tinytitan import faults
 from tinytitan.checkpoint.completeness import newest_complete
-from tinytitan.faults import DUPLICATE_WINDOW_S, ErrorNote, PreemptedNote, RankNote
+from tinytitan.faults import DUPLICATE_WINDOW_S, CrashNote, ErrorNote, PreemptedNote, RankNote
 from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.rank_output import RankOutput
 from tinytitan.launcher.watcher import HangWatcher
@@ -195,7 +198,7 @@ class Supervisor:
                 self.holding = True  # torchrun's own closing traceback, after every rank has gone
             if self.holding:
                 self.held.append(line)
-            elif not (self.signals and TORCHRUN_LOG.match(line)):  # after a stop request, its shutdown chatter
+            elif not ((self.signals or self.failures) and TORCHRUN_LOG.match(line)):  # its chatter after ours
                 self.output.feed(line)
         self.output.flush()
 
@@ -210,6 +213,9 @@ class Supervisor:
             detail = hang.describe()  # the ranks were killed for it: the exit code says nothing more
         else:
             detail = f"rank {rank} (pid {pid}) failed with {describe_exit(exitcode)}"
+            crashes = {n.rank: n.message for n in faults.read_notes(self.notes, CrashNote)}
+            if rank in crashes:
+                detail += f": {crashes[rank]}"
             if self.stopped:
                 detail += "; " + ", ".join(
                     f"rank {r} was stopped (SIGSTOP?)" + (f" in step {b.step} ({b.phase})" if b else "")
@@ -225,10 +231,10 @@ class Supervisor:
             action = (
                 f"restarting every rank from {self._resume_point()} (restart {self.failures} of {self.max_restarts})"
             )
-            for note in self.notes.glob("error-*.json"):
+            for note in [*self.notes.glob("error-*.json"), *self.notes.glob("crash-*.json")]:
                 note.unlink(missing_ok=True)
         else:
-            action = f"no restarts left (--max-restarts {self.max_restarts})"
+            action = f"no restarts left (--max-restarts {self.max_restarts}); {self._resume_hint()}"
         self._say(f"tinytitan: {detail}; {action}")
 
     def _resume_point(self) -> str:
@@ -258,7 +264,7 @@ class Supervisor:
             code = 128 + self.signals[0]
             self._say(f"tinytitan: stopped (exit code {code}); {self._resume_hint()}")
             return code
-        if not self.killed_for_hang:
+        if not self.killed_for_hang and not self.failures:  # after our failure line, torchrun's dump repeats it
             sys.stderr.writelines(self.held)
         for e in errors:
             self._say(f"tinytitan: rank {e.rank}: error: {e.message}")

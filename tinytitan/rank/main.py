@@ -50,6 +50,14 @@ def main() -> None:
         else:
             print(f"tinytitan: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except faults.RankFailure as e:  # its message names the cause: the launcher says it, without a traceback
+        if faults.notes_dir() is None:
+            print(f"tinytitan: rank {rank}: {e}", file=sys.stderr, flush=True)
+        faults.note_crash(rank, e)
+        sys.exit(1)
+    except Exception as e:
+        faults.note_crash(rank, e)  # the launcher's failure line names it; the traceback follows here
+        raise
 
 
 def _exit_interrupted(_signum, _frame) -> None:
