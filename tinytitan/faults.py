@@ -104,6 +104,16 @@ class CrashNote:
     message: str
 
 
+def describe_exit(code: int | None) -> str:
+    """A process's exit status in words: ``exit code 1``, ``signal SIGKILL``."""
+    if code is not None and code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
 class RankFailure(RuntimeError):
     """A failure whose message says all (a data loader worker died): the rank exits 1 without a traceback,
     the launcher names the cause in its failure line, and a restart (if any is left) resumes."""

@@ -127,6 +127,10 @@ def disk_full_error(exc: BaseException, folder: str | os.PathLike) -> TinytitanE
     last = "no complete checkpoint exists yet"
     if complete:
         last = f"the last complete checkpoint, {complete[-1].name}, is intact and a rerun resumes from it"
+    newest_complete_step = max((s for s, p in steps if p in complete), default=-1)
+    partial = [p for s, p in steps if s > newest_complete_step]
+    if partial:  # it keeps the disk full: say which folder to remove (a rank may still be writing into it)
+        last += f"; remove the partial {' '.join(str(p) for p in partial)} it left (rm -r) to free its space"
     return TinytitanError(
         f"no space left in {folder} while saving a checkpoint: one needs at least {_size(needed)}, "
         f"{_size(free)} is free; free space there or set --checkpoint.folder elsewhere ({last})"

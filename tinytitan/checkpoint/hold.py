@@ -96,7 +96,9 @@ def missing_checkpoint(path: str | os.PathLike) -> str:
     found = RunFolder.of_step(path)
     if found is not None and found[0].checkpoints.is_dir():
         run, n = found
-        steps = sorted(s for p in run.checkpoints.iterdir() if (s := step_of(p)) is not None and (p / ".metadata").is_file())
+        steps = sorted(
+            s for p in run.checkpoints.iterdir() if (s := step_of(p)) is not None and (p / ".metadata").is_file()
+        )
         if training_running(run) and any(s > n for s in steps):
             line += (
                 f": the training running in {run.root} removed it (checkpoint.keep_latest_k keeps only the newest); "

@@ -61,20 +61,9 @@ from tinytitan.data.workers import (
     worker_main,
 )
 from tinytitan.errors import TinytitanError
-from tinytitan.faults import RankFailure
+from tinytitan.faults import RankFailure, describe_exit
 
 logger = logging.getLogger("tinytitan.data")
-
-
-def _exit(code: int | None) -> str:
-    if code is not None and code < 0:
-        import signal
-
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
 
 
 def stage_records(spans: list[StageSpan], windows_per_step: int) -> list[StageRecord]:
@@ -260,7 +249,7 @@ class MixtureDataLoader(BaseDataLoader):
                 break
             except queue.Empty:
                 if not p.is_alive():
-                    raise RankFailure(f"data loader worker {p.name} died ({_exit(p.exitcode)})") from None
+                    raise RankFailure(f"data loader worker {p.name} died ({describe_exit(p.exitcode)})") from None
         if isinstance(item, WorkerFailure):
             self._stop_workers()
             raise item.exception()

@@ -28,7 +28,7 @@ from tinytitan.config import DEFAULT_CONFIG, load_job_config, rank_overrides, tr
 from tinytitan.errors import TinytitanError, run_guarded
 from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.preflight import preflight
-from tinytitan.launcher.resume_check import KeptFiles, check_resume, write_data_listing
+from tinytitan.launcher.resume_check import KeptFiles, check_resume, skipped_checkpoints, write_data_listing
 from tinytitan.launcher.run_folder import RunLock, finished_run, takes_lock
 from tinytitan.launcher.supervise import Supervisor
 from tinytitan.run.folder import RunFolder
@@ -191,6 +191,8 @@ def launch(
         return 0
     start_step = resumes_from(job_config)
     check_resume(job_config, world_size, start_step)  # what a resume may not change, before anything is written
+    for line in skipped_checkpoints(job_config, start_step):
+        print(f"tinytitan: warning: {line}", file=sys.stderr, flush=True)
     print_stages(job_config, world_size)
     config_file = job_config.job.config_file
     restarts = max_restarts(env, gpus)

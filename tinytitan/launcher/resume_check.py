@@ -155,3 +155,18 @@ class KeptFiles:
                 tmp = path.with_name(f".{path.name}.restore")
                 tmp.write_bytes(content)
                 os.replace(tmp, path)
+
+
+def skipped_checkpoints(job_config, start_step: int) -> list[str]:
+    """One warning per partial ``step-N`` folder newer than the one the run resumes from (a save that did not
+    finish, a truncated copy): the ranks pass over it, as the docs promise to say."""
+    if not job_config.checkpoint.enable or job_config.checkpoint.load_step >= 0:
+        return []
+    from tinytitan.checkpoint.completeness import folder_problem, step_folders
+
+    where = f"resuming from step {start_step}" if start_step else "starting from step 0"
+    return [
+        f"skipping the partial checkpoint {path} ({folder_problem(path)}); {where}"
+        for step, path in step_folders(RunFolder.of(job_config).checkpoints)
+        if step > start_step
+    ]

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from tinytitan import faults
 from tinytitan.checkpoint.completeness import newest_complete
-from tinytitan.faults import DUPLICATE_WINDOW_S, CrashNote, ErrorNote, PreemptedNote, RankNote
+from tinytitan.faults import DUPLICATE_WINDOW_S, CrashNote, ErrorNote, PreemptedNote, RankNote, describe_exit
 from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.rank_output import RankOutput
 from tinytitan.launcher.watcher import HangWatcher
@@ -46,15 +46,6 @@ from tinytitan.launcher.watcher import HangWatcher
 FAILURE_LINE = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
 RANK_PREFIX = re.compile(r"^\[(?:default|rank)\d+\]:")
 TORCHRUN_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")  # torch elastic's own log lines
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
 
 
 def _process_state(pid: int) -> str | None:

@@ -11,6 +11,7 @@ every missing key with its default: a run of seq_len 128 on two sources read bac
 from __future__ import annotations
 
 import os
+
 import tomllib
 
 # (table, key) that every record holds: what export, eval, generate and inspect read from it.
