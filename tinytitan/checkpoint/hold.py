@@ -45,6 +45,12 @@ def hold_checkpoint(step_folder: str | os.PathLike) -> bool:
     return True
 
 
+def release_holds() -> None:
+    """Frees this process's holds (they end with it anyway)."""
+    while _HELD:
+        os.close(_HELD.pop())
+
+
 def remove_unless_held(step_folder: str | os.PathLike) -> bool:
     """Deletes ``step_folder`` unless a reader holds it; True when it was deleted."""
     step_folder = Path(step_folder)
