@@ -15,9 +15,9 @@ import pytest
 
 from tests.helpers import (
     DEBUG_CONFIG,
-    N,
     REPO,
     STAGE_STEPS,
+    N,
     assert_one_line_refusal,
     small_run_overrides,
     stages_run_overrides,
@@ -48,10 +48,22 @@ def _launch(run: Path, *extra: str, config: Path = DEBUG_CONFIG) -> int:
 
 def _changed_data(tmp_path: Path) -> Path:
     """SlimPajama's sample with chunk2's file replaced by chunk1's (valid, another size)."""
-    data = tmp_path / "data"
+    data = tmp_path / "data ü x"  # a source path with a space and a non-ASCII character
     shutil.copytree(SAMPLE / "SlimPajama-627B", data)
     shutil.copyfile(data / "train/chunk1/example_train_0.jsonl.zst", data / CHUNK2)
     return data
+
+
+def _other_tokenizer(tmp_path: Path) -> Path:
+    """The debug tokenizer less its last merge: the same vocabulary size, other token ids for some text."""
+    import json
+
+    tok = tmp_path / "tok ü"
+    shutil.copytree(REPO / "tinytitan" / "assets" / "tokenizer", tok)
+    doc = json.loads((tok / "tokenizer.json").read_text())
+    doc["model"]["merges"] = doc["model"]["merges"][:-1]
+    (tok / "tokenizer.json").write_text(json.dumps(doc))
+    return tok
 
 
 RESUMES = [
@@ -64,10 +76,12 @@ RESUMES = [
     (lambda tmp: ["--model.flavor", "nano"],
      "cannot resume with flavor 'nano': tensor tok_embeddings.weight is [4096, 256] in the run's checkpoint "
      "{run}/checkpoint/step-{N} but flavor 'nano' expects "),
+    (lambda tmp: ["--model.hf_assets_path", str(_other_tokenizer(tmp))],
+     "the tokenizer {tmp}/tok ü is not the one that trained step {N} (sha256 "),
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize("extra, expected", RESUMES, ids=["changed-file", "seed", "flavor"])
+@pytest.mark.parametrize("extra, expected", RESUMES, ids=["changed-file", "seed", "flavor", "tokenizer"])
 def test_a_resume_that_cannot_continue_is_refused_by_the_launcher_and_writes_nothing(
     resumable, tmp_path, capsys, extra, expected
 ):
@@ -76,7 +90,7 @@ def test_a_resume_that_cannot_continue_is_refused_by_the_launcher_and_writes_not
     out, err = capsys.readouterr()
     line = assert_one_line_refusal(err, code)
     assert out == ""
-    assert line.startswith("tinytitan: error: " + expected.format(N=N, run=resumable)), line
+    assert line.startswith("tinytitan: error: " + expected.format(N=N, run=resumable, tmp=tmp_path)), line
     assert tree_digest(resumable) == before  # no [[run.segments]] appended, [training] steps as it was
 
 
@@ -104,6 +118,14 @@ def _cut_record_run(uninterrupted: Path, tmp_path: Path) -> Path:
     return run
 
 
+def _copied_record_run(uninterrupted: Path, tmp_path: Path) -> Path:
+    """Another run's step folder (the uninterrupted run's step 2N, as step N) under a copy of its run.toml."""
+    run = tmp_path / "copied"
+    shutil.copytree(uninterrupted / "checkpoint" / f"step-{2 * N}", run / "checkpoint" / f"step-{N}")
+    shutil.copyfile(uninterrupted / "run.toml", run / "run.toml")
+    return run
+
+
 CLI = [
     (["checkpoint", "inspect", "{cut}/checkpoint/step-{N}"],
      "the run record {cut}/run.toml is incomplete or damaged: it lacks job.dump_folder, model.name, model.flavor and "
@@ -123,6 +145,16 @@ CLI = [
     (["train", "--job.dump_folder", "/proc/x ü/run"],
      "--job.dump_folder /proc/x ü/run cannot be created in /proc (No such file or directory): choose a folder on a "
      "writable disk"),
+    (["checkpoint", "inspect", "{copied}/checkpoint/step-{N}"],
+     "the run record {copied}/run.toml was copied from the run in {run} (its job.dump_folder), whose checkpoints "
+     "differ: restore this run's own record, or pass --config TOML, the training config"),
+    (["train", "--job.dump_folder", "{tmp}/new", "--model.flavor", "nano", "--checkpoint.initial_load_path",
+      "{run}/checkpoint/step-{N}"],
+     "tensor tok_embeddings.weight is [4096, 256] in checkpoint {run}/checkpoint/step-{N} but flavor 'nano' expects "
+     "[128256, 768]; the checkpoint fits flavor 'debug': set [model] flavor = \"debug\" in the config"),
+    (["train", "--job.dump_folder", "{tmp}/new", "--checkpoint.initial_load_path", "{tmp}/hf"],
+     "[checkpoint] initial_load_path = '{tmp}/hf' is not a checkpoint step folder (no .metadata): point it at a "
+     "step-N folder inside the run's checkpoint folder, e.g. outputs/debug/checkpoint/step-20"),
     (["models", "--bogus"], "tinytitan models: unrecognized arguments: --bogus (see `tinytitan models --help`)"),
     (["bench", "--bogus"], "tinytitan bench: unrecognized arguments: --bogus (see `tinytitan bench --help`)"),
     (["download-tokenizer", "--out", "{tmp}/tok"],
@@ -135,12 +167,16 @@ CLI = [
 @pytest.mark.parametrize("args, expected", CLI, ids=[" ".join(c[0][:2]) for c in CLI])
 def test_cli_refusals_are_one_line(uninterrupted, tmp_path, capsys, monkeypatch, args, expected):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
-    names = {"cut": _cut_record_run(uninterrupted, tmp_path), "run": uninterrupted, "tmp": tmp_path, "N": N, "N2": 2 * N}
+    (tmp_path / "hf").mkdir()  # an exported Hugging Face folder stands for any folder without .metadata
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    names = {"cut": _cut_record_run(uninterrupted, tmp_path), "copied": _copied_record_run(uninterrupted, tmp_path),
+             "run": uninterrupted, "tmp": tmp_path, "N": N, "N2": 2 * N}  # fmt: skip
     before = tree_digest(uninterrupted)
     code = cli([a.format(**names) for a in args])
     out, err = capsys.readouterr()
     assert assert_one_line_refusal(err, code) == "tinytitan: error: " + expected.format(**names)
-    assert tree_digest(uninterrupted) == before and not (tmp_path / "out").exists() and not (tmp_path / "tok").exists()
+    assert tree_digest(uninterrupted) == before
+    assert not any((tmp_path / name).exists() for name in ("out", "tok", "new"))
 
 
 def test_a_reader_holds_its_step_against_the_purge(tmp_path):

@@ -397,6 +397,7 @@ def read_trained_run(
     one line saying to pass ``--config``.
     """
     from tinytitan.config import load_job_config
+    from tinytitan.run.record_check import copied_from
 
     if where is not None:
         from tinytitan.checkpoint.hold import hold_checkpoint, missing_checkpoint
@@ -419,6 +420,12 @@ def read_trained_run(
         if config is None:
             raise TinytitanError(f"{e}: restore it, or pass --config TOML, the training config") from None
         warn(f"{e}; using --config {config}")
+        recorded = None
+    if recorded is not None and (origin := copied_from(record, recorded.job.dump_folder, where)) is not None:
+        line = f"the run record {record} was copied from the run in {origin} (its job.dump_folder), whose checkpoints differ"
+        if config is None:
+            raise TinytitanError(f"{line}: restore this run's own record, or pass --config TOML, the training config")
+        warn(f"{line}; using --config {config}")
         recorded = None
     if config is None:
         return TrainedRun(recorded, record, recorded=True, run=recorded.run)

@@ -43,6 +43,7 @@ def check_resume(job_config, world_size: int, start_step: int | None) -> None:
         check_shapes(ckpt.shapes(), model.flavor, f"the run's checkpoint {folder}")
     except TinytitanError as e:
         raise TinytitanError(f"cannot resume with flavor {model.flavor!r}: {e}") from None
+    check_tokenizer_unchanged(job_config, run, start_step)
     excluded = set(job_config.checkpoint.exclude_from_loading or [])
     from tinytitan.data.loader_state import STATE_KEY, LoaderState
 
@@ -51,6 +52,29 @@ def check_resume(job_config, world_size: int, start_step: int | None) -> None:
         return
     saved = LoaderState.from_json(ckpt.read_value(key))
     _check_data(job_config, world_size, saved, start_step, run)
+
+
+def check_tokenizer_unchanged(job_config, run: RunFolder, step: int) -> None:
+    """The tokenizer the record says trained ``step`` (its hash) is the one this launch loads: another one
+    turns the same text into other token ids, and the model's embedding means nothing for them."""
+    from tinytitan.run_record import read_record
+
+    try:
+        segment = read_record(run.record).run.segment_at(step) if run.record.is_file() else None
+    except TinytitanError:
+        return  # an unreadable record is set aside, with a warning, when the launch writes its own
+    if segment is None or not segment.tokenizer_hash:
+        return
+    from tinytitan.data.encode import Encoder
+    from tinytitan.tokenizer import load_tokenizer
+
+    now = Encoder(load_tokenizer(job_config.model.hf_assets_path)).fingerprint()
+    if now != segment.tokenizer_hash:
+        raise TinytitanError(
+            f"the tokenizer {job_config.model.hf_assets_path} is not the one that trained step {step} (sha256 "
+            f"{now[:12]}, the run recorded {segment.tokenizer_hash[:12]}): resume with the run's tokenizer "
+            "(--model.hf_assets_path), or start a new run from this checkpoint with --checkpoint.initial_load_path"
+        )
 
 
 def _plan(job_config):

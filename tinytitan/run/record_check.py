@@ -11,9 +11,11 @@ every missing key with its default: a run of seq_len 128 on two sources read bac
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import tomllib
 
+RUN_FILE = "run.toml"
 # (table, key) that every record holds: what export, eval, generate and inspect read from it.
 REQUIRED_KEYS = (
     ("job", "dump_folder"),
@@ -52,3 +54,22 @@ def record_problem(path: str | os.PathLike) -> str | None:
         if absent:
             return f"its [[run.segments]] entry {i} lacks {', '.join(absent)}"
     return None
+
+
+def copied_from(record: str | os.PathLike, dump_folder: str, where: str | os.PathLike) -> str | None:
+    """The other run folder a ``run.toml`` was copied from, when ``where`` (a checkpoint of the run that holds
+    the record now) is not that run's: the record names another folder (``job.dump_folder``) that still exists
+    and holds the same step folder with another ``.metadata``. A whole run folder copied or moved elsewhere
+    (same checkpoints, or the original gone) is not a copied record. None when it is the run's own."""
+    here = Path(record).resolve().parent
+    there = Path(dump_folder).resolve() if dump_folder else here
+    if there == here or not (there / RUN_FILE).is_file():
+        return None
+    where = Path(where).resolve()
+    if here not in where.parents:
+        return None
+    theirs = there / where.relative_to(here) / ".metadata"
+    ours = where / ".metadata"
+    if not (theirs.is_file() and ours.is_file()):
+        return None
+    return str(there) if theirs.read_bytes() != ours.read_bytes() else None
