@@ -106,7 +106,7 @@ def test_a_moved_end_of_a_begun_stage_is_refused_before_torchrun(stages_run, tmp
 
     code = run_guarded(lambda: launcher.launch(str(STAGES_CONFIG), overrides, env))
     line = assert_one_line_refusal(capsys.readouterr().err, code)
-    assert line.startswith("tinytitan: error: data stage 'pretrain': it now ends at step 4, not 6, a stage the "
+    assert line.startswith("tinytitan: error: data stage 'pretrain': it now ends at step 4, not step 6, a stage the "
                            "checkpoint of step 8 has already begun"), line  # fmt: skip
     assert tree_digest(run) == before
 
