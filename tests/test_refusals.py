@@ -180,8 +180,8 @@ def test_cli_refusals_are_one_line(uninterrupted, tmp_path, capsys, monkeypatch,
 
 
 def test_a_reader_holds_its_step_against_the_purge(tmp_path):
-    from tinytitan.checkpoint import hold
     from tinytitan.launcher.run_folder import RunLock
+    from tinytitan.run import hold
 
     run = tmp_path / "run"
     steps = [run / "checkpoint" / f"step-{n}" for n in (2, 4, 6)]

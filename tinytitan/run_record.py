@@ -400,7 +400,7 @@ def read_trained_run(
     from tinytitan.run.record_check import copied_from
 
     if where is not None:
-        from tinytitan.checkpoint.hold import hold_checkpoint, missing_checkpoint
+        from tinytitan.run.hold import hold_checkpoint, missing_checkpoint
 
         if not Path(where).exists() or (hold_checkpoint(where) and not Path(where).exists()):
             raise TinytitanError(missing_checkpoint(where))  # not "has no run record": it is not there

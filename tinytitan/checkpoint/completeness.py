@@ -12,9 +12,9 @@ import os
 import re
 from pathlib import Path
 
-from tinytitan.checkpoint.hold import remove_unless_held
 from tinytitan.errors import TinytitanError
 from tinytitan.folders import free_bytes
+from tinytitan.run.hold import remove_unless_held
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 METADATA = ".metadata"

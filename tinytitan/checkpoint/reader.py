@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from tinytitan.checkpoint.completeness import METADATA, STEP_DIR, folder_problem, saved_step_folders
-from tinytitan.checkpoint.hold import hold_checkpoint, missing_checkpoint
 from tinytitan.errors import TinytitanError
+from tinytitan.run.hold import hold_checkpoint, missing_checkpoint
 
 MODEL_PREFIX = "model."
 FREQS_CIS = "freqs_cis"
@@ -201,7 +201,7 @@ def open_checkpoint(
 
     ``check``: refuse a checkpoint whose data files are shorter than ``.metadata`` says. ``hold``: keep
     the step folder from the purge of a training in its run for as long as this process lives
-    (``tinytitan.checkpoint.hold``; not for the launcher of that training).
+    (``tinytitan.run.hold``; not for the launcher of that training).
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 

@@ -118,7 +118,7 @@ class RunFolder:
         return self.state / "holds"
 
     def hold(self, n: int) -> Path:
-        """The file whose shared ``flock`` keeps checkpoint ``step(n)`` from the purge (tinytitan.checkpoint.hold)."""
+        """The file whose shared ``flock`` keeps checkpoint ``step(n)`` from the purge (tinytitan.run.hold)."""
         return self.holds / step_name(n)
 
     @classmethod

@@ -5,15 +5,13 @@ one ``[[run.segments]]`` table per launch whose last key is ``changed``
 (``tinytitan.launcher.record``). A copy cut short (a full disk, a partial download, ``head -c``)
 still parses as TOML when it ends at a line boundary, and torchtitan's config reader fills
 every missing key with its default: a run of seq_len 128 on two sources read back as seq_len
-2048 with no data. ``record_problem`` names what is missing instead; stdlib only.
+2048 with no data. ``record_problem`` names what is missing instead.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import tomllib
 
 RUN_FILE = "run.toml"
 # (table, key) that every record holds: what export, eval, generate and inspect read from it.
@@ -32,14 +30,15 @@ SEGMENT_KEYS = ("start_step", "changed")
 
 def record_problem(path: str | os.PathLike) -> str | None:
     """None for a whole record, else what is wrong with it, in a few words."""
+    from tinytitan.config import read_toml
+
     try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
+        doc = read_toml(path)
     except OSError as e:
         return f"it cannot be read ({e.strerror or e})"
     except UnicodeDecodeError:
         return "it is not UTF-8 text"
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:  # tomllib.TOMLDecodeError
         return f"it does not parse as TOML ({e})"
     missing = [f"{table}.{key}" for table, key in REQUIRED_KEYS if key not in (doc.get(table) or {})]
     if missing:
