@@ -114,6 +114,14 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+def process_state(pid: int) -> str | None:
+    """The state letter of a process in /proc (R, S, T: stopped, Z: zombie), None when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 class RankFailure(RuntimeError):
     """A failure whose message says all (a data loader worker died): the rank exits 1 without a traceback,
     the launcher names the cause in its failure line, and a restart (if any is left) resumes."""

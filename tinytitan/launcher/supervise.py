@@ -38,7 +38,15 @@ from pathlib import Path
 
 from tinytitan import faults
 from tinytitan.checkpoint.completeness import newest_complete
-from tinytitan.faults import DUPLICATE_WINDOW_S, CrashNote, ErrorNote, PreemptedNote, RankNote, describe_exit
+from tinytitan.faults import (
+    DUPLICATE_WINDOW_S,
+    CrashNote,
+    ErrorNote,
+    PreemptedNote,
+    RankNote,
+    describe_exit,
+    process_state,
+)
 from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.rank_output import RankOutput
 from tinytitan.launcher.watcher import HangWatcher
@@ -46,13 +54,6 @@ from tinytitan.launcher.watcher import HangWatcher
 FAILURE_LINE = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
 RANK_PREFIX = re.compile(r"^\[(?:default|rank)\d+\]:")
 TORCHRUN_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")  # torch elastic's own log lines
-
-
-def _process_state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 class Supervisor:
@@ -147,7 +148,7 @@ class Supervisor:
 
     def _poll_notes(self) -> None:
         ranks = faults.read_notes(self.notes, RankNote)
-        states = {n.pid: _process_state(n.pid) for n in ranks}
+        states = {n.pid: process_state(n.pid) for n in ranks}
         gone = [n for n in ranks if states[n.pid] in (None, "Z")]
         for n in ranks:
             if states[n.pid] == "T" and n.rank not in self.stopped:
