@@ -101,3 +101,13 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def assert_one_line_refusal(stderr: str, code: int | None = None, expected_code: int = 2) -> str:
+    """The one ``tinytitan: error: ...`` line of a refusal (no traceback, nothing else on stderr); returns it."""
+    if code is not None:
+        assert code == expected_code, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tinytitan: error: "), stderr[-3000:]
+    return lines[0]

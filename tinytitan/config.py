@@ -309,13 +309,18 @@ def bad_override(args: Sequence[str]) -> str | None:
     return None
 
 
-def _toml_tables(config_file: str) -> dict[str, int]:
-    """How many tables each array of tables (``[[data.sources]]``) of the config file has."""
+def read_toml(path: str | os.PathLike) -> dict:
+    """A TOML file as written, no defaults filled in (OSError, UnicodeDecodeError and ValueError propagate)."""
     import tomllib
 
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
+def _toml_tables(config_file: str) -> dict[str, int]:
+    """How many tables each array of tables (``[[data.sources]]``) of the config file has."""
     try:
-        with open(config_file, "rb") as f:
-            doc = tomllib.load(f)
+        doc = read_toml(config_file)
     except (OSError, ValueError):
         return {}
     counts: dict[str, int] = {}

@@ -213,7 +213,8 @@ def test_ctrl_c_stops_in_two_lines_and_names_the_step_to_resume_from(tmp_path):
 
 
 def test_an_error_every_rank_raises_is_printed_once(uninterrupted, tmp_path):
-    """A data stream that cannot resume (another data.seed) is known only inside the ranks, on loading."""
+    """A data stream that cannot resume (another data.seed): since issue 31 the launcher refuses it before
+    torchrun (tinytitan.launcher.resume_check), with the ranks' own rule; still one line, printed once."""
     import shutil
 
     dump = tmp_path / "run"

@@ -61,6 +61,7 @@ from tinytitan.data.workers import (
     worker_main,
 )
 from tinytitan.errors import TinytitanError
+from tinytitan.processes import RankFailure, describe_exit, process_state
 
 logger = logging.getLogger("tinytitan.data")
 
@@ -242,13 +243,17 @@ class MixtureDataLoader(BaseDataLoader):
         if not self._procs:
             self._start_workers()
         q, p = self._queues[k], self._procs[k]
+        said_stopped = False
         while True:
             try:
                 item = q.get(timeout=1.0)
                 break
             except queue.Empty:
                 if not p.is_alive():
-                    raise RuntimeError(f"data loader worker {p.name} died (exit code {p.exitcode})") from None
+                    raise RankFailure(f"data loader worker {p.name} died ({describe_exit(p.exitcode)})") from None
+                if not said_stopped and process_state(p.pid) == "T":  # the launcher's hang line names this rank
+                    said_stopped = True
+                    logger.warning(f"data loader worker {p.name} (pid {p.pid}) is stopped (SIGSTOP?): waiting for it")
         if isinstance(item, WorkerFailure):
             self._stop_workers()
             raise item.exception()

@@ -28,12 +28,14 @@ from tinytitan.config import DEFAULT_CONFIG, load_job_config, rank_overrides, tr
 from tinytitan.errors import TinytitanError, run_guarded
 from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.preflight import preflight
+from tinytitan.launcher.resume_check import KeptFiles, check_resume, skipped_checkpoints, write_data_listing
 from tinytitan.launcher.run_folder import RunLock, finished_run, takes_lock
 from tinytitan.launcher.supervise import Supervisor
 from tinytitan.run.folder import RunFolder
 
 CPU_PROCESSES = 2  # FSDP needs at least two ranks to shard anything
 GPU_MAX_RESTARTS = 3
+REFUSED_EXIT_CODE = 2  # every rank refused the job with the same one line (Supervisor._outcome)
 
 
 def visible_gpus() -> int:
@@ -203,15 +205,21 @@ def launch(
     if finished is not None:  # before anything is written to the run folder
         print(finished, flush=True)
         return 0
+    start_step = resumes_from(job_config)
+    check_resume(job_config, world_size, start_step)  # what a resume may not change, before anything is written
+    for line in skipped_checkpoints(job_config, start_step):
+        print(f"tinytitan: warning: {line}", file=sys.stderr, flush=True)
     print_stages(job_config, world_size)
     config_file = job_config.job.config_file
     restarts = max_restarts(env, gpus)
     cmd = torchrun_command(nproc, training_args(config_file, rank_overrides(job_config, overrides)), env, restarts)
     with RunLock(RunFolder.of(job_config)) if takes_lock(env) else contextlib.nullcontext():
         command = command or command_line(script_program(), overrides, env)
-        start_step = resumes_from(job_config)
+        kept = KeptFiles(RunFolder.of(job_config).record, RunFolder.of(job_config).data_files)
         record = write_run_record(job_config, world_size=world_size, gpus=gpus, command=command, env=env,
                                   start_step=start_step, files=files)  # fmt: skip
+        if record is not None:
+            write_data_listing(job_config, start_step)
         where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
         print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
         start = report.start_lines(job_config, record=record, command=command, start_step=start_step)
@@ -219,6 +227,8 @@ def launch(
         offset = report.metrics_size(job_config)
         watch = run_watch(job_config, world_size)
         code = Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts, watch).run()
+        if code == REFUSED_EXIT_CODE and report.metrics_size(job_config) == offset:
+            kept.restore()  # the ranks refused the launch before a step: the record stays as it was
     if code == 0:
         outcome = report.read_outcome(job_config, offset)
         outcome.start_step = start_step

@@ -133,7 +133,7 @@ class TinyTrainer(Trainer):
         def run(step: int = -1):
             ckpt = self.checkpointer
             folder = self._folder_to_load(step)
-            skip = folder is not None and not open_checkpoint(folder, check=False).has_ema
+            skip = folder is not None and not open_checkpoint(folder, check=False, hold=False).has_ema
             excluded = list(ckpt.exclude_from_loading)
             if skip:
                 ckpt.exclude_from_loading = [*excluded, STATE_KEY]

@@ -10,6 +10,8 @@
   checkpoint/step-N/health.json  whether the steps up to N were healthy (written after the save)
   .tinytitan/lock          the launcher's flock: one training per folder
   .tinytitan/heartbeats/rank-R.json  where each rank is in its step
+  .tinytitan/data-files.json  the data files (size, mtime) of the last accepted launch: a resume names a changed one
+  .tinytitan/holds/step-N  a reader's shared flock on checkpoint step-N: the purge leaves it alone
 ```
 
 A ``RunFolder`` is built from the job config (``RunFolder.of(job_config)``) or from a path, and is
@@ -111,3 +113,24 @@ class RunFolder:
 
     def heartbeat(self, rank: int) -> Path:
         return self.heartbeats / f"rank-{rank}.json"
+
+    @property
+    def data_files(self) -> Path:
+        return self.state / "data-files.json"
+
+    @property
+    def holds(self) -> Path:
+        return self.state / "holds"
+
+    def hold(self, n: int) -> Path:
+        """The file whose shared ``flock`` keeps checkpoint ``step(n)`` from the purge (tinytitan.run.hold)."""
+        return self.holds / step_name(n)
+
+    @classmethod
+    def of_step(cls, step_folder: str | os.PathLike) -> tuple[RunFolder, int] | None:
+        """The run folder a ``<run>/<checkpoint folder>/step-N`` folder belongs to, and N; None for another path."""
+        path = Path(step_folder)
+        n = step_of(path)
+        if n is None:
+            return None
+        return cls(path.parent.parent, checkpoint_dir=path.parent.name), n

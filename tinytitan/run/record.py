@@ -265,7 +265,11 @@ def _holds(record: Path, where: Path) -> bool:
 def read_record(path: str | os.PathLike):
     """The JobConfig a run.toml holds (``[run]`` included), read as every config is read."""
     from tinytitan.config import load_job_config
+    from tinytitan.run.record_check import record_problem
 
+    problem = record_problem(path)  # a cut copy parses, and torchtitan would fill in its defaults
+    if problem is not None:
+        raise TinytitanError(f"the run record {path} is incomplete or damaged: {problem} (a cut copy or a full disk)")
     try:
         return load_job_config(path)
     except TinytitanError as e:
@@ -394,7 +398,13 @@ def read_trained_run(
     one line saying to pass ``--config``.
     """
     from tinytitan.config import load_job_config
+    from tinytitan.run.record_check import copied_from
 
+    if where is not None:
+        from tinytitan.run.hold import hold_checkpoint, missing_checkpoint
+
+        if not Path(where).exists() or (hold_checkpoint(where) and not Path(where).exists()):
+            raise TinytitanError(missing_checkpoint(where))  # not "has no run record": it is not there
     record = record_of(where) if where is not None else None
     if config is None and record is None:
         if required is None:
@@ -408,7 +418,16 @@ def read_trained_run(
     try:
         recorded = read_record(record) if record is not None else None
     except TinytitanError as e:
-        raise TinytitanError(f"{e}: pass --config TOML, the training config") from None
+        if config is None:
+            raise TinytitanError(f"{e}: restore it, or pass --config TOML, the training config") from None
+        warn(f"{e}; using --config {config}")
+        recorded = None
+    if recorded is not None and (origin := copied_from(record, recorded.job.dump_folder, where)) is not None:
+        line = f"the run record {record} was copied from the run in {origin} (its job.dump_folder), whose checkpoints differ"
+        if config is None:
+            raise TinytitanError(f"{line}: restore this run's own record, or pass --config TOML, the training config")
+        warn(f"{line}; using --config {config}")
+        recorded = None
     if config is None:
         return TrainedRun(recorded, record, recorded=True, run=recorded.run)
     job = absolute_paths(load_job_config(config))
