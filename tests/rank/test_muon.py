@@ -160,7 +160,7 @@ def muon_run(tmp_path_factory):
 def test_muon_state_is_in_the_checkpoint_and_resumes_exactly_after_sigkill(muon_run, tmp_path):
     from torch.distributed.checkpoint import FileSystemReader
 
-    from tests.test_faults import start, wait_until
+    from tests.launcher.test_faults import start, wait_until
 
     keys = set(FileSystemReader(str(muon_run / "checkpoint" / f"step-{N}")).read_metadata().state_dict_metadata)
     assert "optimizer.state.layers.0.attention.wq.weight.momentum_buffer" in keys
