@@ -7,7 +7,8 @@ import pytest
 
 from tests.helpers import REPO, tree_digest
 from tinytitan import cli
-from tinytitan.config import override_keys, shipped_configs
+from tinytitan.config import shipped_configs
+from tinytitan.config_types import override_keys
 
 SAMPLE = REPO / "tinytitan" / "assets" / "sample"
 # The big configs read the Llama 3 tokenizer and the full datasets: checked here against the embedded

@@ -20,7 +20,8 @@ import tokenize
 import types
 import typing
 
-from tinytitan.config import _hints, shipped_configs
+from tinytitan.config import shipped_configs
+from tinytitan.config_types import type_hints
 
 MEANING_CHARS = 120  # a meaning longer than this is cut at its first sentence, then shortened
 
@@ -94,7 +95,7 @@ class Key:
 
 
 def _keys(cls, prefix: str, ours: bool, tables: list[tuple[str, type]]) -> list[Key]:
-    hints, docs, out = _hints(cls), field_docs(cls), []
+    hints, docs, out = type_hints(cls), field_docs(cls), []
     for f in dataclasses.fields(cls):
         tp = hints.get(f.name, f.type)
         if dataclasses.is_dataclass(tp):
@@ -115,7 +116,7 @@ def sections() -> list[tuple[str, str, list[Key], list[tuple[str, type]]]]:
 
     titan = {f.name: f for f in dataclasses.fields(TitanJobConfig)}
     tiny = {f.name: f for f in dataclasses.fields(TinyJobConfig)}
-    titan_hints, tiny_hints = _hints(TitanJobConfig), _hints(TinyJobConfig)
+    titan_hints, tiny_hints = type_hints(TitanJobConfig), type_hints(TinyJobConfig)
     out = []
     for name in [*titan, *(n for n in tiny if n not in titan)]:
         keys: list[Key] = []
@@ -154,5 +155,7 @@ def keys_help() -> str:
             lines += ["", f"[[{table}]]  (one table each; override: --{table}.N.KEY VALUE, N from 0)"]
             docs = field_docs(item)
             for f in dataclasses.fields(item):
-                lines.append(_line(f.name, type_word(_hints(item).get(f.name, f.type)), one_line(docs.get(f.name, ""))))
+                lines.append(
+                    _line(f.name, type_word(type_hints(item).get(f.name, f.type)), one_line(docs.get(f.name, "")))
+                )
     return "\n".join(lines)
