@@ -222,7 +222,7 @@ def published_config(trained) -> str:
     job = copy.deepcopy(trained.job)
     job.job.config_file = None
     job.job.dump_folder = type(job.job)().dump_folder
-    from tinytitan.run.record import to_toml
+    from tinytitan.run.toml_text import to_toml
 
     return scrub(to_toml(job, only_changed=True, skip=("run",)))
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from tinytitan.config import SOURCE_ROOT
 from tinytitan.run.folder import RUN_FILE, RunFolder
-from tinytitan.run.record import Segment, absolute_paths, differences, read_record, to_toml
+from tinytitan.run.record import Segment, absolute_paths, read_record
+from tinytitan.run.toml_text import differences, to_toml
 
 # The launcher's environment variables (tinytitan.launcher.launch), shown in front of the command.
 LAUNCH_ENV = ("NGPU", "CONFIG_FILE", "LOG_RANK", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "MAX_RESTARTS")

@@ -87,8 +87,8 @@ def _plan(job_config):
 
 def _check_data(job_config, world_size: int, saved, step: int, run: RunFolder) -> None:
     from tinytitan.data.config import data_config
-    from tinytitan.data.loader import stage_records
     from tinytitan.data.loader_state import check_fingerprint, check_stage_change
+    from tinytitan.data.stage_tokens import stage_records
     from tinytitan.data.stages import data_parallel_ranks, sequences_per_step, stage_spans
 
     plan = _plan(job_config)

@@ -93,7 +93,7 @@ def parallelize(model, parallel_dims, job_config):
 
 
 def build_dataloader(**kwargs):
-    from tinytitan.data.loader import build_dataloader as build
+    from tinytitan.data.build import build_dataloader as build
 
     return build(**kwargs)
 
