@@ -145,6 +145,7 @@ def test_the_summary_adds_up_the_training_time_of_every_start(tmp_path):
     """Each rank process times from its own first logged step: after a torchrun restart the rows' elapsed
     time starts again at 0. The summary sums the starts instead of reporting the last one's."""
     from tinytitan.launcher.report import end_lines, read_outcome
+    from tinytitan.run.folder import RunFolder
 
     job_config = load_job_config(str(DEBUG_CONFIG), ["--job.dump_folder", str(tmp_path), "--training.steps", "5",
                                                      "--checkpoint.no-enable"])  # fmt: skip
@@ -154,7 +155,7 @@ def test_the_summary_adds_up_the_training_time_of_every_start(tmp_path):
             json.dumps({"step": s, "loss": 5.0 - s / 10, "tps": 1000.0, "time/elapsed_s": e}) + "\n" for s, e in rows
         )
     )
-    outcome = read_outcome(job_config, 0)
+    outcome = read_outcome(RunFolder.of(job_config), 0)
     assert outcome.starts == 2 and outcome.training_s == 61.0 + 59.0
     (time_line,) = [line for line in end_lines(job_config, outcome, wall_s=150.0) if line.startswith("  time")]
     assert time_line == ("  time             0:02:30 wall, 0:02:00 training in 2 starts (each from its first logged "
@@ -162,5 +163,5 @@ def test_the_summary_adds_up_the_training_time_of_every_start(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(
         "".join(json.dumps({"step": s, "loss": 1.0, "time/elapsed_s": e}) + "\n" for s, e in rows[:3])
     )
-    single = read_outcome(job_config, 0)
+    single = read_outcome(RunFolder.of(job_config), 0)
     assert single.starts == 1 and single.training_s == 61.0

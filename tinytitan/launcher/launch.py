@@ -224,13 +224,13 @@ def launch(
         print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
         start = report.start_lines(job_config, record=record, command=command, start_step=start_step)
         print("\n".join(start), flush=True)
-        offset = report.metrics_size(job_config)
+        offset = report.metrics_size(RunFolder.of(job_config))
         watch = run_watch(job_config, world_size)
         code = Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts, watch).run()
-        if code == REFUSED_EXIT_CODE and report.metrics_size(job_config) == offset:
+        if code == REFUSED_EXIT_CODE and report.metrics_size(RunFolder.of(job_config)) == offset:
             kept.restore()  # the ranks refused the launch before a step: the record stays as it was
     if code == 0:
-        outcome = report.read_outcome(job_config, offset)
+        outcome = report.read_outcome(RunFolder.of(job_config), offset)
         outcome.start_step = start_step
         print("\n".join(report.end_lines(job_config, outcome, wall_s=time.monotonic() - started)), flush=True)
     return code
