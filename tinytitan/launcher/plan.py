@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tinytitan.launcher.report import shown
+from tinytitan.run.folder import RunFolder
 
 
 def _row(label: str, text: str) -> str:
@@ -54,7 +55,7 @@ def plan_lines(job_config, *, nproc: int, gpus: int, world_size: int) -> list[st
         data = job_config.data
         lines.append(_row("data readers", f"{data_readers(job_config, world_size)} (data-parallel ranks x loader "
                                           f"workers) over {data.lanes} lanes per source, format {data.format!r}"))  # fmt: skip
-    lines.append(_row("run folder", shown(job_config.job.dump_folder)))
+    lines.append(_row("run folder", shown(RunFolder.of(job_config).root)))
     finished = finished_run(job_config)
     if finished:
         lines.append(_row("", finished.removeprefix("tinytitan: ")))
