@@ -278,7 +278,9 @@ def push(
     if dry_run:
         log("dry run, nothing uploaded:\n" + plan.describe())
         if license or datasets:
-            log(f"the card would state: license {license or 'as it is'}, datasets {', '.join(datasets) or 'as they are'}")
+            log(
+                f"the card would state: license {license or 'as it is'}, datasets {', '.join(datasets) or 'as they are'}"
+            )
         log("still to decide before publishing:\n" + "\n".join(f"  - {line}" for line in undecided)
             if undecided else "nothing left to decide: license, datasets and visibility are chosen")  # fmt: skip
         return None
@@ -332,10 +334,19 @@ def configure(parser) -> None:
     parser.add_argument("--revision", default=None, help="branch to upload to (created if missing; default main)")
     parser.add_argument("--commit-message", default=None, help="commit message (default: 'Upload DIR with tinytitan')")
     parser.add_argument("--dry-run", action="store_true", help="check the folder and print the plan; no network")
-    parser.add_argument("--license", default=None,
-                        help="the model's license (a Hub license id, e.g. apache-2.0): written into the card first")
-    parser.add_argument("--dataset", dest="datasets", action="append", default=[], metavar="ORG/NAME",
-                        help="a Hub dataset the model was trained on, for the card's metadata (repeat for several)")
+    parser.add_argument(
+        "--license",
+        default=None,
+        help="the model's license (a Hub license id, e.g. apache-2.0): written into the card first",
+    )
+    parser.add_argument(
+        "--dataset",
+        dest="datasets",
+        action="append",
+        default=[],
+        metavar="ORG/NAME",
+        help="a Hub dataset the model was trained on, for the card's metadata (repeat for several)",
+    )
 
 
 def run(args) -> int:

@@ -58,7 +58,10 @@ def read_metrics_at(metrics_path: Path, step: int | None) -> dict:
             found["ntokens_seen"] = int(row["n_tokens_seen"])
         counters = _data_counters(row)
         if counters and at >= found.get("counted_at", -1):
-            firsts = {**found.get("stage_first_step", {}), **counters["stage_first_step"]}  # each row: the current stage's
+            firsts = {
+                **found.get("stage_first_step", {}),
+                **counters["stage_first_step"],
+            }  # each row: the current stage's
             found.update(counters, stage_first_step=firsts, counted_at=int(at))
     return found
 

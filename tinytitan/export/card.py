@@ -302,9 +302,16 @@ def trained_dict(trained, stats, parent=None) -> dict | None:
         "ntokens_total": total_tokens(stats, parent),
         "initialised_from": parent_dict(parent),
         "precision": trained.precision(stats.step),
-        "data": [{"name": n, "weight": w, "path": published_path(p), "hub_id": s.declared_hub_id(),
-                  "license": licenses.get(n, "")}
-                 for (n, w, p), s in zip(trained.sources(), trained.job.data.sources, strict=True)],  # fmt: skip
+        "data": [
+            {
+                "name": n,
+                "weight": w,
+                "path": published_path(p),
+                "hub_id": s.declared_hub_id(),
+                "license": licenses.get(n, ""),
+            }
+            for (n, w, p), s in zip(trained.sources(), trained.job.data.sources, strict=True)
+        ],  # fmt: skip
         "tokens_per_source": stats.source_tokens,
         "tokens_counted_at_step": stats.counted_at,
         "stages": stage_runs(trained, stats),

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 
-
 def _step(value: str):
     return value if value == "latest" else int(value)
 
