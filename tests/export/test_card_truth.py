@@ -50,7 +50,9 @@ def test_the_start_lines_and_the_end_summary_name_the_parent_and_the_stages(stag
     initialised = [line for line in log if line.startswith("  initialised      from ")]
     assert len(initialised) == 2  # the start lines and the end summary
     assert all(f"{debug_run.name}/checkpoint/step-20 (weights only" in line for line in initialised)
-    assert f"  stages           pretrain steps 1-{STAGE_STEPS}, cooldown steps {STAGE_STEPS + 1}-{2 * STAGE_STEPS}" in log
+    assert (
+        f"  stages           pretrain steps 1-{STAGE_STEPS}, cooldown steps {STAGE_STEPS + 1}-{2 * STAGE_STEPS}" in log
+    )
 
 
 def test_stages_show_their_real_ends_and_tokens_per_source(continued_export):
