@@ -165,3 +165,12 @@ def test_the_summary_adds_up_the_training_time_of_every_start(tmp_path):
     )
     single = read_outcome(job_config, 0)
     assert single.starts == 1 and single.training_s == 61.0
+
+
+def test_the_parent_checkpoint_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
+    from tinytitan.run_record import absolute_paths
+
+    (tmp_path / "parent" / "checkpoint" / "step-20").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    job = load_job_config(DEBUG_CONFIG, ["--checkpoint.initial_load_path", "parent/checkpoint/step-20"])
+    assert absolute_paths(job).checkpoint.initial_load_path == str(tmp_path / "parent" / "checkpoint" / "step-20")
