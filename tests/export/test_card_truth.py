@@ -85,6 +85,7 @@ def test_push_dry_run_lists_what_is_left_to_decide_and_push_states_the_choices(c
 
     assert main(["push", str(continued_export), "--repo-id", "me/x", "--dry-run"]) == 0
     out = capsys.readouterr().out
+    assert (continued_export / ".tinytitan-local.json").is_file() and ".tinytitan-local.json" not in out  # not uploaded
     decide = out.split("still to decide before publishing:")[1]
     for what in ("license: not chosen", "data licenses: slimpajama, starcoderdata", "datasets:", "visibility: private"):
         assert what in decide, what
