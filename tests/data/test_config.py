@@ -120,3 +120,16 @@ def test_too_many_readers_for_lanes(corpus):
 
     with pytest.raises(TinytitanError, match="data.lanes"):
         loader(corpus, rank=0, world=4, workers=0, data_overrides={"lanes": 2})
+
+
+def test_a_source_declares_its_hub_dataset_only_explicitly():
+    local = Source(name="slimpajama", path="data/SlimPajama-627B", files="*.jsonl")
+    assert local.declared_hub_id() == ""  # a folder named like a Hub dataset is not one
+    assert Source(name="s", path="hf://datasets/cerebras/SlimPajama-627B/train", files="*").declared_hub_id() == (
+        "cerebras/SlimPajama-627B"
+    )
+    declared = Source(name="s", path="data/x", files="*", hub_id="bigcode/starcoderdata")
+    declared.validate()
+    assert declared.declared_hub_id() == "bigcode/starcoderdata"
+    with pytest.raises(TinytitanError, match="hub_id = 'starcoderdata' is not a Hub dataset id"):
+        Source(name="s", path="data/x", files="*", hub_id="starcoderdata").validate()

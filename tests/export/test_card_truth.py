@@ -45,6 +45,16 @@ def test_a_continued_runs_card_names_the_parent_and_the_tokens_in_all(continued_
     assert record["trained"]["ntokens_total"] == parent_tokens + own
 
 
+def test_the_start_lines_and_the_end_summary_name_the_parent_and_the_stages(stages_run, debug_run):
+    log = (stages_run / "launch.log").read_text().splitlines()
+    initialised = [line for line in log if line.startswith("  initialised      from ")]
+    assert len(initialised) == 2  # the start lines and the end summary
+    assert all(f"{debug_run.name}/checkpoint/step-20 (weights only" in line for line in initialised)
+    assert (
+        f"  stages           pretrain steps 1-{STAGE_STEPS}, cooldown steps {STAGE_STEPS + 1}-{2 * STAGE_STEPS}" in log
+    )
+
+
 def test_stages_show_their_real_ends_and_tokens_per_source(continued_export):
     card = (continued_export / "README.md").read_text()
     stages = json.loads((continued_export / "tinytitan.json").read_text())["trained"]["stages"]
@@ -67,6 +77,7 @@ def test_the_sample_run_publishes_no_hub_datasets_no_license_guess_and_no_local_
         assert ABSOLUTE_PATH.search(text) is None, ABSOLUTE_PATH.search(text).group(0)
         assert "run.toml" not in text.split("```toml")[1].split("```")[0]  # the config block: no config_file
         assert "/tmp" not in text and str(Path.home()) not in text
+        assert 'files = "train/chunk*/*.jsonl.zst"' in text  # globs are not paths: left as they are
 
 
 def test_push_dry_run_lists_what_is_left_to_decide_and_push_states_the_choices(continued_export, tmp_path, capsys):
@@ -74,6 +85,7 @@ def test_push_dry_run_lists_what_is_left_to_decide_and_push_states_the_choices(c
 
     assert main(["push", str(continued_export), "--repo-id", "me/x", "--dry-run"]) == 0
     out = capsys.readouterr().out
+    assert (continued_export / ".tinytitan-local.json").is_file() and ".tinytitan-local.json" not in out  # not uploaded
     decide = out.split("still to decide before publishing:")[1]
     for what in ("license: not chosen", "data licenses: slimpajama, starcoderdata", "datasets:", "visibility: private"):
         assert what in decide, what

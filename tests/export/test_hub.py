@@ -193,3 +193,19 @@ def test_the_stand_in_rejects_a_call_hfapi_would_reject():
         FakeHub().create_repo("my-org/x", privat=True)
     with pytest.raises(TypeError):
         FakeHub().upload_folder(repo_id="my-org/x", folder_pth="x")
+
+
+def test_license_and_datasets_are_written_into_the_card_before_the_upload(folder, tmp_path):
+    import json
+    import shutil
+
+    copy = tmp_path / "export"
+    shutil.copytree(folder, copy)
+    client = FakeHub()
+    _push(copy, client, license="mit", datasets=["my-org/my-mix"])
+    front = (copy / "README.md").read_text().split("---")[1]
+    assert "license: mit" in front and "datasets:\n- my-org/my-mix" in front
+    assert json.loads((copy / "tinytitan.json").read_text())["license"] == "mit"
+    assert "upload_folder" in client.names()
+    with pytest.raises(TinytitanError, match="--dataset 'my-mix' is not a Hub dataset id"):
+        _push(copy, FakeHub(), datasets=["my-mix"])

@@ -143,9 +143,12 @@ def test_a_packed_batch_trains_like_its_documents_one_at_a_time():
 
 def test_document_masking_trains_through_the_launcher_on_cpu(tmp_path):
     dump = tmp_path / "run"
-    proc = launch([*small_run_overrides(dump, steps=3, interval=3), *MASK])
+    overrides = small_run_overrides(dump, steps=3, interval=3)
+    overrides[overrides.index("--lr_scheduler.warmup_steps") + 1] = "5"  # longer than the run: clamped, said once
+    proc = launch([*overrides, *MASK])
     said = proc.stdout + proc.stderr
     assert "flex attention as SDPA with the exact block_causal mask" in said
+    assert "warming up over all 3" in said and "(warmup 3)" in said and "Adjusting warmup" not in said
     losses = [row["loss"] for row in read_metrics(dump) if "loss" in row]
     assert len(losses) == 3 and all(0 < loss < 20 for loss in losses)
     assert (dump / "checkpoint" / "step-3").is_dir()

@@ -113,16 +113,17 @@ def test_export_without_a_config_states_what_was_trained(run, tmp_path, capsys):
     for row in ("| Training steps | 3 |", "| Training sequence length | 128 |", "| Training precision | float32 |",
                 "| Training data | slimpajama 70% (SlimPajama-627B), starcoderdata 30% (starcoderdata) |"):  # fmt: skip
         assert row in card
-    assert "seq_len = 128" in card and f'path = "{starcoder}"' in card and "steps = 3" in card
+    assert "seq_len = 128" in card and 'path = "…/starcoderdata"' in card and "steps = 3" in card  # no local path
+    assert str(starcoder) not in card and str(dump) not in card
     assert "seq_len = 2048" not in card and "steps = 300" not in card
     record = json.loads((out / "tinytitan.json").read_text())
-    assert record["seq_len"] == 128 and record["step"] == 3 and record["run_record"] == str(dump / "run.toml")
+    assert record["seq_len"] == 128 and record["step"] == 3 and record["run_record"] == "run.toml"
     trained = record["trained"]
     assert (trained["seq_len"], trained["steps"], trained["precision"]) == (128, 3, "float32")
     assert trained["ntokens_seen"] == 3 * 2 * 4 * 128
     assert [(d["name"], d["path"]) for d in trained["data"]] == [
-        ("slimpajama", str(REPO / "tinytitan" / "assets" / "sample" / "SlimPajama-627B")),
-        ("starcoderdata", str(starcoder)),
+        ("slimpajama", "tinytitan/assets/sample/SlimPajama-627B"),  # the package's own sample: the same everywhere
+        ("starcoderdata", "…/starcoderdata"),  # a path of the training machine: its last part only
     ]
     assert record["verification"]["seq_len"] == 128  # verified at the length it was trained at
 
@@ -165,3 +166,12 @@ def test_the_summary_adds_up_the_training_time_of_every_start(tmp_path):
     )
     single = read_outcome(RunFolder.of(job_config), 0)
     assert single.starts == 1 and single.training_s == 61.0
+
+
+def test_the_parent_checkpoint_is_recorded_as_an_absolute_path(tmp_path, monkeypatch):
+    from tinytitan.run.record import absolute_paths
+
+    (tmp_path / "parent" / "checkpoint" / "step-20").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    job = load_job_config(DEBUG_CONFIG, ["--checkpoint.initial_load_path", "parent/checkpoint/step-20"])
+    assert absolute_paths(job).checkpoint.initial_load_path == str(tmp_path / "parent" / "checkpoint" / "step-20")

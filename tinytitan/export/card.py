@@ -27,6 +27,7 @@ from tinytitan.export.published import (
 
 DEFAULT_SEQ_LEN = 2048  # torchtitan's training.seq_len: what verification runs at when the run is unknown
 TAGS = ("llama", "llama-3", "text-generation", "torchtitan", "tinytitan")
+LOCAL_RECORD = ".tinytitan-local.json"  # the training machine's paths: kept beside the export, never published
 
 
 def data_text(trained) -> str:

@@ -225,6 +225,10 @@ def export(
                 license=license,
             )
             (tmp / "tinytitan.json").write_text(record)
+            # This machine's paths, for `eval`/`generate --model` here; hidden, so `push` never uploads it.
+            local = {"run_record": str(trained.path.resolve()) if trained is not None and trained.recorded else None,
+                     "source": source.description}  # fmt: skip
+            (tmp / card.LOCAL_RECORD).write_text(json.dumps(local, indent=2) + "\n")
 
         write_card()
         if verify:

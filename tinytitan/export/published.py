@@ -20,7 +20,9 @@ from pathlib import Path, PurePosixPath
 from tinytitan.config import SOURCE_ROOT
 
 UNCHOSEN_LICENSE = "unknown"  # a license id the Hub knows: "not stated"
-_ABSOLUTE = re.compile(r"(?<![\w.:/~…-])(/[^\s'\"`,;|)\]}]+)")  # not inside a word, URL or shown path
+# An absolute path: "/" then a name, at a line's start or after a space, quote, backtick, bracket or "=" (not a
+# glob's "*/x", a URL's "://", a shortened "…/x" or a word's "a/b").
+_ABSOLUTE = re.compile(r"(?:^|(?<=[\s\"'`(\[=]))(/[\w.~-][^\s'\"`,;|)\]}]*)", re.M)
 
 
 def published_path(raw: str) -> str:

@@ -58,7 +58,7 @@ def one_line(text: str) -> str:
     """The first paragraph on one line; when long, its first sentence; still long, shortened with '…'."""
     words = " ".join(text.strip().split("\n\n")[0].split())
     if len(words) > MEANING_CHARS:
-        words = re.split(r"(?<=\.)\s+(?=[A-Z'`(])", words, maxsplit=1)[0]
+        words = re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=\.)\s+(?=[A-Z`(])", words, maxsplit=1)[0]  # a sentence's end
     if len(words) > MEANING_CHARS:
         words = words[: MEANING_CHARS - 1].rstrip() + "…"
     return words

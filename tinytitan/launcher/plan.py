@@ -48,7 +48,7 @@ def plan_lines(job_config, *, nproc: int, gpus: int, world_size: int) -> list[st
     if job_config.data.sources:
         spans = run_spans(job_config, world_size)
         if job_config.data.stages:
-            lines += [_row("stage" if i == 0 else "", line) for i, line in enumerate(describe_spans(spans, per_step))]
+            lines += [_row("stages" if i == 0 else "", line) for i, line in enumerate(describe_spans(spans, per_step))]
         else:
             weights = ", ".join(f"{name} {w:.3f}" for name, w in spans[0].weights.items() if w > 0)
             lines.append(_row("mixture", weights))

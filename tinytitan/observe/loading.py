@@ -171,13 +171,19 @@ def from_random_init(config=None, seed: int | None = None, device=None) -> Langu
 
 
 def export_record(folder: str | os.PathLike) -> dict:
-    """The export's ``tinytitan.json`` (step, tokens, what was trained); {} for a folder without one."""
+    """The export's ``tinytitan.json`` (step, tokens, what was trained); {} for a folder without one. Where the
+    export was made, its hidden local record (``.tinytitan-local.json``: the run record's path, never published)
+    fills in ``run_record``."""
+    from tinytitan.export.card import LOCAL_RECORD
     from tinytitan.export.static_checks import PROVENANCE_FILE
 
-    try:
-        return json.loads((Path(folder) / PROVENANCE_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    record: dict = {}
+    for name in (PROVENANCE_FILE, LOCAL_RECORD):
+        try:
+            record.update({k: v for k, v in json.loads((Path(folder) / name).read_text()).items() if v is not None})
+        except (OSError, json.JSONDecodeError, AttributeError):
+            continue
+    return record
 
 
 def from_hf(folder: str | os.PathLike, device=None, config: str | os.PathLike | None = None) -> LanguageModel:

@@ -93,8 +93,7 @@ class Run:
 
 
 def absolute_paths(job_config):
-    """Makes the config's local input paths (tokenizer, data, prepared shards, the checkpoint a continued run
-    starts from) and its dump folder absolute (Hub dataset ids stay as they are),
+    """Makes the config's local input paths (and initial_load_path) and its dump folder absolute (Hub ids stay),
     so a record read from another working directory names the same files. Returns ``job_config``."""
 
     def absolute(path: str) -> str:
