@@ -11,7 +11,9 @@ clip_grad_norm_, AdamW) on random tokens, in three variants alternated over ``--
   step; their cost per step in a run is that difference divided by stats_freq (100 by default).
 
 Each variant runs its steps with no synchronisation but its own, so a GPU's queue runs ahead as in
-a run. Then the decision alone is timed around it. Prints milliseconds per step (medians).
+a run. Then the decision and the layer statistics alone are timed around them (exact on CPU, where
+nothing runs ahead), and the decision's parts 200 times each. Prints milliseconds (medians). On a
+shared machine the three variants' spread is larger than the guard's cost: read the parts.
 
     python benchmarks/guard_cost.py                   # debug flavor, CPU (or the GPU if there is one)
     python benchmarks/guard_cost.py --flavor micro --steps 10 --seq-len 512
@@ -105,14 +107,33 @@ def main() -> None:
         results["guard"].append(loop(args.steps, True, False))
         results["guard + layer stats every step"].append(loop(args.steps, True, True))
     # the guard's work alone, timed around it (exact on CPU, where nothing runs ahead)
-    decide_ms = []
+    decide_ms, stats_ms = [], []
     for _ in range(args.steps):
         tokens = torch.randint(0, model_args.vocab_size, (args.batch, args.seq_len + 1), device=device)
         loss, norm = train_step(tokens)
         t1 = now()
-        decide(loss, norm)
-        decide_ms.append((now() - t1) * 1e3)
+        _, norm_value = decide(loss, norm)
+        t2 = now()
+        stats.before_update()
+        t3 = now()
         opt.step()
+        t4 = now()
+        stats.after_update(norm_value, 1.0)
+        decide_ms.append((t2 - t1) * 1e3)
+        stats_ms.append(((t3 - t2) + (now() - t4)) * 1e3)
+    # the decision's parts, repeated on the last step's numbers (no model work in between)
+    parts: dict[str, list[float]] = {"all-reduce of the loss": [], "host copy of (loss, norm)": [], "Judge.judge": []}
+    for _ in range(200):
+        t0 = now()
+        total = loss.detach().float().clone()
+        dist.all_reduce(total, group=group)
+        t1 = now()
+        values = torch.stack([total.reshape(()), norm.float().reshape(())]).tolist()
+        t2 = time.perf_counter()
+        judge.judge(values[0], values[1])
+        t3 = time.perf_counter()
+        for name, ms in zip(parts, ((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3), strict=True):
+            parts[name].append(ms)
     dist.destroy_process_group()
     med = {k: statistics.median(v) for k, v in results.items()}
     plain = med["plain"]
@@ -121,9 +142,12 @@ def main() -> None:
     for name, ms in med.items():
         print(f"  {name:<34} {ms:9.3f} ms/step  ({(ms - plain) / plain:+.2%} vs plain)")
     decide = statistics.median(decide_ms)
-    layer = med["guard + layer stats every step"] - med["guard"]
+    layer = statistics.median(stats_ms)
     print(f"  the guard's decision alone          {decide:9.3f} ms  ({decide / plain:.3%} of a step)")
-    print(f"  layer stats at stats_freq {args.stats_freq:<5}    {layer / args.stats_freq:9.4f} ms/step on average")
+    for name, ms in parts.items():
+        print(f"    {name:<32} {statistics.median(ms):9.4f} ms")
+    print(f"  layer stats alone, one stats step   {layer:9.3f} ms  ({layer / plain:.3%} of a step; at stats_freq "
+          f"{args.stats_freq}: {layer / args.stats_freq:.4f} ms/step on average)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -178,3 +178,17 @@ def test_step_events_round_trip_with_non_finite_values_and_unknown_kinds(tmp_pat
     assert log.events[0].loss is None and log.events[0].grad_norm == 2.0
     assert log.counts == {"skipped": 1, "averaged": 1} and log.events[1].extra == {"decay": 0.99}
     assert StepLog(log.events).summary() == "1 step skipped (3)"
+
+
+def test_tensorboard_and_the_card_say_what_the_guard_did(faulty):
+    from tinytitan.export.card import health_text
+    from tinytitan.observe.events import read_scalars
+    from tinytitan.run_record import read_trained_run
+
+    scalars = read_scalars(faulty)
+    assert [s for s, _ in scalars["guard/skipped"]] == [3, 6, 9, 10]
+    assert scalars["guard/rollbacks"] == [(10, 1.0)]
+    assert "health/update_ratio/layers.0" in scalars
+    trained = read_trained_run(faulty / "checkpoint" / "step-12")
+    assert health_text(trained, 12).startswith("4 steps skipped (3, 6, 9, 10); 1 rollback (at step 10 to step-8")
+    assert health_text(trained, 5) == "1 step skipped (3)"  # an export of an earlier step: its events only
