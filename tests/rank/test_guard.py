@@ -183,7 +183,7 @@ def test_step_events_round_trip_with_non_finite_values_and_unknown_kinds(tmp_pat
 def test_tensorboard_and_the_card_say_what_the_guard_did(faulty):
     from tinytitan.export.card import health_text
     from tinytitan.observe.events import read_scalars
-    from tinytitan.run_record import read_trained_run
+    from tinytitan.run.record import read_trained_run
 
     scalars = read_scalars(faulty)
     assert [s for s, _ in scalars["guard/skipped"]] == [3, 6, 9, 10]

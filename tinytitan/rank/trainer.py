@@ -277,7 +277,7 @@ class TinyTrainer(Trainer):
         if self.step == 1:
             self.agreement.set_timeout(self.job_config.comm.train_timeout_seconds)
         if self.guard is not None and self.guard.last.diverged:
-            self.heartbeat.enter("checkpoint")  # loading one: an unwatched phase (tinytitan.faults)
+            self.heartbeat.enter("checkpoint")  # loading one: an unwatched phase (tinytitan.run.faults)
             self.rollback.roll_back()  # or raises a TinytitanError: the run stops
         if rank == 0 and self.keep_latest_k > 0 and self.checkpointer.enable:
             finished = {p for _, p in saved_step_folders(self.checkpointer.folder)}
