@@ -67,10 +67,13 @@ def work_per_step() -> tuple[float, float]:
     """Seconds of the main thread's heartbeat work in one step, and of one file write (the writer thread's)."""
     sys.path.insert(0, str(REPO))
     from tinytitan.rank.heartbeat import HeartbeatWriter
+    from tinytitan.run.folder import RunFolder
 
     phases = ["forward/backward", "forward/backward", "optimizer", "checkpoint", "step end", "data", "data"]
     with tempfile.TemporaryDirectory() as tmp:
-        writer = HeartbeatWriter(tmp, 0, interval_s=3600)  # the thread stays asleep: this thread times the work
+        writer = HeartbeatWriter(
+            RunFolder.at(tmp), 0, interval_s=3600
+        )  # the thread stays asleep: this thread times the work
         steps = 100_000
         start = time.perf_counter()
         for step in range(steps):

@@ -76,15 +76,10 @@ def stages_run(debug_run, tmp_path_factory):
     return built_once(tmp_path_factory, "stages_run", build)
 
 
-# The longest test files first (several minutes of training each), so that pytest-xdist's two
-# workers finish together rather than one running the last long file alone.
-LONGEST_FIRST = ("test_faults.py", "test_stages.py", "test_real_vocab.py", "test_slurm.py", "test_train.py", "test_sweep.py",
-                 "test_multinode.py", "test_in_loop.py", "test_completeness.py")  # fmt: skip
-
-
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+    """Tests marked ``slow`` (files of several minutes of training) first, so that pytest-xdist's two
+    workers finish together rather than one running the last long file alone."""
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: the rest keep their order
     if torch.cuda.is_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")

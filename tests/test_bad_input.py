@@ -192,25 +192,26 @@ def test_data_prepare_onto_a_full_disk_names_the_folder_and_the_size_and_leaves_
 def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
     from tinytitan.errors import TinytitanError
     from tinytitan.launcher.run_folder import RunLock, takes_lock
+    from tinytitan.run.folder import RunFolder
 
     assert takes_lock({}) and takes_lock({"NNODES": "1"}) and takes_lock({"NNODES": "4", "NODE_RANK": "0"})
     assert not takes_lock({"NNODES": "4", "NODE_RANK": "1"}) and not takes_lock({"NNODES": "4"})  # who is node 0?
-    with RunLock(tmp_path / "run"):
+    with RunLock(RunFolder.at(tmp_path / "run")):
         held = rf"^run folder {tmp_path / 'run'} is in use by another training \(launcher pid {os.getpid()} on host "
         with pytest.raises(TinytitanError, match=held + rf"{socket.gethostname()}, since "):
-            RunLock(tmp_path / "run").acquire()
-    with RunLock(tmp_path / "run"):  # freed on exit
+            RunLock(RunFolder.at(tmp_path / "run")).acquire()
+    with RunLock(RunFolder.at(tmp_path / "run")):  # freed on exit
         pass
     # A holder killed with SIGKILL (a lost node, a requeued job) frees it too: flock belongs to the open file.
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tinytitan.launcher.run_folder import "
-                               "RunLock; RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(600)",
+                               "RunLock; from tinytitan.run.folder import RunFolder; RunLock(RunFolder.at(sys.argv[1])).acquire(); print('held', flush=True); time.sleep(600)",
                                str(tmp_path / "run")], cwd=REPO, stdout=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert holder.stdout.readline() == "held\n"
         with pytest.raises(TinytitanError, match=rf"\(launcher pid {holder.pid} on host "):
-            RunLock(tmp_path / "run").acquire()
+            RunLock(RunFolder.at(tmp_path / "run")).acquire()
     finally:
         holder.kill()
         holder.wait()
-    with RunLock(tmp_path / "run"):
+    with RunLock(RunFolder.at(tmp_path / "run")):
         pass

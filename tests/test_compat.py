@@ -93,6 +93,70 @@ def test_a_missing_private_name_is_one_line_naming_it():
         compat.checkpoint_due(object.__new__(type("CheckpointManager", (), {})), 1, last_step=False)
 
 
+def test_rope_table_is_torchtitans_buffer_for_the_args_sequence_length():
+    import torch
+
+    from tinytitan.models import build_torchtitan, flavor_args
+
+    args = flavor_args("debug")
+    with torch.device("meta"):
+        from torchtitan.models.llama3 import Transformer
+
+        shapes = {k: v.shape for k, v in Transformer(args).state_dict().items()}
+    state = {k: torch.zeros(shape) for k, shape in shapes.items()}
+    model = build_torchtitan(args, state, seq_len=64)
+    assert model.freqs_cis.shape == (64, args.dim // args.n_heads // 2) and model.freqs_cis.device.type == "cpu"
+    assert torch.equal(model.freqs_cis, compat.rope_table(model)) and not model.training
+
+
+def test_the_chunked_loss_forward_repeats_torchtitans_forward_as_pinned():
+    """``tinytitan.rank.loss.TinyTransformer.forward`` repeats the body of torchtitan's ``Transformer.forward``
+    (embeddings, every layer with the RoPE table, norm, output) to pass the labels to the output. When
+    torchtitan's forward changes, this fails: read the new one, update TinyTransformer.forward, then the hash."""
+    import hashlib
+
+    from torchtitan.models.llama3 import Transformer
+
+    digest = hashlib.sha256(inspect.getsource(Transformer.forward).encode()).hexdigest()[:16]
+    assert digest == "a15303758b1654b1", "torchtitan's Transformer.forward changed: update TinyTransformer.forward"
+
+
+def test_no_private_torchtitan_name_outside_compat():
+    """A private torchtitan name (``_x``, defined by torchtitan) used by a tinytitan module other than compat.py:
+    an attribute read or write on anything but our own ``self``, or an import."""
+    import ast
+    from pathlib import Path
+
+    import torchtitan
+
+    from tests.helpers import REPO
+
+    private = set()
+    for path in Path(torchtitan.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                private.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                private.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                private.add(node.id)
+    private = {n for n in private if n.startswith("_") and not n.startswith("__")}
+    assert "_create_checkpoint_id" in private  # the scan sees what compat reaches
+    found = []
+    for path in (REPO / "tinytitan").rglob("*.py"):
+        if path.name == "compat.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in private:
+                if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno} {ast.unparse(node)}")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("torchtitan"):
+                found += [
+                    f"{path.relative_to(REPO)}:{node.lineno} import {a.name}" for a in node.names if a.name in private
+                ]
+    assert not found, "private torchtitan names outside tinytitan/compat.py: " + "; ".join(found)
+
+
 def test_foreach_lerp_moves_each_tensor_toward_its_end_in_place():
     import torch
 

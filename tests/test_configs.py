@@ -8,6 +8,7 @@ import pytest
 from tests.helpers import REPO
 from tinytitan.config import CONFIG_DIR, find_config, load_job_config
 from tinytitan.errors import TinytitanError
+from tinytitan.job_config import validate_job_config
 from tinytitan.models import FLAVORS
 
 CONFIGS = sorted((REPO / "train_configs").glob("*.toml"))
@@ -22,8 +23,10 @@ def test_there_are_configs_for_every_flavor_and_the_stage_recipes():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_config_parses_with_tinytitan_sections(path):
+def test_config_parses_with_tinytitan_sections_and_passes_every_check(path):
+    """The one place that validates the shipped configs (every section's ``validate()``, 8 ranks)."""
     cfg = parse(path)
+    validate_job_config(cfg, world_size=8)
     assert cfg.model.name == "tinytitan" and cfg.model.flavor in FLAVORS
     assert cfg.job.custom_config_module == "tinytitan.job_config"
     assert cfg.experimental.custom_import == "tinytitan.register"
@@ -74,7 +77,9 @@ def test_debug_config_passes_the_start_checks():
     from tinytitan.config import load_job_config
     from tinytitan.launcher.preflight import preflight
 
-    preflight(load_job_config(REPO / "train_configs/llama3_debug.toml"), world_size=2, gpus=0, torch_version="2.13.0")
+    cfg = load_job_config(REPO / "train_configs/llama3_debug.toml")
+    files = preflight(cfg, world_size=2, gpus=0, torch_version="2.13.0")
+    assert sorted(files) == sorted(s.name for s in cfg.data.sources) and all(files.values())
 
 
 def test_the_checkouts_train_configs_is_the_packages():

@@ -12,9 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import DEBUG_CONFIG, REPO, N, descendants, launch, read_metrics, small_run_overrides, train_losses
 from tinytitan.checkpoint.completeness import folder_problem, newest_complete, step_folders
-from tinytitan.faults import PREEMPTED_EXIT_CODE
+from tinytitan.run.faults import PREEMPTED_EXIT_CODE
+
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
 
 
 def start(overrides: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:

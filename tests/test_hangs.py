@@ -10,12 +10,13 @@ import time
 
 import pytest
 
-from tinytitan import faults
 from tinytitan.errors import TinytitanError
-from tinytitan.faults import ErrorNote, Heartbeat, PreemptedNote, RankNote
 from tinytitan.job_config import Hang
 from tinytitan.launcher.hangs import HangReport, Progress, Watch, behind
 from tinytitan.launcher.rank_output import SHORTENED, RankOutput
+from tinytitan.run import faults
+from tinytitan.run.faults import ErrorNote, Heartbeat, PreemptedNote, RankNote
+from tinytitan.run.folder import RunFolder
 
 # A victim's traceback as torchrun's tee and torch.distributed's excepthook print it (gloo, CPU).
 VICTIM = """\
@@ -44,13 +45,13 @@ def beat(rank: int, step: int, phase: str, pid: int | None = None, first_step: i
 
 
 def watch(tmp_path, world_size: int = 2, stall: float = 10) -> Watch:
-    return Watch(dump_folder=tmp_path, checkpoints=None, world_size=world_size, stall_seconds=stall,
+    return Watch(run=RunFolder.at(tmp_path), checkpoints=None, world_size=world_size, stall_seconds=stall,
                  all_stalled_seconds=3 * stall, quiet_seconds=stall / 2, interval_s=1)  # fmt: skip
 
 
 def write(tmp_path, *beats: Heartbeat) -> None:
     for b in beats:
-        path = faults.heartbeat_path(tmp_path, b.rank)
+        path = RunFolder.at(tmp_path).heartbeat(b.rank)
         path.parent.mkdir(parents=True, exist_ok=True)
         faults.write_heartbeat(path, b)
 
@@ -72,7 +73,7 @@ def test_notes_are_read_back_typed_and_malformed_ones_are_skipped(tmp_path, monk
 def test_a_heartbeat_round_trips_and_another_version_is_ignored(tmp_path):
     b = beat(3, 12, "optimizer")
     write(tmp_path, b)
-    path = faults.heartbeat_path(tmp_path, 3)
+    path = RunFolder.at(tmp_path).heartbeat(3)
     assert path == tmp_path / ".tinytitan" / "heartbeats" / "rank-3.json"
     assert faults.read_heartbeat(path) == b
     faults.write_heartbeat(path, dataclasses.replace(b, version=99))

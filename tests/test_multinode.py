@@ -14,7 +14,11 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from tests.helpers import DEBUG_CONFIG, REPO, N, small_run_overrides, train_losses
+
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
 
 
 def free_port() -> int:

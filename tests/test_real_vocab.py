@@ -13,6 +13,8 @@ from tinytitan.cli import main
 from tinytitan.data.encode import Encoder
 from tinytitan.tokenizer import EMBEDDED_TOKENIZER, load_tokenizer
 
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
+
 TEXT = "def greet(name):\n    return f'Hello, {name}!'  # 3 spaces   and unicode: café 東京"
 
 

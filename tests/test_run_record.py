@@ -17,7 +17,7 @@ import pytest
 from tests.helpers import DEBUG_CONFIG, REPO, launch, read_metrics, small_run_overrides
 from tinytitan.cli import main
 from tinytitan.config import load_job_config
-from tinytitan.run_record import flatten
+from tinytitan.run.record import flatten
 
 CPU_CHANGES = {"optimizer.implementation", "comm.trace_buf_size"}  # the CPU layer's, logged by each rank
 

@@ -10,6 +10,8 @@ import pytest
 from tests.helpers import DEBUG_CONFIG, REPO, N, read_metrics, small_run_overrides, train_losses
 from tests.slurm_cluster import Cluster, ensure_installed
 
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
+
 SCRIPT = REPO / "util" / "slurm_multinode.sbatch"
 CPU_NODES = ["--gpus-per-node=0", "--cpus-per-task=1"]  # the script asks for 8 GPUs per node
 

@@ -19,6 +19,8 @@ import torch
 from tests.helpers import REPO, STAGE_STEPS, STAGES_CONFIG, launch, read_metrics, stages_run_overrides, train_losses
 from tinytitan.errors import TinytitanError
 
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
+
 SAMPLE = REPO / "tinytitan" / "assets" / "sample"
 WEIGHTS = {
     "pretrain": {"slimpajama": 0.7, "starcoderdata": 0.3, "pydocs": 0.0},

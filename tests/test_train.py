@@ -3,9 +3,12 @@ killed while it was writing a checkpoint. (Exact resume after SIGKILL: tests/tes
 
 from __future__ import annotations
 
+import pytest
 from torch.distributed.checkpoint import FileSystemReader
 
 from tests.helpers import N, launch, small_run_overrides, train_losses
+
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
 
 
 def test_every_checkpoint_holds_the_full_training_state(uninterrupted):

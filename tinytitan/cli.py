@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("tinytitan.data.cli", "prepare token shards, benchmark the data loader"),
     "checkpoint": ("tinytitan.checkpoint.cli", "inspect or upgrade DCP checkpoints"),
     "export": ("tinytitan.export.cli", "convert a checkpoint to Hugging Face / Meta format, verified"),
-    "push": ("tinytitan.hub", "upload an export to a private Hub repo and collection"),
+    "push": ("tinytitan.export.push", "upload an export to a private Hub repo and collection"),
     "plot": ("tinytitan.observe.plot", "draw loss, learning rate and throughput curves as PNG"),
     "eval": (
         "tinytitan.observe.evaluate",

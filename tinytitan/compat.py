@@ -64,6 +64,43 @@ def full_training_state(checkpointer) -> dict[str, Any]:
     return _private(checkpointer, "_flattened_model_states_sd")()
 
 
+# ---------------------------------------------------------------- the device torchtitan runs on
+# torchtitan picks "cuda" at import (torchtitan.tools.utils.device_type / device_module) and each module
+# copies the two names when it is imported: the CPU mode rewrites them in every torchtitan module.
+
+
+def retarget_torchtitan_device(device_type: str, device_module) -> None:
+    """Points torchtitan's module globals ``device_type`` / ``device_module`` (copied into each module at
+    import) at ``device_type`` and ``device_module`` instead of CUDA."""
+    import sys
+
+    import torch
+    import torchtitan.tools.utils as tt_utils
+
+    tt_utils.device_type, tt_utils.device_module = device_type, device_module
+    for name, module in list(sys.modules.items()):
+        if name.startswith("torchtitan") and module is not None:
+            if getattr(module, "device_type", None) == "cuda":
+                module.device_type = device_type
+            if getattr(module, "device_module", None) is torch.cuda:
+                module.device_module = device_module
+
+
+def wrap_method(owner, name: str, wrapper) -> None:
+    """Replaces ``owner.name`` (a bound method of a torchtitan part, e.g. the checkpointer's ``save``) with
+    ``wrapper(original)`` on that one object: torchtitan calls these parts directly, with no hook between."""
+    setattr(owner, name, wrapper(getattr(owner, name)))
+
+
+# ---------------------------------------------------------------- Transformer
+
+
+def rope_table(model):
+    """The RoPE table (``freqs_cis``) of a torchtitan llama3 ``Transformer``, computed by its own method: the
+    buffer is non-persistent, so a model loaded from a checkpoint on the meta device must recompute it."""
+    return _private(model, "_precompute_freqs_cis")()
+
+
 # ---------------------------------------------------------------- torch.distributed
 
 

@@ -35,7 +35,6 @@ from pathlib import Path
 from tinytitan.errors import TinytitanError
 
 CONFIG_MODULE = "tinytitan.job_config"
-METRICS_FILE = "metrics.jsonl"  # in the run folder: one JSON row per logged step (rank 0)
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The folder that holds the package: the checkout, or site-packages when installed from a wheel.
 SOURCE_ROOT = PACKAGE_DIR.parent

@@ -18,7 +18,9 @@ from typing import Literal
 
 from tinytitan.data.config import Data
 from tinytitan.errors import TinytitanError
-from tinytitan.run_record import Run
+from tinytitan.run.record import Run
+
+FLOAT8_CONVERTER = "quantize.linear.float8"
 
 
 @dataclass
@@ -31,6 +33,20 @@ class Model:
     attn_mask_type: Literal["causal", "block_causal"] = "causal"
     """'causal': a token attends to every earlier token of its window; 'block_causal' (document masking, as
     Llama 3 trained): only to earlier tokens of its own packed document, split at the tokenizer's EOS"""
+
+    def validate(self) -> None:
+        """Pure. torchtitan merges this class's fields into its own ``[model]`` dataclass (without its methods),
+        so it is called as ``Model.validate(job_config.model)``."""
+        attn, mask = getattr(self, "attn_type", "sdpa"), getattr(self, "attn_mask_type", "causal")
+        if attn == "sdpa" and mask != "causal":
+            raise TinytitanError(
+                f"[model] attn_mask_type = {mask!r} needs attn_type = 'flex' (or 'varlen' on a GPU); "
+                "torch's SDPA kernel masks causally only"
+            )
+        if attn == "varlen" and mask != "block_causal":
+            raise TinytitanError(
+                "[model] attn_type = 'varlen' packs documents: set attn_mask_type = 'block_causal' (or use 'sdpa')"
+            )
 
 
 @dataclass
@@ -51,8 +67,8 @@ class Eval:
     """requests per forward pass on each rank"""
 
     def task_settings(self):
-        """What lm-eval runs (``tinytitan.observe.task_eval.TaskSettings``); its checks name the [eval] key."""
-        from tinytitan.observe.task_eval import TaskSettings
+        """What lm-eval runs (``tinytitan.lm_tasks.TaskSettings``); its checks name the [eval] key."""
+        from tinytitan.lm_tasks import TaskSettings
 
         try:
             return TaskSettings(list(self.tasks), self.include_path or None, self.limit or None,
@@ -78,6 +94,25 @@ class Loss:
     torchtitan's cross-entropy"""
     chunk_tokens: int = 8192
     """tokens per chunk with kind = "chunked"; one chunk holds [chunk_tokens x vocab] logits and gradients"""
+
+    def validate(self, parallelism, converters: list[str], float8_filter_fqns: list[str]) -> None:
+        """Pure: [loss], and what the chunked loss cannot run with (``tinytitan.rank.loss``)."""
+        if self.chunk_tokens < 1:
+            raise TinytitanError(f"[loss] chunk_tokens = {self.chunk_tokens} must be at least 1 (e.g. 8192)")
+        if self.kind != "chunked":
+            return
+        for name in ("pipeline_parallel_degree", "tensor_parallel_degree", "context_parallel_degree"):
+            degree = getattr(parallelism, name)
+            if degree > 1:
+                raise TinytitanError(
+                    f'[loss] kind = "chunked" supports FSDP only, not [parallelism] {name} = {degree}: '
+                    'use [loss] kind = "plain" with it'
+                )
+        if FLOAT8_CONVERTER in converters and "output" not in float8_filter_fqns:
+            raise TinytitanError(
+                '[loss] kind = "chunked" keeps the output projection in bf16: add "output" to '
+                '[quantize.linear.float8] filter_fqns, or use [loss] kind = "plain"'
+            )
 
 
 @dataclass
@@ -199,7 +234,7 @@ def validate_job_config(job_config, world_size: int | None = None) -> None:
             f"[checkpoint] initial_load_path = {ckpt.initial_load_path!r} but enable = false, and torchtitan loads "
             "nothing when checkpointing is off: set [checkpoint] enable = true"
         )
-    _check_attention(model)
+    Model.validate(model)
     val = job_config.validation
     if val.enable:
         _require(val.freq >= 1, "validation.freq", val.freq, "validate every N >= 1 steps")
@@ -241,45 +276,8 @@ def validate_job_config(job_config, world_size: int | None = None) -> None:
             )
 
 
-FLOAT8_CONVERTER = "quantize.linear.float8"
-
-
 def validate_loss(job_config) -> None:
-    """``[loss]`` and what the chunked loss cannot run with (``tinytitan.rank.loss``)."""
-    loss = job_config.loss
-    if loss.chunk_tokens < 1:
-        raise TinytitanError(f"[loss] chunk_tokens = {loss.chunk_tokens} must be at least 1 (e.g. 8192)")
-    if loss.kind != "chunked":
-        return
-    p = job_config.parallelism
-    for name, degree in (
-        ("pipeline_parallel_degree", p.pipeline_parallel_degree),
-        ("tensor_parallel_degree", p.tensor_parallel_degree),
-        ("context_parallel_degree", p.context_parallel_degree),
-    ):
-        if degree > 1:
-            raise TinytitanError(
-                f'[loss] kind = "chunked" supports FSDP only, not [parallelism] {name} = {degree}: '
-                'use [loss] kind = "plain" with it'
-            )
-    if (
-        FLOAT8_CONVERTER in job_config.model.converters
-        and "output" not in job_config.quantize.linear.float8.filter_fqns
-    ):
-        raise TinytitanError(
-            '[loss] kind = "chunked" keeps the output projection in bf16: add "output" to '
-            '[quantize.linear.float8] filter_fqns, or use [loss] kind = "plain"'
-        )
-
-
-def _check_attention(model) -> None:
-    attn, mask = getattr(model, "attn_type", "sdpa"), getattr(model, "attn_mask_type", "causal")
-    if attn == "sdpa" and mask != "causal":
-        raise TinytitanError(
-            f"[model] attn_mask_type = {mask!r} needs attn_type = 'flex' (or 'varlen' on a GPU); "
-            "torch's SDPA kernel masks causally only"
-        )
-    if attn == "varlen" and mask != "block_causal":
-        raise TinytitanError(
-            "[model] attn_type = 'varlen' packs documents: set attn_mask_type = 'block_causal' (or use 'sdpa')"
-        )
+    """``[loss]`` of a full JobConfig (``Loss.validate`` with the sections it depends on)."""
+    job_config.loss.validate(
+        job_config.parallelism, job_config.model.converters, job_config.quantize.linear.float8.filter_fqns
+    )

@@ -146,3 +146,23 @@ def run(args) -> int:
     for row in (header, *rows):
         print("  ".join(str(v).rjust(w) for v, w in zip(row, widths, strict=True)))
     return 0
+
+
+def build_torchtitan(args: TransformerModelArgs, state: dict, seq_len: int | None = None):
+    """torchtitan's Llama 3 ``Transformer`` holding ``state`` (assigned, not copied), with its RoPE table for
+    ``seq_len`` (default ``args.max_seq_len``), in eval mode: the one model builder of eval, generate and export.
+
+    The RoPE table is a non-persistent buffer (never in a checkpoint): torchtitan's own method computes it.
+    """
+    import torch
+    from torchtitan.models.llama3 import Transformer
+
+    from tinytitan.compat import rope_table
+
+    if seq_len is not None:
+        args = dataclasses.replace(args, max_seq_len=seq_len)
+    with torch.device("meta"):
+        model = Transformer(args)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.freqs_cis = rope_table(model)
+    return model.eval()

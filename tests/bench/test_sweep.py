@@ -9,9 +9,13 @@ import subprocess
 import sys
 from argparse import Namespace
 
+import pytest
+
 from tests.helpers import REPO
 from tinytitan.bench import sweep
 from tinytitan.bench.run import Machine, Settings, make_schedule
+
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
 
 
 class ScriptedRunner(sweep.Runner):

@@ -30,16 +30,15 @@ def load_everything(step_dir: Path) -> dict:
 def write_old_layout(step_dir: Path, out: Path, *, seq_len: int = 256, model_only: bool = False) -> dict:
     """Writes ``out`` in the older layout; returns the model tensors it wrote (flat names)."""
     import torch.distributed.checkpoint as dcp
-    from torchtitan.models.llama3.model.model import precompute_freqs_cis
 
     from tinytitan.checkpoint.flavors import fitting_flavor
-    from tinytitan.models import flavor_args
+    from tinytitan.models import build_torchtitan, flavor_args
 
     state = load_everything(step_dir)
     roots = ("optimizer", "lr_scheduler", "dataloader", "train_state")
     model = {k: v for k, v in state.items() if k not in roots}
     args = flavor_args(fitting_flavor({k: tuple(v.shape) for k, v in model.items()}))
-    freqs = precompute_freqs_cis(args.dim // args.n_heads, seq_len, args.rope_theta, args.rope_scaling_args)
+    freqs = build_torchtitan(args, dict(model), seq_len).freqs_cis  # torchtitan's own RoPE table for seq_len
     old = {"model": {**model, "freqs_cis": freqs}}
     if not model_only:
         old.update({k: state[k] for k in roots if k in state})

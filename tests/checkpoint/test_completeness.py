@@ -13,6 +13,8 @@ from tests.helpers import N, launch, small_run_overrides
 from tinytitan.checkpoint.completeness import folder_problem, purge_checkpoints, step_folders
 from tinytitan.checkpoint.inspect import inspect_checkpoint, list_steps
 
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
+
 
 def partial_copy(src: Path, dst: Path) -> Path:
     """What a save killed before .metadata leaves: the tensor files only."""

@@ -11,7 +11,9 @@ from tinytitan.errors import TinytitanError
 
 
 def test_the_fixture_corpus_passes(corpus):
-    check_data(job_config(corpus))
+    files = check_data(job_config(corpus))
+    assert sorted(files) == sorted(s["name"] for s in sources(corpus))
+    assert all(files.values()), files  # every source lists its files
 
 
 @pytest.mark.parametrize("source,field,shown", [(0, "body", "meta"), (1, "text", "content")])
@@ -26,7 +28,7 @@ def test_a_text_field_missing_from_the_records_names_the_fields_it_has(corpus, s
 def test_a_nested_text_field_is_found(corpus):
     srcs = sources(corpus)[:1]
     srcs[0]["text_field"] = "meta.redpajama_set_name"  # a string inside a dict: a valid dotted path
-    check_data(job_config(corpus, source_list=srcs))
+    assert check_data(job_config(corpus, source_list=srcs))[srcs[0]["name"]]
 
 
 def test_a_source_none_of_whose_files_opens_is_refused(tmp_path):
@@ -41,7 +43,8 @@ def test_an_unreadable_first_file_is_skipped(tmp_path):
     corpus = make_corpus(tmp_path)  # changed below: not the shared session corpus
     first = sorted(corpus.starcoderdata.rglob("*.parquet"))[0]
     first.write_bytes(b"garbage")
-    check_data(job_config(corpus))  # the next file opens: the readers skip the bad one
+    files = check_data(job_config(corpus))  # the next file opens: the readers skip the bad one
+    assert str(first.relative_to(corpus.starcoderdata)) in files["starcoderdata"]  # listed, skipped when read
 
 
 def test_the_launcher_refuses_a_wrong_text_field_in_one_line(tmp_path):

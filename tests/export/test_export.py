@@ -14,8 +14,8 @@ from tokenizers import Tokenizer
 from tests.helpers import DEBUG_CONFIG, REPO, read_metrics
 from tinytitan.checkpoint.reader import open_checkpoint
 from tinytitan.cli import main
-from tinytitan.export.parity import build_torchtitan, greedy_torchtitan, random_ids
-from tinytitan.models import flavor_args
+from tinytitan.export.parity import greedy_torchtitan, random_ids
+from tinytitan.models import build_torchtitan, flavor_args
 
 SEQ_LEN = 256  # training.seq_len of the debug config
 TOKENIZER = REPO / "tinytitan" / "assets" / "tokenizer"

@@ -11,6 +11,8 @@ from tinytitan.cli import main
 from tinytitan.observe.events import read_scalars
 from tinytitan.observe.harness import SAMPLE_TASK
 
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
+
 STEPS = 2 * N  # the `uninterrupted` fixture's run, the same but for [eval]
 EVAL = ["--eval.tasks", SAMPLE_TASK, "--eval.freq", str(N), "--eval.limit", "6", "--eval.batch_size", "4"]
 

@@ -34,13 +34,13 @@ from pathlib import Path
 from tinytitan.bench.profile import TRACE_FOLDER, profile_overrides, read_profile
 from tinytitan.config import SOURCE_ROOT, shipped_configs
 from tinytitan.errors import TinytitanError
+from tinytitan.job_config import FLOAT8_CONVERTER
 
 # On the benchmarked processes' PYTHONPATH: they import this tinytitan, from a checkout or an installed wheel.
 IMPORT_ROOT = SOURCE_ROOT
 AC_MODES = ("none", "selective", "full")
 LOSS_KINDS = ("plain", "chunked")  # [loss] kind (tinytitan.rank.loss)
 RESHARD_POLICIES = ("default", "always", "never")
-FLOAT8_CONVERTER = "quantize.linear.float8"
 PROFILE_EXTRA_STEPS = 2  # the profiler's warm-up step and the profiled step, after the measured ones
 
 # Dense bf16 tensor-core peaks (no sparsity), FLOP/s, from NVIDIA's data sheets.
@@ -300,9 +300,9 @@ def run_once(
         return {**record, "status": "timeout", "error": f"no result within {timeout_s:.0f}s"}
     if returncode != 0:
         return {**record, "status": failure_status(log_text), "error": last_error_line(log_text)}
-    from tinytitan.config import METRICS_FILE
+    from tinytitan.run.folder import RunFolder
 
-    rows = [json.loads(line) for line in (dump / METRICS_FILE).read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in RunFolder.at(dump).metrics.read_text().splitlines() if line.strip()]
     record = {**record, "status": "ok", **summarize_rows(rows, s, schedule, machine)}
     if profile:
         record["profile"] = read_profile(dump)

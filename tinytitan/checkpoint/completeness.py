@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import shutil
 from pathlib import Path
 
 from tinytitan.errors import TinytitanError
 from tinytitan.folders import free_bytes
+from tinytitan.run.folder import STEP_DIR
 
-STEP_DIR = re.compile(r"^step-(\d+)$")
 METADATA = ".metadata"
 
 

@@ -48,7 +48,7 @@ def data_state(ckpt) -> dict | None:
 
 def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -> dict:
     """A JSON-ready description; the keys are those ``--json`` prints."""
-    from tinytitan.run_record import read_trained_run
+    from tinytitan.run.record import read_trained_run
 
     ckpt = open_checkpoint(path, step, check=False)  # a truncated one is reported, not refused
     stats = checkpoint_stats(ckpt)

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-from tinytitan.checkpoint.completeness import METADATA, STEP_DIR, folder_problem, saved_step_folders
+from tinytitan.checkpoint.completeness import METADATA, folder_problem, saved_step_folders
 from tinytitan.errors import TinytitanError
+from tinytitan.run.folder import step_of
 
 MODEL_PREFIX = "model."
 FREQS_CIS = "freqs_cis"
@@ -93,11 +94,7 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
             f"checkpoint {path} does not exist: pass a step folder such as outputs/debug/checkpoint/step-20"
         )
     if (path / METADATA).is_file():
-        if (
-            step not in (None, "latest")
-            and STEP_DIR.match(path.name)
-            and int(STEP_DIR.match(path.name).group(1)) != int(step)
-        ):
+        if step not in (None, "latest") and step_of(path) not in (None, int(step)):
             raise TinytitanError(f"{path} is the checkpoint of one step; --step {step} applies to a checkpoint folder")
         return path
     steps = dict(saved_step_folders(path) or saved_step_folders(path / "checkpoint"))
@@ -202,8 +199,8 @@ class Checkpoint:
         for k in ("step", "ntokens_seen"):
             v = self.read_value(f"train_state.{k}")
             out[k] = int(v.item() if isinstance(v, torch.Tensor) else v) if v is not None else None
-        if out["step"] is None and STEP_DIR.match(self.path.name):
-            out["step"] = int(STEP_DIR.match(self.path.name).group(1))
+        if out["step"] is None:
+            out["step"] = step_of(self.path)
         return out
 
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinytitan.config import METRICS_FILE
+from tinytitan.run.folder import RunFolder
 
 
 @dataclass
@@ -53,6 +53,6 @@ def read_metrics_at(metrics_path: Path, step: int | None) -> dict:
 def checkpoint_stats(checkpoint) -> RunStats:
     """Step and tokens from the checkpoint, loss and global tokens from ``<dump>/metrics.jsonl`` next to it."""
     state = checkpoint.train_state()
-    dump = checkpoint.path.parent.parent  # <dump>/checkpoint/step-N
-    logged = read_metrics_at(dump / METRICS_FILE, state["step"])
+    run = RunFolder.at(checkpoint.path.parent.parent)  # <dump>/checkpoint/step-N
+    logged = read_metrics_at(run.metrics, state["step"])
     return RunStats(step=state["step"], ntokens_per_rank=state["ntokens_seen"], **logged)

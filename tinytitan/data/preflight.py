@@ -158,10 +158,11 @@ def check_against_readers(job_config, data: Data, files: dict[str, list[str]], w
         _check_documents(source, files[source.name], readers)
 
 
-def check_data(job_config, world_size: int | None = None) -> None:
+def check_data(job_config, world_size: int | None = None) -> dict[str, list[str]]:
     """Fails fast with one clear TinytitanError; the launcher's preflight calls this before starting processes.
 
     ``world_size`` (all ranks of the run) adds the checks against the number of data readers.
+    Returns every text source's files (empty for prepared shards).
     """
     data = data_config(job_config)
     data.validate()
@@ -171,7 +172,8 @@ def check_data(job_config, world_size: int | None = None) -> None:
         files: dict[str, list[str]] = {}
         check_prepared(job_config)
     else:
-        files = list_sources(data)
+        files = list_sources(data)  # listed once per launch: the run's record reuses it (launcher.record)
         probe_sources(data, files)
     if world_size is not None:
         check_against_readers(job_config, data, files, world_size)
+    return files

@@ -3,7 +3,7 @@
 The card's YAML front matter is what the Hub indexes (library, license, tags,
 datasets); the body says what the model is and how it was trained -- steps, tokens,
 sequence length, data sources and their weights (and stages), precision, the config --
-from the run's record (``tinytitan.run_record.TrainedRun``), so a published repo answers
+from the run's record (``tinytitan.run.record.TrainedRun``), so a published repo answers
 "which run is this?" without the training machine.
 """
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from tinytitan.errors import TinytitanError
+from tinytitan.models import build_torchtitan
 
 FP32_BOUND = 1e-4
 FP64_BOUND = 1e-4  # float64 weights and activations; RoPE tables stay float32 in both libraries
@@ -68,20 +69,6 @@ class Verification:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def build_torchtitan(args, state: dict[str, torch.Tensor], seq_len: int):
-    """torchtitan's llama3 Transformer holding ``state`` (no copy), RoPE table for ``seq_len``."""
-    from torchtitan.models.llama3 import Transformer
-    from torchtitan.models.llama3.model.model import precompute_freqs_cis
-
-    args = dataclasses.replace(args, max_seq_len=seq_len)
-    with torch.device("meta"):
-        model = Transformer(args)
-    model.load_state_dict(state, strict=True, assign=True)
-    # freqs_cis is a non-persistent buffer: a constant of the architecture, recomputed here as at training.
-    model.freqs_cis = precompute_freqs_cis(args.dim // args.n_heads, seq_len, args.rope_theta, args.rope_scaling_args)
-    return model.eval()
 
 
 def load_hf(folder: Path, dtype: torch.dtype):

@@ -141,7 +141,7 @@ def export(
 
     What was trained -- flavor, tokenizer folder, sequence length (verification runs at it), data,
     precision, for the card -- comes from the run's record next to the checkpoint
-    (``tinytitan.run_record``); ``config`` (a training TOML) overrides it, with a warning per key
+    (``tinytitan.run.record``); ``config`` (a training TOML) overrides it, with a warning per key
     that disagrees; ``tokenizer`` and ``flavor`` override both. ``source`` replaces the checkpoint by
     another weight source (see ``tinytitan.export.source``). ``weights``: "raw", or "ema" for the average of
     the weights a run with ``[ema]`` saved (refused when the checkpoint has none). Raises ``TinytitanError``
@@ -153,7 +153,7 @@ def export(
     from tinytitan.export.source import DcpSource
     from tinytitan.export.tokenizer_files import read_tokenizer
     from tinytitan.models import flavor_args, summarize
-    from tinytitan.run_record import read_trained_run
+    from tinytitan.run.record import read_trained_run
 
     if fmt not in FORMATS:
         raise TinytitanError(f"--format {fmt} is unknown: choose one of {', '.join(FORMATS)}")

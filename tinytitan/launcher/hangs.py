@@ -22,8 +22,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tinytitan import faults
-from tinytitan.faults import Heartbeat
+from tinytitan.run import faults
+from tinytitan.run.faults import Heartbeat
+from tinytitan.run.folder import RunFolder
 
 STACK_WAIT_S = 5.0  # a rank in uninterruptible I/O (state D) answers late, or not at all
 MAX_NAMED = 4  # ranks named in a line; more are counted
@@ -33,7 +34,7 @@ MAX_NAMED = 4  # ranks named in a line; more are counted
 class Watch:
     """What the supervisor needs to know about the run to watch it."""
 
-    dump_folder: Path
+    run: RunFolder
     checkpoints: Path | None  # None: checkpointing is off
     world_size: int
     stall_seconds: float  # 0: stall detection off
@@ -56,9 +57,8 @@ class Progress:
 
     def read(self, now: float) -> dict[int, Heartbeat]:
         self.next_read = now + self.watch.interval_s
-        folder = faults.heartbeat_folder(self.watch.dump_folder)
         for rank in range(self.watch.world_size):
-            beat = faults.read_heartbeat(folder / f"rank-{rank}.json")
+            beat = faults.read_heartbeat(self.watch.run.heartbeat(rank))
             if beat is None:
                 continue
             old = self.beats.get(rank)

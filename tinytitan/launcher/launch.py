@@ -18,11 +18,11 @@ without a GPU (development: fail fast). tinytitan.launcher.supervise handles the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from tinytitan.config import DEFAULT_CONFIG, load_job_config, rank_overrides, training_args
 from tinytitan.errors import TinytitanError, run_guarded
@@ -30,6 +30,7 @@ from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.preflight import preflight
 from tinytitan.launcher.run_folder import RunLock, finished_run, takes_lock
 from tinytitan.launcher.supervise import Supervisor
+from tinytitan.run.folder import RunFolder
 
 CPU_PROCESSES = 2  # FSDP needs at least two ranks to shard anything
 GPU_MAX_RESTARTS = 3
@@ -123,12 +124,12 @@ def run_watch(job_config, world_size: int) -> Watch:
     from tinytitan.job_config import stall_seconds
     from tinytitan.rank.heartbeat import flush_interval
 
-    dump = Path(job_config.job.dump_folder).resolve()
+    run = RunFolder.of(job_config)
+    run = dataclasses.replace(run, root=run.root.resolve())
     stall = stall_seconds(job_config)
-    ckpt = job_config.checkpoint
     return Watch(
-        dump_folder=dump,
-        checkpoints=dump / ckpt.folder if ckpt.enable else None,
+        run=run,
+        checkpoints=run.checkpoints if job_config.checkpoint.enable else None,
         world_size=world_size,
         stall_seconds=stall,
         all_stalled_seconds=job_config.comm.train_timeout_seconds,
@@ -181,7 +182,7 @@ def launch(
     import torch
 
     world_size = nproc * int(env.get("NNODES") or 1)
-    preflight(job_config, world_size, gpus, torch.__version__)
+    files = preflight(job_config, world_size, gpus, torch.__version__)
     finished = finished_run(job_config)
     if finished is not None:  # before anything is written to the run folder
         print(finished, flush=True)
@@ -190,11 +191,11 @@ def launch(
     config_file = job_config.job.config_file
     restarts = max_restarts(env, gpus)
     cmd = torchrun_command(nproc, training_args(config_file, rank_overrides(job_config, overrides)), env, restarts)
-    with RunLock(job_config.job.dump_folder) if takes_lock(env) else contextlib.nullcontext():
+    with RunLock(RunFolder.of(job_config)) if takes_lock(env) else contextlib.nullcontext():
         command = command or command_line(script_program(), overrides, env)
         start_step = resumes_from(job_config)
         record = write_run_record(job_config, world_size=world_size, gpus=gpus, command=command, env=env,
-                                  start_step=start_step)  # fmt: skip
+                                  start_step=start_step, files=files)  # fmt: skip
         where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
         print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
         start = report.start_lines(job_config, record=record, command=command, start_step=start_step)

@@ -13,19 +13,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from tinytitan.errors import TinytitanError
+from tinytitan.run.folder import RunFolder
 
 
-def preflight(job_config, world_size: int, gpus: int, torch_version: str) -> None:
-    """Raises the first problem of ``job_config`` for a run of ``world_size`` ranks on ``gpus`` GPUs per node."""
+def preflight(job_config, world_size: int, gpus: int, torch_version: str) -> dict[str, list[str]]:
+    """Raises the first problem of ``job_config`` for a run of ``world_size`` ranks on ``gpus`` GPUs per node;
+    returns the text sources' files as listed (the run's record reuses them rather than listing again)."""
     from tinytitan.data.preflight import check_data
     from tinytitan.job_config import validate_job_config
 
     validate_job_config(job_config, world_size)
     check_tokenizer(job_config)
-    check_data(job_config, world_size)
+    files = check_data(job_config, world_size)
     check_eval_tasks(job_config)
     check_async_checkpoint(job_config, gpus, torch_version)
     check_initial_load(job_config)
+    return files
 
 
 def check_tokenizer(job_config) -> None:
@@ -74,7 +77,6 @@ def check_initial_load(job_config) -> None:
     """Continued pretraining: ``[checkpoint] initial_load_path`` is a complete step folder whose model fits the
     flavor. torchtitan reads it only while the run's own checkpoint folder does not exist (a resume of the
     continued run uses its own checkpoints), so it is checked only then."""
-    import os
 
     from tinytitan.checkpoint.completeness import METADATA, folder_problem
     from tinytitan.checkpoint.flavors import check_shapes
@@ -83,7 +85,7 @@ def check_initial_load(job_config) -> None:
 
     ckpt = job_config.checkpoint
     path = ckpt.initial_load_path
-    if not path or not ckpt.enable or os.path.exists(os.path.join(job_config.job.dump_folder, ckpt.folder)):
+    if not path or not ckpt.enable or RunFolder.of(job_config).checkpoints.exists():
         return
     if ckpt.initial_load_in_hf:
         return  # a Hugging Face folder: torchtitan's own loader checks it

@@ -1,4 +1,4 @@
-"""Writes the run's record, ``<dump_folder>/run.toml``, before torchrun starts (``tinytitan.run_record``).
+"""Writes the run's record, ``<dump_folder>/run.toml``, before torchrun starts (``tinytitan.run.record``).
 
 The config written is the one every rank reads (the TOML file plus the overrides, through
 ``tinytitan.config.load_job_config``), with its input paths and dump folder made absolute. A run
@@ -20,12 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tinytitan.config import SOURCE_ROOT
-from tinytitan.run_record import RUN_FILE, Segment, absolute_paths, differences, read_record, to_toml
+from tinytitan.run.folder import RUN_FILE, RunFolder
+from tinytitan.run.record import Segment, absolute_paths, differences, read_record, to_toml
 
 # The launcher's environment variables (tinytitan.launcher.launch), shown in front of the command.
 LAUNCH_ENV = ("NGPU", "CONFIG_FILE", "LOG_RANK", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "MAX_RESTARTS")
 HEADER = """\
-tinytitan run record, written by the launcher when the run started (tinytitan.run_record).
+tinytitan run record, written by the launcher when the run started (tinytitan.run.record).
 The job config the ranks ran with: the config file plus the overrides, input paths made absolute.
 [[run.segments]]: one table per launch (the step it started from, command, versions, what changed).
 Read by `tinytitan export`, `eval`, `generate` and `checkpoint inspect`.
@@ -67,8 +68,9 @@ def resumes_from(job_config) -> int:
     return resume_step(job_config) or 0
 
 
-def data_identity(job_config) -> tuple[str, str]:
-    """(tokenizer hash, data plan fingerprint) of a tinytitan job; empty for another TrainSpec's."""
+def data_identity(job_config, files: dict[str, list[str]] | None = None) -> tuple[str, str]:
+    """(tokenizer hash, data plan fingerprint) of a tinytitan job; empty for another TrainSpec's.
+    ``files``: the text sources' files as the launcher's data check listed them (else listed here)."""
     from tinytitan.models import SPEC_NAME
 
     if job_config.model.name != SPEC_NAME or not job_config.model.hf_assets_path:
@@ -80,9 +82,14 @@ def data_identity(job_config) -> tuple[str, str]:
     tokenizer_hash = Encoder(tokenizer).fingerprint()
     if not job_config.data.sources:
         return tokenizer_hash, ""
-    from tinytitan.data.planner import make_plan
+    if files and job_config.data.format != "tokens":
+        from tinytitan.data.plan import build_plan
 
-    plan = make_plan(job_config.data, tokenizer).fingerprint()
+        plan = build_plan(job_config.data, files).fingerprint()
+    else:
+        from tinytitan.data.planner import make_plan
+
+        plan = make_plan(job_config.data, tokenizer).fingerprint()
     return tokenizer_hash, hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -101,7 +108,14 @@ def device_name(gpus: int) -> str:
 
 
 def write_run_record(
-    job_config, *, world_size: int, gpus: int, command: str, env: Mapping[str, str], start_step: int | None = None
+    job_config,
+    *,
+    world_size: int,
+    gpus: int,
+    command: str,
+    env: Mapping[str, str],
+    start_step: int | None = None,
+    files: dict[str, list[str]] | None = None,
 ) -> Path | None:
     """Writes (or extends) ``<dump_folder>/run.toml``; returns its path (None on nodes other than node 0).
     ``start_step``: the step this launch resumes from (default: ``resumes_from``)."""
@@ -112,10 +126,10 @@ def write_run_record(
     import tinytitan
 
     config = absolute_paths(copy.deepcopy(job_config))
-    dump = Path(config.job.dump_folder)
-    path = dump / RUN_FILE
+    run = RunFolder.of(config)
+    dump, path = run.root, run.record
     previous = _previous_record(path)
-    tokenizer_hash, fingerprint = data_identity(config)
+    tokenizer_hash, fingerprint = data_identity(config, files)
     segment = Segment(
         start_step=resumes_from(config) if start_step is None else start_step,
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),

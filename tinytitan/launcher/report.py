@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tinytitan.config import METRICS_FILE
+from tinytitan.run.folder import RunFolder, step_name
 
 WIDTH = 16  # the label column
 
@@ -36,15 +36,15 @@ def _row(label: str, text: str) -> str:
 def tensorboard_command(job_config) -> str | None:
     if not job_config.metrics.enable_tensorboard:
         return None
-    return f"tensorboard --logdir {shlex.quote(shown(Path(job_config.job.dump_folder) / job_config.metrics.save_tb_folder))}"
+    return f"tensorboard --logdir {shlex.quote(shown(RunFolder.of(job_config).tensorboard))}"
 
 
 def checkpoint_folder(job_config) -> Path:
-    return Path(job_config.job.dump_folder) / job_config.checkpoint.folder
+    return RunFolder.of(job_config).checkpoints
 
 
 def start_lines(job_config, *, record: Path | None, command: str, start_step: int) -> list[str]:
-    dump = Path(job_config.job.dump_folder)
+    dump = RunFolder.of(job_config).root
     ckpt = job_config.checkpoint
     lines = [_row("run folder", shown(dump) + (f"  (the config as run: {shown(record)})" if record else ""))]
     if ckpt.enable:
@@ -62,7 +62,7 @@ def start_lines(job_config, *, record: Path | None, command: str, start_step: in
 
 def metrics_size(job_config) -> int:
     """Bytes in metrics.jsonl before this launch (its rows come after)."""
-    path = Path(job_config.job.dump_folder) / METRICS_FILE
+    path = RunFolder.of(job_config).metrics
     return path.stat().st_size if path.is_file() else 0
 
 
@@ -83,7 +83,7 @@ class Outcome:
 
 
 def read_outcome(job_config, offset: int) -> Outcome:
-    path = Path(job_config.job.dump_folder) / METRICS_FILE
+    path = RunFolder.of(job_config).metrics
     out = Outcome()
     if not path.is_file():
         return out
@@ -127,7 +127,7 @@ def end_lines(job_config, outcome: Outcome, *, wall_s: float) -> list[str]:
 
     total = job_config.training.steps
     if outcome.step is None:
-        head = f"tinytitan: finished; this launch logged no step ({shown(Path(job_config.job.dump_folder) / METRICS_FILE)})"
+        head = f"tinytitan: finished; this launch logged no step ({shown(RunFolder.of(job_config).metrics)})"
         return [head, _row("time", f"{duration(wall_s)} wall")]
     tokens = f", {outcome.tokens:,} tokens seen" if outcome.tokens is not None else ""
     lines = [f"tinytitan: finished at step {outcome.step} of {total}{tokens}"]
@@ -149,10 +149,10 @@ def end_lines(job_config, outcome: Outcome, *, wall_s: float) -> list[str]:
     nexts = [c for c in [tensorboard_command(job_config)] if c]
     saved = saved_step_folders(checkpoint_folder(job_config)) if job_config.checkpoint.enable else []
     if saved:
-        names = ", ".join(f"step-{s}" for s, _ in saved[-3:]) + (f" ({len(saved)} in all)" if len(saved) > 3 else "")
+        names = ", ".join(step_name(s) for s, _ in saved[-3:]) + (f" ({len(saved)} in all)" if len(saved) > 3 else "")
         lines.append(_row("checkpoints", f"{shown(checkpoint_folder(job_config))}: {names}"))
         last = shlex.quote(shown(saved[-1][1]))
-        name = f"{Path(job_config.job.dump_folder).name}-step-{saved[-1][0]}"
+        name = f"{RunFolder.of(job_config).root.name}-{step_name(saved[-1][0])}"
         nexts += [f"tinytitan eval loss --checkpoint {last}", f"tinytitan export {last} --out exports/{name}"]
     else:
         lines.append(

@@ -21,13 +21,10 @@ import os
 import socket
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 from tinytitan.checkpoint.completeness import newest_complete
 from tinytitan.errors import TinytitanError
-
-STATE_DIR = ".tinytitan"  # run-internal state inside the run folder (also heartbeats/)
-LOCK_NAME = "lock"
+from tinytitan.run.folder import RunFolder
 
 
 def resume_step(job_config) -> int | None:
@@ -40,10 +37,10 @@ def resume_step(job_config) -> int | None:
     ckpt = job_config.checkpoint
     if not ckpt.enable:
         return None
-    folder = Path(job_config.job.dump_folder) / ckpt.folder
+    run = RunFolder.of(job_config)
     if ckpt.load_step >= 0:
-        return ckpt.load_step if (folder / f"step-{ckpt.load_step}").is_dir() else None
-    newest = newest_complete(folder)
+        return ckpt.load_step if run.step(ckpt.load_step).is_dir() else None
+    newest = newest_complete(run.checkpoints)
     return newest[0] if newest is not None else None
 
 
@@ -52,7 +49,7 @@ def finished_run(job_config) -> str | None:
     step, steps = resume_step(job_config), job_config.training.steps
     if step is None or step < steps:
         return None
-    where = Path(job_config.job.dump_folder) / job_config.checkpoint.folder / f"step-{step}"
+    where = RunFolder.of(job_config).step(step)
     return (
         f"tinytitan: run at step {step} >= training.steps {steps} ({where}): nothing to do; "
         f"raise --training.steps to continue"
@@ -74,9 +71,9 @@ def takes_lock(env: Mapping[str, str]) -> bool:
 class RunLock:
     """An exclusive hold on a run folder for as long as this process keeps it (``with RunLock(folder):``)."""
 
-    def __init__(self, dump_folder: str | os.PathLike):
-        self.folder = Path(dump_folder)
-        self.path = self.folder / STATE_DIR / LOCK_NAME
+    def __init__(self, run: RunFolder):
+        self.folder = run.root
+        self.path = run.lock
         self.fd: int | None = None
 
     def __enter__(self) -> RunLock:

@@ -33,12 +33,14 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tinytitan import faults
 from tinytitan.checkpoint.completeness import newest_complete
-from tinytitan.faults import DUPLICATE_WINDOW_S, ErrorNote, PreemptedNote, RankNote
 from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.rank_output import RankOutput
 from tinytitan.launcher.watcher import HangWatcher
+from tinytitan.parent_death import die_with_parent
+from tinytitan.run import faults
+from tinytitan.run.faults import DUPLICATE_WINDOW_S, ErrorNote, PreemptedNote, RankNote
+from tinytitan.run.folder import step_name
 
 FAILURE_LINE = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
 RANK_PREFIX = re.compile(r"^\[(?:default|rank)\d+\]:")
@@ -91,7 +93,7 @@ class Supervisor:
         os.setpgid(0, 0)  # Ctrl-C reaches the launcher only, which forwards it once
         for sig in faults.PREEMPT_SIGNALS:  # inherited across exec; torchrun leaves them alone
             signal.signal(sig, signal.SIG_IGN)
-        faults.die_with_parent(signal.SIGKILL)
+        die_with_parent(signal.SIGKILL)
 
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
@@ -238,7 +240,7 @@ class Supervisor:
         if self.watch.checkpoints is None:
             return "step 0 (checkpointing is off)"
         newest = newest_complete(self.watch.checkpoints)
-        return f"the step-{newest[0]} checkpoint" if newest else "step 0 (no complete checkpoint yet)"
+        return f"the {step_name(newest[0])} checkpoint" if newest else "step 0 (no complete checkpoint yet)"
 
     # ---- the end ----
     def _outcome(self, returncode: int) -> int:

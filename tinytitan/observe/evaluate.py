@@ -118,16 +118,9 @@ def run_loss(args) -> int:
 
 
 def run_tasks(args) -> int:
+    from tinytitan.lm_tasks import DEFAULT_BATCH_SIZE, TaskSettings, parse_tasks
     from tinytitan.observe.harness import require_lm_eval
-    from tinytitan.observe.task_eval import (
-        DEFAULT_BATCH_SIZE,
-        TaskSettings,
-        evaluate_checkpoint,
-        evaluate_export,
-        evaluate_random_init,
-        format_table,
-        parse_tasks,
-    )
+    from tinytitan.observe.task_eval import evaluate_checkpoint, evaluate_export, evaluate_random_init, format_table
 
     require_lm_eval()
     settings = TaskSettings(parse_tasks(args.tasks), args.include_path, args.limit, args.num_fewshot,

@@ -97,17 +97,9 @@ def activate() -> bool:
         return True
     if has_accelerator():
         return False
-    import torchtitan.tools.utils as tt_utils
+    from tinytitan.compat import retarget_torchtitan_device
 
-    cpu_module = CpuDeviceModule()
-    tt_utils.device_type, tt_utils.device_module = "cpu", cpu_module
-    # Modules imported before this point copied the names at import time.
-    for name, module in list(sys.modules.items()):
-        if name.startswith("torchtitan") and module is not None:
-            if getattr(module, "device_type", None) == "cuda":
-                module.device_type = "cpu"
-            if getattr(module, "device_module", None) is torch.cuda:
-                module.device_module = cpu_module
+    retarget_torchtitan_device("cpu", CpuDeviceModule())
     _active = True
     return True
 

@@ -14,9 +14,9 @@ import os
 import socket
 import threading
 import time
-from pathlib import Path
 
-from tinytitan import faults
+from tinytitan.run import faults
+from tinytitan.run.folder import RunFolder
 
 MIN_INTERVAL_S = 0.2
 MAX_INTERVAL_S = 5.0
@@ -32,8 +32,8 @@ def flush_interval(job_config) -> float:
 
 
 class HeartbeatWriter:
-    def __init__(self, dump_folder: str | os.PathLike, rank: int, interval_s: float) -> None:
-        self.path = faults.heartbeat_path(dump_folder, rank)
+    def __init__(self, run: RunFolder, rank: int, interval_s: float) -> None:
+        self.path = run.heartbeat(rank)
         self.rank, self.pid, self.host = rank, os.getpid(), socket.gethostname()
         self.interval_s = interval_s
         self.first_step = 0
@@ -85,4 +85,4 @@ class HeartbeatWriter:
 
 
 def writer_for(job_config, rank: int) -> HeartbeatWriter:
-    return HeartbeatWriter(Path(job_config.job.dump_folder), rank, flush_interval(job_config))
+    return HeartbeatWriter(RunFolder.of(job_config), rank, flush_interval(job_config))

@@ -12,8 +12,8 @@ import os
 import signal
 import sys
 
-from tinytitan import faults
 from tinytitan.errors import TinytitanError
+from tinytitan.run import faults
 
 if __name__ == "__main__":
     # First, before the slow imports: a killed launcher leaves nothing behind. Only in the rank

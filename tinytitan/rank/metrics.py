@@ -19,8 +19,8 @@ import torch.distributed as dist
 from torchtitan.components.metrics import MetricsProcessor
 from torchtitan.tools.logging import logger
 
-from tinytitan.config import METRICS_FILE
 from tinytitan.rank import device
+from tinytitan.run.folder import RunFolder
 
 MFU_KEY = "mfu(%)"
 
@@ -80,7 +80,7 @@ class TinyMetricsProcessor(MetricsProcessor):
         self.total_steps = job_config.training.steps
         self._first_log: tuple[int, float] | None = None
         self._is_writer = not dist.is_initialized() or dist.get_rank() == 0
-        self._jsonl_path = os.path.join(job_config.job.dump_folder, METRICS_FILE)
+        self._jsonl_path = str(RunFolder.of(job_config).metrics)
 
     def _append_jsonl(self, row: dict[str, Any]) -> None:
         if not self._is_writer:

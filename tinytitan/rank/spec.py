@@ -95,7 +95,7 @@ def build_dataloader(**kwargs):
 
 def build_validator(**kwargs):
     """torchtitan's Validator over each source's held-out split (``tinytitan.data.heldout``)."""
-    from tinytitan.data.heldout import HeldOutValidator
+    from tinytitan.rank.validator import HeldOutValidator
 
     return HeldOutValidator(**kwargs)
 

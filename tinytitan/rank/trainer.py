@@ -28,10 +28,15 @@ from torchtitan.components.checkpoint import AsyncMode
 from torchtitan.tools.logging import logger
 from torchtitan.train import Trainer
 
-from tinytitan import faults
 from tinytitan.checkpoint.completeness import disk_full_error, folder_problem, purge_checkpoints, saved_step_folders
 from tinytitan.checkpoint.reader import open_checkpoint
-from tinytitan.compat import checkpoint_due, checkpoint_folder, full_training_state, wait_for_async_save
+from tinytitan.compat import (
+    checkpoint_due,
+    checkpoint_folder,
+    full_training_state,
+    wait_for_async_save,
+    wrap_method,
+)
 from tinytitan.config import resolve_job_paths
 from tinytitan.data.stages import stage_lr_schedule
 from tinytitan.errors import TinytitanError
@@ -40,13 +45,14 @@ from tinytitan.rank import device
 from tinytitan.rank.heartbeat import writer_for
 from tinytitan.rank.loss import model_inputs
 from tinytitan.rank.preemption import StepAgreement, StopRequest
+from tinytitan.run import faults
 
 
 class TinyTrainer(Trainer):
     stop_request: StopRequest = StopRequest()  # tinytitan.rank.main installs the signal handlers on it
 
     def __init__(self, job_config):
-        from tinytitan.observe.in_loop import build_in_loop_eval
+        from tinytitan.rank.in_loop_eval import build_in_loop_eval
 
         device.adapt_job_config(job_config)
         resolve_job_paths(job_config)
@@ -59,9 +65,9 @@ class TinyTrainer(Trainer):
         super().__init__(job_config)
         if lr_line:
             logger.info(lr_line)
-        self.checkpointer.save = self._in_phase("checkpoint", self.checkpointer.save)
+        wrap_method(self.checkpointer, "save", lambda save: self._in_phase("checkpoint", save))
         if getattr(self, "validator", None) is not None:  # set only when [validation] is enabled
-            self.validator.validate = self._in_phase("validation", self.validator.validate)
+            wrap_method(self.validator, "validate", lambda validate: self._in_phase("validation", validate))
         if hasattr(self.dataloader, "stats"):
             self.metrics_processor.count_data_with(self.dataloader)
         # purged here, see purge_checkpoints (a disabled CheckpointManager has no keep_latest_k)
@@ -84,7 +90,7 @@ class TinyTrainer(Trainer):
         ckpt = self.checkpointer
         ema = WeightAverage(self.model_parts, job_config.ema, ckpt.states["model"].state_dict().keys())
         ckpt.states[STATE_KEY] = ema
-        ckpt.load = self._load_with_ema(ckpt.load)
+        wrap_method(ckpt, "load", self._load_with_ema)
         logger.info(f"[ema] averaging the weights, decay {job_config.ema.decay:g}"
                     + (" (warmup (1 + step) / (10 + step))" if job_config.ema.warmup else ""))  # fmt: skip
         return ema

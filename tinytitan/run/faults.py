@@ -12,12 +12,11 @@ checkpoints need a shared filesystem): each rank's ``Heartbeat`` says where it i
 which step, so that each node's launcher can name a rank that stopped making progress.
 
 Each kind of note is a frozen dataclass, read back typed. Nothing here imports the rest
-of tinytitan, so both sides can use it.
+of tinytitan but ``parent_death``, so both sides can use it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import faulthandler
 import json
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
+from tinytitan.parent_death import die_with_parent
+
 NOTES_ENV = "TINYTITAN_NOTES"
 LAUNCHER_ENV = "TINYTITAN_LAUNCHER_PID"
 PREEMPTED_EXIT_CODE = 75  # sysexits' EX_TEMPFAIL: "try again later", i.e. requeue me
@@ -37,32 +38,6 @@ PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 STACK_SIGNAL = signal.SIGUSR2
 PREEMPT_REQUEST = "preempt-requested"
 DUPLICATE_WINDOW_S = 2.0  # signals closer than this to the first are copies of it, not a second request
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(sig: int = signal.SIGKILL, grandparent: int | None = None) -> None:
-    """Ask Linux to send `sig` to this process when its parent dies (prctl PR_SET_PDEATHSIG).
-
-    torch elastic starts ranks in sessions of their own, so a killed launcher would
-    otherwise leave them training, and racing the next launcher for the checkpoint.
-    If the parent is gone already (or, given `grandparent`, the parent's parent is not
-    that process any more), the request came too late: die now.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    parent = os.getppid()
-    if parent == 1 or (grandparent is not None and _parent_of(parent) != grandparent):
-        os.kill(os.getpid(), sig)
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def rank_dies_with_torchrun() -> None:
@@ -148,14 +123,6 @@ class Heartbeat:
     def past_first_step(self) -> bool:
         """The first step of a process includes lazy initialisation (and compilation): not watched."""
         return 0 < self.first_step < self.step
-
-
-def heartbeat_folder(dump_folder: str | os.PathLike) -> Path:
-    return Path(dump_folder) / ".tinytitan" / "heartbeats"
-
-
-def heartbeat_path(dump_folder: str | os.PathLike, rank: int) -> Path:
-    return heartbeat_folder(dump_folder) / f"rank-{rank}.json"
 
 
 def write_heartbeat(path: Path, beat: Heartbeat) -> None:

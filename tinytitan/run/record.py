@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tinytitan.errors import TinytitanError
-
-RUN_FILE = "run.toml"  # in the dump folder
+from tinytitan.run.folder import RUN_FILE
 
 
 @dataclass
