@@ -18,7 +18,7 @@ PACKAGE = REPO / "tinytitan"
 # layer or below, never above. Keep in step with docs/architecture.md.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("config", "folders", "hf_token", "models", "parent_death", "compat", "lm_tasks"),
+    ("config", "config_types", "folders", "hf_token", "models", "processes", "compat", "lm_tasks"),
     ("tokenizer", "tokenizer_convert"),
     ("data", "checkpoint", "run"),
     ("export",),

@@ -18,6 +18,7 @@ from tinytitan.checkpoint.flavors import fitting_flavor
 from tinytitan.checkpoint.reader import open_checkpoint
 from tinytitan.checkpoint.stats import checkpoint_stats
 from tinytitan.errors import TinytitanError
+from tinytitan.run.steps import describe_health, read_health
 
 
 def data_state(ckpt) -> dict | None:
@@ -79,6 +80,7 @@ def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
         "problem": problem,  # why the folder is not complete (a truncated .distcp, no .metadata)
         "resumable": ckpt.resumable and problem is None,
         "data": data_state(ckpt),
+        "health": read_health(ckpt.path),  # [guard]: healthy or suspect (tinytitan.run.steps), None: unknown
         "run_record": str(trained.path) if trained is not None else None,  # <run>/run.toml
         "trained_flavor": trained.flavor if trained is not None else None,
         "seq_len": trained.seq_len if trained is not None else None,
@@ -154,6 +156,7 @@ def format_report(info: dict) -> str:
         ("size on disk", _size(info["size_on_disk"])),
         ("can resume", resume),
         ("EMA weights", EMA_TEXT if info["ema"] else "no"),
+        ("health", describe_health(info.get("health"))),
         ("trained with", _trained(info)),
     ]
     data = info.get("data")

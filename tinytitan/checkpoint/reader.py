@@ -30,6 +30,7 @@ import torch
 from tinytitan.checkpoint.completeness import METADATA, folder_problem, saved_step_folders
 from tinytitan.errors import TinytitanError
 from tinytitan.run.folder import step_of
+from tinytitan.run.hold import hold_checkpoint, missing_checkpoint
 
 MODEL_PREFIX = "model."
 FREQS_CIS = "freqs_cis"
@@ -90,9 +91,7 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
     """A step folder, or a checkpoint folder (or the run folder above it) plus ``step``."""
     path = Path(path)
     if not path.exists():
-        raise TinytitanError(
-            f"checkpoint {path} does not exist: pass a step folder such as outputs/debug/checkpoint/step-20"
-        )
+        raise TinytitanError(missing_checkpoint(path))
     if (path / METADATA).is_file():
         if step not in (None, "latest") and step_of(path) not in (None, int(step)):
             raise TinytitanError(f"{path} is the checkpoint of one step; --step {step} applies to a checkpoint folder")
@@ -205,16 +204,25 @@ class Checkpoint:
 
 
 def open_checkpoint(
-    path: str | os.PathLike, step: int | str | None = None, *, check: bool = True, weights: str = "raw"
+    path: str | os.PathLike,
+    step: int | str | None = None,
+    *,
+    check: bool = True,
+    weights: str = "raw",
+    hold: bool = True,
 ) -> Checkpoint:
     """Reads only ``.metadata`` (and the data files' sizes); tensors are loaded later, one at a time.
 
     ``check``: refuse a checkpoint whose data files are shorter than ``.metadata`` says. ``weights``: "raw"
-    (the trained weights) or "ema" (their average, refused in one line when the run kept none).
+    (the trained weights) or "ema" (their average, refused in one line when the run kept none). ``hold``: keep
+    the step folder from the purge of a training in its run for as long as this process lives
+    (``tinytitan.run.hold``; not for the launcher of that training).
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     folder = resolve_checkpoint(path, step)
+    if hold and hold_checkpoint(folder) and not folder.exists():  # the purge deleted it before the hold
+        raise TinytitanError(missing_checkpoint(folder))
     reader = _reader_class()(str(folder))
     try:
         metadata = reader.read_metadata()

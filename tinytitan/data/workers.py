@@ -20,7 +20,7 @@ from tinytitan.data.loader_state import Lanes
 from tinytitan.data.mixture import Reader, StagedSampler
 from tinytitan.data.plan import MixturePlan
 from tinytitan.errors import TinytitanError
-from tinytitan.parent_death import die_with_parent
+from tinytitan.processes import die_with_parent
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinytitan.export.card import DEFAULT_LICENSE
-
 
 def _step(value: str):
     return value if value == "latest" else int(value)
@@ -41,7 +39,10 @@ def configure(parser: argparse.ArgumentParser, *, formats: bool = True) -> None:
         "--repo-id", default=None, help="Hub id for the model card's usage example (default: the folder name)"
     )
     parser.add_argument(
-        "--license", default=DEFAULT_LICENSE, help=f"license in the model card (default {DEFAULT_LICENSE})"
+        "--license",
+        default=None,
+        help="the model's license for the card, your choice (e.g. apache-2.0, mit); default: 'unknown' until "
+        "you choose one (`tinytitan push --license` can set it later)",
     )
     parser.add_argument("--weights", choices=("raw", "ema"), default="raw",
                         help="raw: the trained weights (default); ema: their average, saved by a run with [ema]")  # fmt: skip

@@ -149,6 +149,7 @@ def export(
     """
     from tinytitan.checkpoint.flavors import require_flavor
     from tinytitan.checkpoint.reader import open_checkpoint
+    from tinytitan.checkpoint.stats import parent_of
     from tinytitan.export import card
     from tinytitan.export.source import DcpSource
     from tinytitan.export.tokenizer_files import read_tokenizer
@@ -181,6 +182,7 @@ def export(
     torch_dtype = DTYPES[dtype]
     stats = source.run_stats()
     which = getattr(source, "weights", "raw")
+    parent = parent_of(trained)
     log(f"exporting {source.description} (flavor {flavor}, step {stats.step}, {which} weights) as {fmt}, {dtype}")
 
     need = _export_bytes(source.shapes(), torch_dtype, fmt)
@@ -207,7 +209,7 @@ def export(
                 return
             text = card.model_card(
                 repo_name=name, flavor=flavor, summary=summary, stats=stats, trained=trained, dtype=dtype,
-                verification=result.verification, license=license or card.DEFAULT_LICENSE, weights=which,
+                verification=result.verification, license=license, parent=parent, weights=which,
             )  # fmt: skip
             (tmp / "README.md").write_text(text)
             record = card.provenance(
@@ -219,6 +221,8 @@ def export(
                 verification=result.verification,
                 fmt=fmt,
                 weights=which,
+                parent=parent,
+                license=license,
             )
             (tmp / "tinytitan.json").write_text(record)
 

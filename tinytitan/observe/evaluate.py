@@ -95,7 +95,10 @@ def _note(text: str) -> None:
 
 
 def run(args) -> int:
-    return run_loss(args) if args.eval_command == "loss" else run_tasks(args)
+    from tinytitan.observe.quiet import third_party
+
+    with third_party(_progress(args)):
+        return run_loss(args) if args.eval_command == "loss" else run_tasks(args)
 
 
 def run_loss(args) -> int:

@@ -70,7 +70,7 @@ def evaluate_export(folder: str | os.PathLike, settings: TaskSettings, device=No
 
     if not (Path(folder) / "config.json").is_file():
         raise TinytitanError(f"{folder} has no config.json: pass the folder written by `tinytitan export --format hf`")
-    harness = hf_harness_model(folder, settings.batch_size, device or "cpu")
+    harness = hf_harness_model(folder, settings.batch_size, device or "cpu", progress=progress)
     record = export_record(folder)
     return {"model": str(folder), "step": record.get("step"), "tokens": record.get("ntokens_seen"),
             "tasks": score(harness, settings)}  # fmt: skip

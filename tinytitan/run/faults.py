@@ -12,7 +12,7 @@ checkpoints need a shared filesystem): each rank's ``Heartbeat`` says where it i
 which step, so that each node's launcher can name a rank that stopped making progress.
 
 Each kind of note is a frozen dataclass, read back typed. Nothing here imports the rest
-of tinytitan but ``parent_death``, so both sides can use it.
+of tinytitan but ``processes``, so both sides can use it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
-from tinytitan.parent_death import die_with_parent
+from tinytitan.processes import RankFailure, die_with_parent
 
 NOTES_ENV = "TINYTITAN_NOTES"
 LAUNCHER_ENV = "TINYTITAN_LAUNCHER_PID"
@@ -66,6 +66,15 @@ class ErrorNote:
     """The rank failed with a ``TinytitanError``: bad input, the same after any restart."""
 
     KIND: ClassVar[str] = "error"
+    rank: int
+    message: str
+
+
+@dataclass(frozen=True)
+class CrashNote:
+    """The rank failed with another exception: its type and message, which the launcher's failure line names."""
+
+    KIND: ClassVar[str] = "crash"
     rank: int
     message: str
 
@@ -148,7 +157,7 @@ def read_note(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-Note = TypeVar("Note", RankNote, ErrorNote, PreemptedNote, Heartbeat)
+Note = TypeVar("Note", RankNote, ErrorNote, CrashNote, PreemptedNote, Heartbeat)
 
 
 def _typed(kind: type[Note], data: dict | None) -> Note | None:
@@ -168,7 +177,7 @@ def _typed(kind: type[Note], data: dict | None) -> Note | None:
     return kind(**values)
 
 
-def _note(note: RankNote | ErrorNote | PreemptedNote) -> None:
+def _note(note: RankNote | ErrorNote | CrashNote | PreemptedNote) -> None:
     folder = notes_dir()
     if folder is not None:
         _write(folder / f"{note.KIND}-{note.rank}.json", dataclasses.asdict(note))
@@ -181,6 +190,13 @@ def note_rank(rank: int) -> None:
 
 def note_error(rank: int, message: str) -> None:
     _note(ErrorNote(rank=rank, message=message))
+
+
+def note_crash(rank: int, error: BaseException) -> None:
+    """What the rank failed with, in one line (the first line of its message)."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    message = text if isinstance(error, RankFailure) else f"{type(error).__name__}: {text}".rstrip(": ")
+    _note(CrashNote(rank=rank, message=message[:400]))
 
 
 def note_preempted(rank: int, step: int, checkpoint: str) -> None:

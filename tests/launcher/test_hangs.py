@@ -1,6 +1,6 @@
 """The parts of hang naming that need no training: heartbeats on disk, who is behind, the line, the
-victims' tracebacks cut to one line, and the [hang] setting. The launches are in tests/test_faults.py
-(one node) and tests/test_multinode.py (two)."""
+victims' tracebacks cut to one line, and the [hang] setting. The launches are in tests/launcher/test_faults.py
+(one node) and tests/launcher/test_multinode.py (two)."""
 
 from __future__ import annotations
 
