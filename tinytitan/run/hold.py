@@ -6,16 +6,19 @@ during the reader's start-up. A reader takes a shared ``flock`` on ``<run>/.tiny
 (``RunFolder.hold``) for as long as its process lives; the purge takes ``LOCK_EX | LOCK_NB`` on the
 same file before deleting and, when a reader holds it, leaves the folder for the next purge.
 
-``flock`` belongs to the open file, so a reader that dies frees its hold at once. Only run folders
-the launcher made (with a ``.tinytitan`` folder) get holds; elsewhere (an export's copy, a
-read-only disk) a reader reads without one, as before.
+``flock`` belongs to the open file, so a reader that dies frees its hold at once. Only while a
+training runs in the folder (its launcher's pid, from ``RunFolder.lock``, is alive) does a reader
+take a hold; otherwise (a finished run, a copy, a read-only disk) it reads without writing to the
+run folder, as before.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
+import socket
 from pathlib import Path
 
 from tinytitan.run.folder import RunFolder, step_of
@@ -29,7 +32,7 @@ def hold_checkpoint(step_folder: str | os.PathLike) -> bool:
     if found is None:
         return False
     run, n = found
-    if not run.state.is_dir():
+    if not training_running(run):  # nothing purges it: read it without writing to the run folder
         return False
     try:
         run.holds.mkdir(exist_ok=True)
@@ -78,20 +81,23 @@ def remove_unless_held(step_folder: str | os.PathLike) -> bool:
 
 
 def training_running(run: RunFolder) -> bool:
-    """Whether a launcher holds the run folder's lock (a training runs there now)."""
-    if not run.lock.is_file():
-        return False
+    """Whether a launcher holds the run folder now: the pid its lock file names is alive (on this host; on
+    another host, assumed). Read, not flock'ed: a shared flock here would make a launcher starting at that
+    instant refuse the folder as in use."""
     try:
-        fd = os.open(run.lock, os.O_RDONLY)
-    except OSError:
+        holder = json.loads(run.lock.read_text())
+        pid, host = int(holder["pid"]), str(holder["host"])
+    except (OSError, ValueError, KeyError, TypeError):
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
+    if host != socket.gethostname():
         return True
-    finally:
-        os.close(fd)
-    return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def missing_checkpoint(path: str | os.PathLike) -> str:
