@@ -27,6 +27,8 @@ from tinytitan.cli import main as cli
 from tinytitan.errors import run_guarded
 from tinytitan.launcher import launch as launcher
 
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
+
 SAMPLE = REPO / "tinytitan" / "assets" / "sample"
 CHUNK2 = "train/chunk2/example_train_0.jsonl.zst"
 

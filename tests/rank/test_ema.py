@@ -18,6 +18,8 @@ from tinytitan.errors import TinytitanError
 from tinytitan.job_config import Ema, validate_job_config
 from tinytitan.rank.ema import WeightAverage, state_dict_name
 
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
+
 DECAY = 0.8
 EMA_ON = ["--ema.enable", "--ema.decay", str(DECAY)]
 

@@ -26,6 +26,8 @@ from tinytitan.rank.guard import Judge
 from tinytitan.run.folder import RunFolder
 from tinytitan.run.steps import StepEvent, StepLog, read_events, read_health, write_health
 
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
+
 WINDOWS_PER_STEP = 2 * 4  # 2 ranks x local_batch_size 4, no gradient accumulation (small_run_overrides)
 GUARD = ["--experimental.custom_import", "tests.guard_faults"]
 

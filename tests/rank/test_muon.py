@@ -18,6 +18,8 @@ from tinytitan.errors import TinytitanError, run_guarded
 from tinytitan.models import DEFAULT_MUON_PARAMS, check_flavor_groups
 from tinytitan.rank.muon import MuonAdamW, param_groups
 
+pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
+
 MUON_CONFIG = REPO / "train_configs" / "llama3_debug_muon.toml"
 HIDDEN = ("attention.wq", "attention.wk", "attention.wv", "attention.wo", "feed_forward.w1", "feed_forward.w2",
           "feed_forward.w3")  # fmt: skip
