@@ -23,7 +23,8 @@ def test_missing_config_file_is_one_line_and_exit_2():
     assert (
         len(err) == 1
         and "nope.toml does not exist" in err[0]
-        and "(debug, debug_stages, micro, nano, tiny, tiny_stages)" in err[0]
+        and "(debug, debug_muon, debug_stages, micro, micro_muon, nano, nano_muon, tiny, tiny_muon, tiny_stages)"
+        in err[0]
     )
     assert "torch.distributed.run" not in proc.stdout
 
@@ -41,7 +42,7 @@ def test_a_config_folder_is_named_as_a_folder(tmp_path):
         err = proc.stderr.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"tinytitan: error: config {folder} is a folder: pass one of its ")
         assert listed in err[0] and err[0].endswith(
-            "or a shipped config name (debug, debug_stages, micro, nano, tiny, tiny_stages)"
+            "or a shipped config name (debug, debug_muon, debug_stages, micro, micro_muon, nano, nano_muon, tiny, tiny_muon, tiny_stages)"
         )
         assert "torch.distributed.run" not in proc.stdout
 
