@@ -19,7 +19,8 @@ def run_launcher(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
 def test_missing_config_file_is_one_line_and_exit_2():
     proc = run_launcher({"CONFIG_FILE": "train_configs/nope.toml"})
     line = refused_before_start(proc)
-    assert "nope.toml does not exist" in line and "(debug, debug_stages, micro, nano, tiny, tiny_stages)" in line
+    shipped = "(debug, debug_muon, debug_stages, micro, micro_muon, nano, nano_muon, tiny, tiny_muon, tiny_stages)"
+    assert "nope.toml does not exist" in line and shipped in line
 
 
 def test_a_config_folder_is_named_as_a_folder(tmp_path):
@@ -35,7 +36,7 @@ def test_a_config_folder_is_named_as_a_folder(tmp_path):
         err = proc.stderr.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"tinytitan: error: config {folder} is a folder: pass one of its ")
         assert listed in err[0] and err[0].endswith(
-            "or a shipped config name (debug, debug_stages, micro, nano, tiny, tiny_stages)"
+            "or a shipped config name (debug, debug_muon, debug_stages, micro, micro_muon, nano, nano_muon, tiny, tiny_muon, tiny_stages)"
         )
         assert "torch.distributed.run" not in proc.stdout
 

@@ -179,11 +179,13 @@ def test_muon_state_is_in_the_checkpoint_and_resumes_exactly_after_sigkill(muon_
     assert [resumed[s] for s in range(N + 1, 2 * N + 1)] == [expected[s] for s in range(N + 1, 2 * N + 1)]
 
 
-def test_a_muon_checkpoint_of_2_processes_resumes_on_1(muon_run, tmp_path):
+def test_a_muon_checkpoint_of_2_processes_resumes_on_1_with_the_chunked_loss(muon_run, tmp_path):
+    """The optimizer state reshards (2 -> 1 process); the chunked loss keeps output.weight in its group."""
     import shutil
 
     shutil.copytree(muon_run / "checkpoint" / f"step-{N}", tmp_path / "checkpoint" / f"step-{N}")
-    proc = launch(small_run_overrides(tmp_path, 2 * N, N), config=MUON_CONFIG, nproc=1)
+    overrides = [*small_run_overrides(tmp_path, 2 * N, N), "--loss.kind", "chunked", "--loss.chunk_tokens", "256"]
+    proc = launch(overrides, config=MUON_CONFIG, nproc=1)
     assert f"Training starts at step {N + 1}" in proc.stdout + proc.stderr
     expected, resumed = train_losses(muon_run), train_losses(tmp_path)
     assert sorted(resumed) == list(range(N + 1, 2 * N + 1))
