@@ -101,6 +101,27 @@ def rope_table(model):
     return _private(model, "_precompute_freqs_cis")()
 
 
+SDPA_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                 "math": "MATH"}  # fmt: skip
+
+
+def prefer_sdpa_backend(model, first: str) -> int:
+    """Puts torch's SDPA kernel ``first`` (a key of ``SDPA_BACKENDS``) at the head of the kernel priority of
+    each of ``model``'s torchtitan SDPA modules, the others after it in torchtitan's order (cuDNN, flash,
+    math); returns how many modules it set. torchtitan keeps that list in a per-module attribute."""
+    from torch.nn.attention import SDPBackend
+    from torchtitan.models.attention import ScaledDotProductAttentionWrapper
+
+    chosen = getattr(SDPBackend, SDPA_BACKENDS[first])
+    count = 0
+    for module in model.modules():
+        if isinstance(module, ScaledDotProductAttentionWrapper):
+            default = list(_private(module, "sdpa_backends"))
+            module.sdpa_backends = [chosen, *(b for b in default if b != chosen)]
+            count += 1
+    return count
+
+
 # ---------------------------------------------------------------- torch.distributed
 
 
