@@ -122,6 +122,25 @@ def prefer_sdpa_backend(model, first: str) -> int:
     return count
 
 
+@contextmanager
+def flex_attention_compiled_by(backend: str):
+    """While open, torchtitan's FlexAttention and block-mask builder are compiled by torch.compile ``backend``
+    (e.g. "eager": traced, not code-generated) instead of inductor with max-autotune, which takes minutes on
+    a small CPU. FlexAttention runs only compiled; torchtitan holds both compiled functions in private names."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torchtitan.models import attention
+
+    wrapper = attention.FlexAttentionWrapper
+    saved = _private(wrapper, "_compiled_flex_attn"), _private(attention, "_compiled_create_block_mask")
+    wrapper._compiled_flex_attn = torch.compile(flex_attention, backend=backend)
+    attention._compiled_create_block_mask = torch.compile(create_block_mask, backend=backend)
+    try:
+        yield
+    finally:
+        wrapper._compiled_flex_attn, attention._compiled_create_block_mask = saved
+
+
 # ---------------------------------------------------------------- torch.distributed
 
 
