@@ -179,3 +179,14 @@ def test_prefer_sdpa_backend_reorders_each_sdpa_modules_kernel_priority():
     assert all(m.sdpa_backends[0] == SDPBackend.MATH for m in model.modules() if hasattr(m, "sdpa_backends"))
     with torch.no_grad():
         assert torch.allclose(model(tokens), before, atol=1e-5)
+
+
+def test_flex_attention_compiled_by_swaps_torchtitans_compiled_functions_and_restores_them():
+    from torchtitan.models import attention
+
+    wrapper = attention.FlexAttentionWrapper
+    before = wrapper._compiled_flex_attn, attention._compiled_create_block_mask
+    with compat.flex_attention_compiled_by("eager"):
+        inside = wrapper._compiled_flex_attn, attention._compiled_create_block_mask
+        assert inside[0] is not before[0] and inside[1] is not before[1]
+    assert (wrapper._compiled_flex_attn, attention._compiled_create_block_mask) == before
