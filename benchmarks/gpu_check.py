@@ -394,10 +394,16 @@ def summary(records: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="CPU-sized: the debug model, a few steps")
-    parser.add_argument("--phases", default=",".join(PHASES),
-                        help=f"comma-separated, from {','.join(PHASES + gpu_levers.PHASES)}; issue33: all of issue 33's")
-    parser.add_argument("--check-configs", action="store_true",
-                        help="only check that this checkout's config takes every issue-33 GPU row's overrides")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated, from {','.join(PHASES + gpu_levers.PHASES)}; issue33: all of issue 33's",
+    )
+    parser.add_argument(
+        "--check-configs",
+        action="store_true",
+        help="only check that this checkout's config takes every issue-33 GPU row's overrides",
+    )
     parser.add_argument("--budget-s", type=float, default=450, help="stop starting runs after this long")
     parser.add_argument("--out", type=Path, default=None, help="also append the JSON lines to this file")
     parser.add_argument("--work-dir", type=Path, default=None, help="the runs' folders (default: a temp folder)")

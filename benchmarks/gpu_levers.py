@@ -98,7 +98,9 @@ def refused_key(s: Settings, machine) -> str | None:
     from tinytitan.job_config import validate_job_config
 
     try:
-        validate_job_config(load_job_config(base_config(s.flavor), training_overrides(s, _schedule(), Path("/tmp/x"), machine)))
+        validate_job_config(
+            load_job_config(base_config(s.flavor), training_overrides(s, _schedule(), Path("/tmp/x"), machine))
+        )
     except SystemExit:  # tyro: an unknown key or a bad value, printed on stderr
         return f"this checkout's config refuses {' '.join(s.extra) or 'the row'}"
     except Exception as e:  # noqa: BLE001 - a TinytitanError (a check) or a path: the row cannot run
@@ -315,8 +317,15 @@ def heldout_run(check, p: dict, recipe: str, extra, what: str) -> list[dict]:
     return curve if ok else []
 
 
-ESTIMATE_S = {"exactness": 40, "masking": 250, "muon": 100, "guards": 80, "levers": 450, "heldout": 200,
-              "autotune": 120}  # fmt: skip  (one H100/H200; the module docstring says what each runs)
+ESTIMATE_S = {
+    "exactness": 40,
+    "masking": 250,
+    "muon": 100,
+    "guards": 80,
+    "levers": 450,
+    "heldout": 200,
+    "autotune": 120,
+}  # fmt: skip  (one H100/H200; the module docstring says what each runs)
 
 
 def planned_rows(plan: Plan33, machine) -> list[tuple[str, Settings]]:
@@ -325,7 +334,10 @@ def planned_rows(plan: Plan33, machine) -> list[tuple[str, Settings]]:
            ("masking", plan.tiny), ("masking", variant(plan.tiny, "flex block_causal", MASK)),
            ("masking", variant(plan.nano, "varlen block_causal", VARLEN))]  # fmt: skip
     out += [("muon", variant(b, "muon", MUON_RECIPE)) for b in (plan.nano, plan.tiny)]
-    out += [("guards", variant(plan.nano, "guard=off", GUARD_OFF)), ("guards", variant(plan.nano, "guard=on", GUARD_ON))]
+    out += [
+        ("guards", variant(plan.nano, "guard=off", GUARD_OFF)),
+        ("guards", variant(plan.nano, "guard=on", GUARD_ON)),
+    ]
     out += [("levers", s) for _, s in levers(plan).values()]
     return out
 

@@ -147,7 +147,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flavor", default=None, help="default: nano on CUDA, debug on the CPU")
     parser.add_argument("--seq-len", type=int, default=None, help="default: 2048 on CUDA, 128 on the CPU")
-    parser.add_argument("--attn", default=None, help="comma-separated: flex,varlen (default: both on CUDA, flex on CPU)")
+    parser.add_argument(
+        "--attn", default=None, help="comma-separated: flex,varlen (default: both on CUDA, flex on CPU)"
+    )
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     if cuda:  # float32 must be float32 for the comparison

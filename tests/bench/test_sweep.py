@@ -138,9 +138,9 @@ def test_mask_exactness_on_cpu():
     """benchmarks/mask_exactness.py's CPU path (forward only): a packed window's per-token losses equal its documents'
     alone, and the causal control differs (the check can fail)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
+    import mask_exactness
     import torch
 
-    import mask_exactness
     from tinytitan.compat import flex_attention_compiled_by
 
     with flex_attention_compiled_by("eager"):
