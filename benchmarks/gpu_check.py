@@ -47,7 +47,6 @@ import gpu_levers  # noqa: E402  (benchmarks/, this script's folder, is on sys.p
 from checkpoint_stall import rank_pid  # noqa: E402
 
 from tinytitan.bench.run import (  # noqa: E402
-    Machine,
     Settings,
     StepSchedule,
     detect_machine,
@@ -413,7 +412,7 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown phases {sorted(unknown)}: choose from {','.join(PHASES + gpu_levers.PHASES)}")
     if args.check_configs:
-        return check_configs(args.out)
+        return gpu_levers.check_configs(args.out)
     machine = detect_machine(ngpu=1)
     plan = SMOKE if args.smoke or not machine.gpus else GPU
     check = Check(plan, args, machine)
@@ -439,19 +438,6 @@ def main(argv=None) -> int:
             check.record(phase, {"status": "failed", "error": f"{type(e).__name__}: {e}"[:300]})
     log("summary\n" + summary(check.records))
     return 0 if any(r["status"] == "ok" for r in check.records) else 1
-
-
-def check_configs(out: Path | None) -> int:
-    """Whether this checkout's config takes the overrides of every issue-33 row of the GPU plan."""
-    machine = Machine(gpus=1, nproc=1, device="NVIDIA H100 80GB HBM3")
-    refused = 0
-    for phase, s in gpu_levers.planned_rows(gpu_levers.GPU33, machine):
-        reason = gpu_levers.refused_key(s, machine)
-        refused += reason is not None
-        emit({"phase": "configs", "of": phase, "what": s.label(), "status": "refused" if reason else "ok",
-              **({"error": reason} if reason else {})}, out)  # fmt: skip
-    log(f"configs: {refused} row(s) refused by this checkout's config")
-    return 0
 
 
 if __name__ == "__main__":

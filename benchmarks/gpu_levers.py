@@ -43,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from tinytitan.bench.run import Settings, base_config, float8_available, training_overrides
+from tinytitan.bench.run import Machine, Settings, base_config, emit, float8_available, training_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("exactness", "masking", "muon", "guards", "levers", "heldout", "autotune")
@@ -340,6 +340,19 @@ def planned_rows(plan: Plan33, machine) -> list[tuple[str, Settings]]:
     ]
     out += [("levers", s) for _, s in levers(plan).values()]
     return out
+
+
+def check_configs(out: Path | None) -> int:
+    """``gpu_check.py --check-configs``: whether this checkout's config takes every issue-33 GPU row's overrides."""
+    machine = Machine(gpus=1, nproc=1, device="NVIDIA H100 80GB HBM3")
+    refused = 0
+    for phase, s in planned_rows(GPU33, machine):
+        reason = refused_key(s, machine)
+        refused += reason is not None
+        emit({"phase": "configs", "of": phase, "what": s.label(), "status": "refused" if reason else "ok",
+              **({"error": reason} if reason else {})}, out)  # fmt: skip
+    print(f"gpu_check: configs: {refused} row(s) refused by this checkout's config", file=sys.stderr)
+    return 0
 
 
 RUNNERS = {"exactness": phase_exactness, "masking": phase_masking, "muon": phase_muon, "guards": phase_guards,
