@@ -286,7 +286,8 @@ def phase_heldout(check, rows: Rows, plan: Plan33) -> None:
         ratio = round(reach["muon"] / reach["adamw"], 3) if reach["muon"] and reach["adamw"] else None
         check.record("heldout", {"what": f"time to AdamW's last held-out loss {target:.4f}", "status": "ok",
                                  "seconds_to_target": reach, "muon_over_adamw": ratio,
-                                 "note": f"Muon/AdamW time to target: {ratio}"})  # fmt: skip
+                                 "note": f"Muon/AdamW time to target: {ratio}" if ratio else
+                                 f"not reached within {p['steps']} steps by {[k for k, v in reach.items() if not v]}"})  # fmt: skip
 
 
 def heldout_run(check, p: dict, recipe: str, extra, what: str) -> list[dict]:
