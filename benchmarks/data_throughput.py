@@ -176,7 +176,7 @@ def raw_encode(tok, texts: list[str]) -> dict:
 
 
 def run_loader(jc, tok, tokens: int, profile: cProfile.Profile | None = None) -> dict:
-    from tinytitan.data.loader import build_dataloader
+    from tinytitan.data.build import build_dataloader
 
     dl = build_dataloader(dp_world_size=1, dp_rank=0, tokenizer=tok, job_config=jc)
     it = iter(dl)

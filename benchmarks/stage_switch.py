@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def one_round(config: str, after: int) -> tuple[float, list[float], int]:
     """(seconds to build the loader, seconds of every batch, the first batch index of stage 2)."""
     from tinytitan.config import load_job_config
-    from tinytitan.data.loader import build_dataloader
+    from tinytitan.data.build import build_dataloader
     from tinytitan.data.planner import forget_plans
     from tinytitan.rank.spec import build_tokenizer
 

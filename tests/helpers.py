@@ -101,3 +101,36 @@ def descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def one_line(text: str) -> str:
+    """The only non-blank line of ``text`` (no traceback): what a command says when it says one thing."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in text, text[-3000:]
+    return lines[0]
+
+
+def one_line_error(proc) -> str:
+    """A refused command (a ``subprocess.CompletedProcess``): exit code 2, no traceback anywhere, and one
+    ``tinytitan: error: ...`` line on stderr, returned."""
+    assert "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    return assert_one_line_refusal(proc.stderr, proc.returncode)
+
+
+def refused_before_start(proc, dump: Path | None = None) -> str:
+    """A launch refused before any process started: ``one_line_error`` (exit 2, one line, no traceback), torchrun
+    never ran, and nothing was written (``dump``, the run folder, does not exist). Returns the line."""
+    line = one_line_error(proc)
+    assert "torch.distributed.run" not in proc.stdout, proc.stdout[-3000:]
+    assert dump is None or not Path(dump).exists(), f"{dump} was written"
+    return line
+
+
+def assert_one_line_refusal(stderr: str, code: int | None = None, expected_code: int = 2) -> str:
+    """The one ``tinytitan: error: ...`` line of a refusal (no traceback, nothing else on stderr); returns it."""
+    if code is not None:
+        assert code == expected_code, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tinytitan: error: "), stderr[-3000:]
+    return lines[0]

@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tinytitan.faults import die_with_parent
+from tinytitan.run.faults import die_with_parent
 
 NODES = ("nodeA", "nodeB")
 

@@ -190,3 +190,41 @@ def test_flex_attention_compiled_by_swaps_torchtitans_compiled_functions_and_res
         inside = wrapper._compiled_flex_attn, attention._compiled_create_block_mask
         assert inside[0] is not before[0] and inside[1] is not before[1]
     assert (wrapper._compiled_flex_attn, attention._compiled_create_block_mask) == before
+
+
+def test_foreach_lerp_moves_each_tensor_toward_its_end_in_place():
+    import torch
+
+    a, b = torch.zeros(3), torch.ones(2)
+    compat.foreach_lerp_([a, b], [torch.full((3,), 4.0), torch.full((2,), 3.0)], 0.25)
+    assert a.tolist() == [1.0, 1.0, 1.0] and b.tolist() == [1.5, 1.5]
+
+
+def test_lm_eval_git_lookup_is_quiet_outside_a_checkout_and_restored(tmp_path, monkeypatch, capfd):
+    from lm_eval import evaluator
+
+    original = evaluator.get_git_commit_hash
+    monkeypatch.chdir(tmp_path)  # no git checkout here: `git describe` fails
+    with compat.lm_eval_quiet_git():
+        assert evaluator.get_git_commit_hash is not original
+        assert evaluator.get_git_commit_hash() is None
+    assert "fatal" not in capfd.readouterr().err
+    assert evaluator.get_git_commit_hash is original
+
+
+def test_train_step_clips_through_dist_utils_and_the_listener_gets_the_norm():
+    """The guard's hook: torchtitan's train step calls ``dist_utils.clip_grad_norm_`` by attribute, so the
+    wrapped function is the one it runs, and the wrapper returns and hands over the same total norm."""
+    import torch
+    from torchtitan.distributed import utils as dist_utils
+    from torchtitan.train import Trainer
+
+    assert "dist_utils.clip_grad_norm_(" in inspect.getsource(Trainer.train_step)
+    seen = []
+    compat.on_grad_norm(seen.append)
+    compat.on_grad_norm(seen.append)  # installed once: a second trainer replaces the listener, no double wrap
+    p = torch.nn.Parameter(torch.ones(4))
+    p.grad = torch.full((4,), 3.0)
+    norm = dist_utils.clip_grad_norm_([p], max_norm=1.0, foreach=True)
+    assert len(seen) == 1 and seen[0] is norm and float(norm) == 6.0
+    assert torch.allclose(p.grad.norm(), torch.tensor(1.0), atol=1e-4)

@@ -19,7 +19,11 @@ def parse(path: Path, *overrides: str):
 
 
 def test_there_are_configs_for_every_flavor_and_the_stage_recipes():
-    assert {p.stem for p in CONFIGS} == {f"llama3_{f}" for f in FLAVORS} | {"llama3_debug_stages", "llama3_tiny_stages"}
+    muon = {f"llama3_{f}_muon" for f in ("debug", "nano", "micro", "tiny")}
+    assert {p.stem for p in CONFIGS} == {f"llama3_{f}" for f in FLAVORS} | {
+        "llama3_debug_stages",
+        "llama3_tiny_stages",
+    } | muon
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -47,6 +51,23 @@ def test_the_stage_recipes_are_their_base_configs_plus_stages():
         for section in ("model", "optimizer", "training", "parallelism", "checkpoint", "validation", "compile"):
             assert asdict(getattr(a, section)) == asdict(getattr(b, section)), (recipe, section)
         assert [s.name for s in a.data.stages] == ["pretrain", "cooldown"]
+
+
+@pytest.mark.parametrize("flavor", ["debug", "nano", "micro", "tiny"])
+def test_the_muon_recipes_are_their_base_configs_with_muon(flavor):
+    """Same model, data, schedule, batch and folders layout as the config they extend; only the optimizer
+    (and the run folder) differ, and its AdamW part keeps the base config's settings."""
+    a, b = parse(REPO / f"train_configs/llama3_{flavor}_muon.toml"), parse(REPO / f"train_configs/llama3_{flavor}.toml")
+    for section in ("model", "training", "lr_scheduler", "parallelism", "checkpoint", "validation", "compile", "data"):
+        assert asdict(getattr(a, section)) == asdict(getattr(b, section)), (flavor, section)
+    assert a.optimizer.name == "Muon" and b.optimizer.name == "AdamW"
+    assert (a.optimizer.beta1, a.optimizer.beta2, a.optimizer.eps) == (
+        b.optimizer.beta1,
+        b.optimizer.beta2,
+        b.optimizer.eps,
+    )
+    assert a.optimizer.momentum == 0.95 and a.optimizer.ns_steps == 5
+    assert a.job.dump_folder == b.job.dump_folder + "_muon"
 
 
 @pytest.mark.parametrize("flavor", ["tiny", "micro", "nano"])
@@ -106,6 +127,6 @@ def test_an_unknown_config_lists_the_shipped_names(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(
         TinytitanError,
-        match=r"config file huge does not exist: .*\(debug, debug_stages, micro, nano, tiny, tiny_stages\)",
+        match=r"config file huge does not exist: .*\(debug, debug_muon, debug_stages, micro, micro_muon, nano, nano_muon, tiny, tiny_muon, tiny_stages\)",
     ):
         find_config("huge")

@@ -17,21 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DEBUG_CONFIG, tree_digest
+from tests.helpers import DEBUG_CONFIG, one_line_error, tree_digest
 
 
 def tinytitan(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "tinytitan.cli", *map(str, args)], capture_output=True, text=True, timeout=300, cwd=cwd
     )
-
-
-def one_line_error(proc) -> str:
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "Traceback" not in proc.stdout + proc.stderr
-    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("tinytitan: error: "), proc.stderr
-    return lines[0]
 
 
 @contextlib.contextmanager

@@ -18,11 +18,10 @@ PACKAGE = REPO / "tinytitan"
 # layer or below, never above. Keep in step with docs/architecture.md.
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
-    ("config", "folders", "hf_token", "models", "faults", "compat", "run", "lm_tasks"),
+    ("config", "config_types", "folders", "hf_token", "models", "processes", "compat", "lm_tasks"),
     ("tokenizer", "tokenizer_convert"),
-    ("data", "checkpoint", "run_record"),
+    ("data", "checkpoint", "run"),
     ("export",),
-    ("hub",),
     ("observe",),
     ("rank", "job_config", "register"),
     ("launcher",),

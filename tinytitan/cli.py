@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("tinytitan.data.cli", "prepare token shards, benchmark the data loader"),
     "checkpoint": ("tinytitan.checkpoint.cli", "inspect or upgrade DCP checkpoints"),
     "export": ("tinytitan.export.cli", "convert a checkpoint to Hugging Face / Meta format, verified"),
-    "push": ("tinytitan.hub", "upload an export to a private Hub repo and collection"),
+    "push": ("tinytitan.export.push", "upload an export to a private Hub repo and collection"),
     "plot": ("tinytitan.observe.plot", "draw loss, learning rate and throughput curves as PNG"),
     "eval": (
         "tinytitan.observe.evaluate",
@@ -57,7 +57,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _prog(parser: argparse.ArgumentParser, argv: Sequence[str]) -> str:
+    """The (sub)command ``argv`` names, e.g. ``tinytitan checkpoint inspect``: whose help to point at."""
+    current = parser
+    for word in argv:
+        sub = next((a for a in current._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if sub is None or word not in sub.choices:
+            break
+        current = sub.choices[word]
+    return current.prog
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from tinytitan.observe.quiet import tqdm_default_off
+
+    tqdm_default_off(sys.stderr.isatty())  # before any command imports tqdm
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(command)
@@ -74,7 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args, extra = parser.parse_known_args(argv)
             args.overrides = extra
         else:
-            args = parser.parse_args(argv)
+            args, extra = parser.parse_known_args(argv)
+            if extra:  # the subcommand's own help, not the top-level one's
+                prog = _prog(parser, argv)
+                raise UsageError(f"{prog}: unrecognized arguments: {' '.join(extra)} (see `{prog} --help`)")
     except UsageError as e:
         print(f"tinytitan: error: {e}", file=sys.stderr)
         return 2

@@ -151,6 +151,13 @@ def set_group_timeout(group, seconds: float) -> None:
     _private(distributed_c10d, "_set_pg_timeout")(timedelta(seconds=seconds), group)
 
 
+def foreach_lerp_(tensors: list, ends: list, weight: float) -> None:
+    """``t += weight * (end - t)`` for every pair, in one fused pass (the [ema] update; torch has no public name)."""
+    import torch
+
+    _private(torch, "_foreach_lerp_")(tensors, ends, weight)
+
+
 # ---------------------------------------------------------------- Validator
 # tinytitan validates on each source's held-out split with torchtitan's own Validator (its __init__
 # and its validate loop); only the C4 text loader its __init__ builds is replaced, per source.
@@ -168,3 +175,59 @@ def validator_without_text_loader():
         yield
     finally:
         validate.build_text_validation_dataloader = original
+
+
+# ---------------------------------------------------------------- lm-eval
+# simple_evaluate records `git describe --always` with git's stderr inherited: outside a git checkout
+# every `eval tasks` printed "fatal: not a git repository". Its evaluator module holds the function.
+
+
+@contextmanager
+def lm_eval_quiet_git():
+    """While it is open, lm-eval's evaluator looks the commit up with git's stderr discarded."""
+    import os
+    import subprocess
+
+    from lm_eval import evaluator
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    original = _private(evaluator, "get_git_commit_hash")
+
+    def quiet() -> str | None:
+        try:
+            done = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return get_commit_from_path(os.getcwd())
+        return done.stdout.strip() if done.returncode == 0 else get_commit_from_path(os.getcwd())
+
+    evaluator.get_git_commit_hash = quiet
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
+
+
+# ---------------------------------------------------------------- gradient norm
+# torchtitan's Trainer.train_step clips with ``dist_utils.clip_grad_norm_`` and keeps the total norm
+# to itself until it logs it (log steps only). The guard (tinytitan.rank.guard) judges every step on
+# it before the optimizer step: the function is wrapped once, in place, to hand the norm over.
+
+_grad_norm_listeners: list = []
+
+
+def on_grad_norm(listener) -> None:
+    """``listener(total_norm)`` after each ``clip_grad_norm_`` of torchtitan's train step (the latest listener only)."""
+    from torchtitan.distributed import utils as dist_utils
+
+    clip = _private(dist_utils, "clip_grad_norm_")
+    if not getattr(clip, "tinytitan_wrapped", False):
+
+        def clip_and_tell(*args, **kwargs):
+            total_norm = clip(*args, **kwargs)
+            for tell in _grad_norm_listeners:
+                tell(total_norm)
+            return total_norm
+
+        clip_and_tell.tinytitan_wrapped = True
+        dist_utils.clip_grad_norm_ = clip_and_tell
+    _grad_norm_listeners[:] = [listener]

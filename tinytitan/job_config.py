@@ -18,7 +18,7 @@ from typing import Literal
 
 from tinytitan.data.config import Data
 from tinytitan.errors import TinytitanError
-from tinytitan.run_record import Run
+from tinytitan.run.record import Run
 
 FLOAT8_CONVERTER = "quantize.linear.float8"
 
@@ -55,6 +55,54 @@ class Model:
             raise TinytitanError(
                 "[model] attn_type = 'varlen' packs documents: set attn_mask_type = 'block_causal' (or use 'sdpa')"
             )
+
+
+@dataclass
+class Optimizer:
+    """tinytitan's keys in torchtitan's ``[optimizer]`` section (merged into it): the settings of
+    ``name = "Muon"`` (tinytitan/rank/muon.py, docs/recipes.md). With Muon, ``lr`` is the LR of the hidden
+    matrices, ``weight_decay`` applies to every group and ``beta1``/``beta2``/``eps`` to the AdamW part."""
+
+    momentum: float = 0.95
+    """Muon: momentum of the hidden matrices' gradients, in [0, 1)"""
+    nesterov: bool = True
+    """Muon: Nesterov momentum (the update is grad + momentum x buffer)"""
+    ns_steps: int = 5
+    """Muon: Newton-Schulz iterations that orthogonalize each update (>= 1; 5 is the usual)"""
+    adamw_lr: float = 3e-3
+    """Muon: LR of the AdamW part (the norms, and the embedding and output unless set below)"""
+    embed_lr: float = 0.0
+    """Muon: LR of the token embedding (AdamW); 0: adamw_lr"""
+    output_lr: float = 0.0
+    """Muon: LR of the output projection (AdamW); 0: adamw_lr"""
+    muon_params: list[str] = field(default_factory=lambda: ["layers.*.attention.w*", "layers.*.feed_forward.w*"])
+    """Muon: fnmatch patterns of the parameter names Muon trains (2-D hidden matrices only)"""
+
+
+def validate_optimizer(job_config) -> None:
+    """``[optimizer]``: the name, and with Muon its keys and the groups it would build (on the meta device)."""
+    opt = job_config.optimizer
+    if opt.name not in ("AdamW", "Adam", "Muon"):
+        raise TinytitanError(f'[optimizer] name = {opt.name!r} is unknown: use "AdamW", "Adam" or "Muon"')
+    if opt.name != "Muon":
+        return
+    _require(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "Muon's momentum must be in [0, 1), e.g. 0.95")
+    _require(opt.ns_steps >= 1, "optimizer.ns_steps", opt.ns_steps,
+             "Muon needs at least 1 Newton-Schulz step (5 is the usual)")  # fmt: skip
+    _require(opt.adamw_lr > 0, "optimizer.adamw_lr", opt.adamw_lr, "the AdamW part's LR must be > 0")
+    for key in ("embed_lr", "output_lr"):
+        _require(getattr(opt, key) >= 0, f"optimizer.{key}", getattr(opt, key), "use 0 (adamw_lr) or an LR > 0")
+    if opt.early_step_in_backward:
+        raise TinytitanError(
+            "[optimizer] early_step_in_backward = true: Muon orthogonalizes whole matrices after the backward; "
+            "set it to false"
+        )
+    from tinytitan.models import FLAVORS, SPEC_NAME
+
+    if job_config.model.name == SPEC_NAME and job_config.model.flavor in FLAVORS:
+        from tinytitan.models import check_flavor_groups
+
+        check_flavor_groups(job_config.model.flavor, list(opt.muon_params))
 
 
 @dataclass
@@ -151,6 +199,80 @@ class Hang:
         return train_timeout_seconds / 2 if self.stall_seconds == -1 else self.stall_seconds
 
 
+@dataclass
+class Ema:
+    """``[ema]``: an exponential moving average of the weights, kept beside them in every checkpoint
+    (docs/averaging.md); ``tinytitan export/eval/generate --weights ema`` use it."""
+
+    enable: bool = False
+    """keep the average: after each optimizer step, ema <- decay_t * ema + (1 - decay_t) * weights"""
+    decay: float = 0.99
+    """the average's decay per optimizer step, in (0, 1); its half-life is ln(0.5) / ln(decay) steps
+    (0.99: 69 steps, 0.999: 693); take about a tenth of the run"""
+    warmup: bool = True
+    """decay_t = min(decay, (1 + step) / (10 + step)): the first steps' weights (and the random init) fade fast
+    instead of weighing on the average for a half-life; false: decay_t = decay from step 1"""
+
+    def decay_at(self, step: int) -> float:
+        """The decay used by the update after optimizer step ``step`` (1-based)."""
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
+    def validate(self, last_save_model_only: bool) -> None:
+        """Pure: one line naming the key and the fix."""
+        if not self.enable:
+            return
+        if not 0 < self.decay < 1:
+            raise TinytitanError(
+                f"[ema] decay = {self.decay:g} is not in (0, 1): give the per-step decay, e.g. 0.99 "
+                "(a half-life of 69 steps)"
+            )
+        if last_save_model_only:
+            raise TinytitanError(
+                "[ema] enable = true but [checkpoint] last_save_model_only = true: the last checkpoint would hold the "
+                "raw weights only, not the average; set last_save_model_only = false"
+            )
+
+
+@dataclass
+class Guard:
+    """``[guard]``: steps that would harm the weights are skipped, a divergence is rolled back (docs/guard.md)."""
+
+    enable: bool = True
+    """skip non-finite steps and spikes, roll back on divergence, mark checkpoints healthy or suspect"""
+    window: int = 100
+    """a spike is judged against the loss and gradient norm of up to this many recent applied steps"""
+    warmup: int = 20
+    """no spike is judged before this many applied steps are in the window (non-finite steps always are)"""
+    z_threshold: float = 6.0
+    """a step whose loss or gradient norm is more than this many standard deviations above the window's
+    mean is a spike, and skipped; 0: never (only non-finite steps are skipped)"""
+    max_skipped: int = 5
+    """this many skipped steps in a row is a divergence: roll back to the newest healthy checkpoint"""
+    max_rollbacks: int = 3
+    """rollbacks without recovery (no healthy checkpoint saved past the divergence) before the run stops"""
+    rollback_skip_steps: int = -1
+    """after a rollback to step C from a divergence at step D, skip the data of this many steps; -1: D - C
+    (every step from the checkpoint to the divergence)"""
+    stats_freq: int = 100
+    """per-layer gradient and weight norms and update-to-weight ratios every this many steps; 0: never"""
+
+    def validate(self) -> None:
+        """Pure: one line naming the key and the fix."""
+        for key, low in (("window", 2), ("warmup", 2), ("max_skipped", 1), ("max_rollbacks", 0), ("stats_freq", 0)):
+            value = getattr(self, key)
+            if value < low:
+                raise TinytitanError(f"[guard] {key} = {value} must be at least {low}")
+        if self.warmup > self.window:
+            raise TinytitanError(f"[guard] warmup = {self.warmup} exceeds window = {self.window}: lower warmup")
+        if self.z_threshold < 0:
+            raise TinytitanError(f"[guard] z_threshold = {self.z_threshold:g} is negative: e.g. 6, or 0 for off")
+        if self.rollback_skip_steps < -1:
+            raise TinytitanError(
+                f"[guard] rollback_skip_steps = {self.rollback_skip_steps}: give N >= 0 steps, or -1 (every step "
+                "from the checkpoint to the divergence)"
+            )
+
+
 def stall_seconds(job_config) -> float:
     """The effective ``[hang] stall_seconds`` of a full JobConfig (0: off)."""
     return job_config.hang.effective(job_config.comm.train_timeout_seconds)
@@ -162,7 +284,10 @@ class JobConfig:
     eval: Eval = field(default_factory=Eval)
     loss: Loss = field(default_factory=Loss)
     model: Model = field(default_factory=Model)
+    optimizer: Optimizer = field(default_factory=Optimizer)
     hang: Hang = field(default_factory=Hang)
+    ema: Ema = field(default_factory=Ema)
+    guard: Guard = field(default_factory=Guard)
     run: Run = field(default_factory=Run)  # written by the launcher into <dump_folder>/run.toml
 
 
@@ -217,9 +342,12 @@ def validate_job_config(job_config, world_size: int | None = None) -> None:
     for key in ("init_timeout_seconds", "train_timeout_seconds"):
         value = getattr(job_config.comm, key)
         _require(value > 0, f"comm.{key}", value, "it must be > 0 seconds")
+    validate_optimizer(job_config)
     job_config.data.validate()
     job_config.eval.validate()
     job_config.hang.validate(job_config.comm.train_timeout_seconds)
+    job_config.ema.validate(ckpt.enable and ckpt.last_save_model_only)
+    job_config.guard.validate()
     validate_loss(job_config)
     p = job_config.parallelism
     if job_config.eval.tasks:

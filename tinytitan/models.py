@@ -7,9 +7,12 @@ these. To add a size, add one entry to ``FLAVORS`` (and a row to the README).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from dataclasses import dataclass
 
 from torchtitan.models.llama3 import TransformerModelArgs
+
+from tinytitan.errors import TinytitanError
 
 SPEC_NAME = "tinytitan"  # [model] name of tinytitan's TrainSpec, whose flavors are FLAVORS
 LLAMA3_VOCAB = 128256  # Llama 3 tokenizer, incl. 256 reserved special tokens
@@ -166,3 +169,50 @@ def build_torchtitan(args: TransformerModelArgs, state: dict, seq_len: int | Non
     model.load_state_dict(state, strict=True, assign=True)
     model.freqs_cis = rope_table(model)
     return model.eval()
+
+
+# ---------------------------------------------------------------- Muon's parameter groups (tinytitan/rank/muon.py)
+
+DEFAULT_MUON_PARAMS = ("layers.*.attention.w*", "layers.*.feed_forward.w*")
+WRAPPER_PARTS = ("_orig_mod", "_checkpoint_wrapped_module", "_fsdp_wrapped_module")
+
+
+def clean_name(name: str) -> str:
+    """A parameter's FQN without the wrappers compile and activation checkpointing add."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_PARTS)
+
+
+def assign_groups(named_shapes: list[tuple[str, tuple[int, ...]]], muon_params) -> dict[str, str]:
+    """Parameter name -> its group ("muon", "embed", "output", "adamw"), by name and shape only.
+
+    A pattern of ``muon_params`` (fnmatch on the FQN) that matches what Muon cannot take (not a 2-D
+    matrix, the embedding or the output projection) is one line naming the parameter and the fix.
+    """
+    groups = {}
+    for raw, shape in named_shapes:
+        name = clean_name(raw)
+        matched = [pattern for pattern in muon_params if fnmatch.fnmatchcase(name, pattern)]
+        role = "embed" if name.startswith("tok_embeddings.") else "output" if name.startswith("output.") else None
+        if matched and (role or len(shape) != 2):
+            what = f"the {'embedding' if role == 'embed' else 'output projection'}" if role else f"{len(shape)}-D"
+            raise TinytitanError(
+                f"[optimizer] muon_params pattern {matched[0]!r} matches {name} ({what}), which Muon cannot take: "
+                f"Muon orthogonalizes 2-D hidden matrices only; narrow the pattern (default: {list(DEFAULT_MUON_PARAMS)})"
+            )
+        groups[raw] = "muon" if matched else role or "adamw"
+    if "muon" not in groups.values():
+        raise TinytitanError(
+            f'[optimizer] muon_params {list(muon_params)} match no 2-D hidden matrix: name = "Muon" would train '
+            f'nothing with Muon; use the default {list(DEFAULT_MUON_PARAMS)} or name = "AdamW"'
+        )
+    return groups
+
+
+def check_flavor_groups(flavor: str, muon_params: list[str]) -> dict[str, str]:
+    """``assign_groups`` over a flavor's parameters, built on the meta device (no memory, no file read)."""
+    import torch
+    from torchtitan.models.llama3 import Transformer
+
+    with torch.device("meta"):  # torchtitan's Llama 3: the parameters and names of tinytitan's model
+        model = Transformer(flavor_args(flavor))
+    return assign_groups([(name, tuple(p.shape)) for name, p in model.named_parameters()], muon_params)

@@ -222,6 +222,30 @@ def _fetch_into(download, repo_id: str, tmp: Path, token: str | None) -> None:
     write_converted(tmp / ORIGINAL, tmp)
 
 
+def check_hub_reachable(repo_id: str, timeout_s: float = 5.0) -> None:
+    """One line at once when the Hub cannot be reached (offline mode, no DNS, no route), instead of
+    huggingface_hub's five retries over 24 s."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        raise TinytitanError(
+            f"HF_HUB_OFFLINE is set, so {repo_id} cannot be fetched: unset it, or give --repo-id a local copy of the repo"
+        )
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = endpoint.hostname or "huggingface.co"
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        cause = e.strerror or type(e).__name__
+        raise TinytitanError(
+            f"cannot reach the Hugging Face Hub ({host}:{port}: {cause}) to fetch {repo_id}: check the network, "
+            "or give --repo-id a local copy of the repo (or copy the tokenizer folder from a machine that has it)"
+        ) from None
+
+
 def download_tokenizer(
     repo_id: str, out: Path, token: str | None = None, client=None, force: bool = False
 ) -> list[Path]:
@@ -248,6 +272,8 @@ def download_tokenizer(
                 f"--repo-id {repo_id!r} is not a Hub repo id nor a folder: write it as org/name or give an existing folder"
             ) from None
     check_output_folder(out, [("the source folder", local)] if local else [], force)
+    if local is None and client is None:
+        check_hub_reachable(repo_id)
     download = _local_client(local) if local else (client or hf_hub_download)
     tmp = make_temp_dir(out)
     try:
@@ -271,6 +297,8 @@ def configure(parser) -> None:
 def run(args) -> int:
     from tinytitan.hf_token import hub_token
 
+    default = " (the default --repo-id)" if args.repo_id == LLAMA3_REPO_ID else ""
+    print(f"tinytitan: fetching the tokenizer of {args.repo_id}{default} into {args.out}", flush=True)
     token = hub_token()  # never printed
     for path in download_tokenizer(args.repo_id, args.out, token=token, force=args.force):
         print(f"wrote {path}")

@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 def main(argv=None) -> int:
     import argparse
 
-    from tinytitan import hub
     from tinytitan.errors import run_guarded
+    from tinytitan.export import push as hub
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     hub.configure(parser)

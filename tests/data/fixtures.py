@@ -208,7 +208,7 @@ def tokenizer(c: Corpus):
 
 
 def loader(c: Corpus, rank=0, world=1, **kw):
-    from tinytitan.data.loader import build_dataloader
+    from tinytitan.data.build import build_dataloader
 
     return build_dataloader(dp_world_size=world, dp_rank=rank, tokenizer=tokenizer(c), job_config=job_config(c, **kw))
 

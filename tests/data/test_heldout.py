@@ -10,8 +10,8 @@ from torchtitan.components.loss import build_cross_entropy_loss
 from torchtitan.distributed import ParallelDims
 
 from tests.data.fixtures import ID_BASE, doc_ids, job_config, loader, mark_holdout, sources, tokenizer
-from tinytitan.data.heldout import HeldOutValidator
 from tinytitan.data.prepare import prepare
+from tinytitan.rank.validator import HeldOutValidator
 
 
 def holdout_sources(corpus, n=12):

@@ -1,6 +1,6 @@
 """Recipes over tokens, in one process: the stage config and its refusals, the spans, the LR, the sampler,
 and the loader switching mixtures exactly at the boundary, across a resume on another number of readers.
-(Through the launcher, with a model: tests/test_stages.py.)"""
+(Through the launcher, with a model: tests/launcher/test_stages.py.)"""
 
 from __future__ import annotations
 

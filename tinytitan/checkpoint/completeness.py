@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 from pathlib import Path
 
 from tinytitan.errors import TinytitanError
 from tinytitan.folders import free_bytes
 from tinytitan.run.folder import STEP_DIR
+from tinytitan.run.hold import remove_unless_held
+from tinytitan.run.steps import is_healthy
 
 METADATA = ".metadata"
 
@@ -69,23 +70,29 @@ def newest_complete(folder: str | os.PathLike) -> tuple[int, Path] | None:
     return None
 
 
-def purge_checkpoints(folder: str | os.PathLike, keep: int) -> list[Path]:
+def purge_checkpoints(folder: str | os.PathLike, keep: int, keep_healthy: bool = False) -> list[Path]:
     """Keep the newest `keep` complete checkpoints; delete older ones and partial folders older than those.
 
     Partial folders newer than the newest complete one stay: one may be a save in
-    flight, and the next save of that step replaces it. Returns what was deleted.
+    flight, and the next save of that step replaces it. ``keep_healthy`` ([guard]): when none
+    of the kept ones is healthy (``tinytitan.run.steps.is_healthy``), the newest healthy one
+    older than them stays too. Returns what was deleted.
     """
     steps = step_folders(folder)
-    complete = [s for s, p in steps if (p / METADATA).is_file() and folder_problem(p) is None]
+    complete = [(s, p) for s, p in steps if (p / METADATA).is_file() and folder_problem(p) is None]
     if not complete:
         return []
-    oldest_kept = complete[-keep:][0]
+    kept = complete[-keep:]
+    oldest_kept = kept[0][0]
+    also_kept = None
+    if keep_healthy and not any(is_healthy(p) for _, p in kept):
+        also_kept = next((s for s, p in reversed(complete[:-keep]) if is_healthy(p)), None)
     deleted = []
     for step, path in steps:
-        if step >= oldest_kept:
+        if step >= oldest_kept or step == also_kept:
             continue
-        shutil.rmtree(path, ignore_errors=True)
-        deleted.append(path)
+        if remove_unless_held(path):  # a reader (export, eval, ...) holding it: the next purge tries again
+            deleted.append(path)
     return deleted
 
 
@@ -126,6 +133,10 @@ def disk_full_error(exc: BaseException, folder: str | os.PathLike) -> TinytitanE
     last = "no complete checkpoint exists yet"
     if complete:
         last = f"the last complete checkpoint, {complete[-1].name}, is intact and a rerun resumes from it"
+    newest_complete_step = max((s for s, p in steps if p in complete), default=-1)
+    partial = [p for s, p in steps if s > newest_complete_step]
+    if partial:  # it keeps the disk full: say which folder to remove (a rank may still be writing into it)
+        last += f"; remove the partial {' '.join(str(p) for p in partial)} it left (rm -r) to free its space"
     return TinytitanError(
         f"no space left in {folder} while saving a checkpoint: one needs at least {_size(needed)}, "
         f"{_size(free)} is free; free space there or set --checkpoint.folder elsewhere ({last})"

@@ -18,6 +18,7 @@ from tinytitan.checkpoint.flavors import fitting_flavor
 from tinytitan.checkpoint.reader import open_checkpoint
 from tinytitan.checkpoint.stats import checkpoint_stats
 from tinytitan.errors import TinytitanError
+from tinytitan.run.steps import describe_health, read_health
 
 
 def data_state(ckpt) -> dict | None:
@@ -48,7 +49,7 @@ def data_state(ckpt) -> dict | None:
 
 def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -> dict:
     """A JSON-ready description; the keys are those ``--json`` prints."""
-    from tinytitan.run_record import read_trained_run
+    from tinytitan.run.record import read_trained_run
 
     ckpt = open_checkpoint(path, step, check=False)  # a truncated one is reported, not refused
     stats = checkpoint_stats(ckpt)
@@ -74,10 +75,12 @@ def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
         "lr_scheduler": ckpt.has_state("lr_scheduler"),
         "dataloader": ckpt.has_state("dataloader"),
         "train_state": ckpt.has_state("train_state"),
+        "ema": ckpt.has_ema,  # an average of the weights ([ema]): --weights ema of export, eval, generate
         "complete": problem is None,
         "problem": problem,  # why the folder is not complete (a truncated .distcp, no .metadata)
         "resumable": ckpt.resumable and problem is None,
         "data": data_state(ckpt),
+        "health": read_health(ckpt.path),  # [guard]: healthy or suspect (tinytitan.run.steps), None: unknown
         "run_record": str(trained.path) if trained is not None else None,  # <run>/run.toml
         "trained_flavor": trained.flavor if trained is not None else None,
         "seq_len": trained.seq_len if trained is not None else None,
@@ -122,6 +125,9 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+EMA_TEXT = "yes: an average of the weights ([ema]); export, eval and generate take --weights ema"
+
+
 def format_report(info: dict) -> str:
     layout = {"flat": "flat (torchtitan >= 0.2)", "prefixed": 'prefixed ("model." keys, torchtitan < 0.2)'}[
         info["layout"]
@@ -149,6 +155,8 @@ def format_report(info: dict) -> str:
         ("model size", _size(info["model_bytes"])),
         ("size on disk", _size(info["size_on_disk"])),
         ("can resume", resume),
+        ("EMA weights", EMA_TEXT if info["ema"] else "no"),
+        ("health", describe_health(info.get("health"))),
         ("trained with", _trained(info)),
     ]
     data = info.get("data")

@@ -11,6 +11,9 @@ Two layouts exist. torchtitan 0.2.2 saves model keys at the top level
 ``dataloader`` and ``train_state``; older torchtitan saved them under a
 ``model.`` prefix and also persisted the RoPE table ``freqs_cis``. Both read the
 same here: names are always the flat torchtitan names, ``freqs_cis`` is skipped.
+
+A run with ``[ema]`` also saves the average of the weights as ``ema.<name>`` (``tinytitan.rank.ema``);
+``open_checkpoint(..., weights="ema")`` reads those in place of the raw weights, under the same names.
 """
 
 from __future__ import annotations
@@ -27,10 +30,13 @@ import torch
 from tinytitan.checkpoint.completeness import METADATA, folder_problem, saved_step_folders
 from tinytitan.errors import TinytitanError
 from tinytitan.run.folder import step_of
+from tinytitan.run.hold import hold_checkpoint, missing_checkpoint
 
 MODEL_PREFIX = "model."
 FREQS_CIS = "freqs_cis"
-STATE_ROOTS = ("optimizer", "lr_scheduler", "dataloader", "train_state")
+EMA_ROOT = "ema"  # tinytitan.rank.ema.STATE_KEY
+STATE_ROOTS = ("optimizer", "lr_scheduler", "dataloader", "train_state", EMA_ROOT)
+WEIGHTS = ("raw", "ema")
 
 
 @dataclass(frozen=True)
@@ -85,9 +91,7 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
     """A step folder, or a checkpoint folder (or the run folder above it) plus ``step``."""
     path = Path(path)
     if not path.exists():
-        raise TinytitanError(
-            f"checkpoint {path} does not exist: pass a step folder such as outputs/debug/checkpoint/step-20"
-        )
+        raise TinytitanError(missing_checkpoint(path))
     if (path / METADATA).is_file():
         if step not in (None, "latest") and step_of(path) not in (None, int(step)):
             raise TinytitanError(f"{path} is the checkpoint of one step; --step {step} applies to a checkpoint folder")
@@ -122,10 +126,17 @@ class Checkpoint:
     model: dict[str, TensorEntry]  # flat torchtitan name -> entry, in checkpoint order
     other_keys: list[str] = field(default_factory=list)
     _reader: object = None
+    weights: str = "raw"  # "ema": ``model`` points at the average's tensors (``ema.<name>``)
 
     # -- listing -------------------------------------------------------------------------
     def has_state(self, root: str) -> bool:
         return any(k == root or k.startswith(root + ".") for k in self.other_keys)
+
+    @property
+    def has_ema(self) -> bool:
+        """Whether it holds an average of the weights ([ema]) for every model tensor."""
+        keys = self.metadata.state_dict_metadata
+        return all(f"{EMA_ROOT}.{name}" in keys for name in self.model)
 
     @property
     def resumable(self) -> bool:
@@ -192,14 +203,26 @@ class Checkpoint:
         return out
 
 
-def open_checkpoint(path: str | os.PathLike, step: int | str | None = None, *, check: bool = True) -> Checkpoint:
+def open_checkpoint(
+    path: str | os.PathLike,
+    step: int | str | None = None,
+    *,
+    check: bool = True,
+    weights: str = "raw",
+    hold: bool = True,
+) -> Checkpoint:
     """Reads only ``.metadata`` (and the data files' sizes); tensors are loaded later, one at a time.
 
-    ``check``: refuse a checkpoint whose data files are shorter than ``.metadata`` says.
+    ``check``: refuse a checkpoint whose data files are shorter than ``.metadata`` says. ``weights``: "raw"
+    (the trained weights) or "ema" (their average, refused in one line when the run kept none). ``hold``: keep
+    the step folder from the purge of a training in its run for as long as this process lives
+    (``tinytitan.run.hold``; not for the launcher of that training).
     """
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     folder = resolve_checkpoint(path, step)
+    if hold and hold_checkpoint(folder) and not folder.exists():  # the purge deleted it before the hold
+        raise TinytitanError(missing_checkpoint(folder))
     reader = _reader_class()(str(folder))
     try:
         metadata = reader.read_metadata()
@@ -228,6 +251,17 @@ def open_checkpoint(path: str | os.PathLike, step: int | str | None = None, *, c
     if not model:
         raise TinytitanError(f"checkpoint {folder} holds no model tensors: is it a torchtitan checkpoint?")
     ckpt = Checkpoint(folder, metadata, "prefixed" if prefixed else "flat", freqs_key, model, other, reader)
+    if weights not in WEIGHTS:
+        raise TinytitanError(f"--weights {weights} is unknown: choose raw or ema")
+    if weights == "ema":
+        if not ckpt.has_ema:
+            raise TinytitanError(
+                f"checkpoint {folder} holds no average of the weights (the run had no [ema] enable = true): "
+                "use --weights raw"
+            )
+        ckpt.model = {n: TensorEntry(f"{EMA_ROOT}.{n}", n, e.shape, keys[f"{EMA_ROOT}.{n}"].properties.dtype)
+                      for n, e in ckpt.model.items()}  # fmt: skip
+        ckpt.weights = "ema"
     if check:
         ckpt.check_complete()
     return ckpt

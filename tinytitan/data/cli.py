@@ -76,7 +76,7 @@ def _prepare(args) -> int:
 
 def bench(job_config, tokens: int, *, dp_world_size: int = 1, dp_rank: int = 0, tokenizer=None) -> dict:
     """Reads `tokens` tokens through the configured loader; returns the measurements."""
-    from tinytitan.data.loader import build_dataloader
+    from tinytitan.data.build import build_dataloader
     from tinytitan.data.preflight import check_data
 
     check_data(job_config)

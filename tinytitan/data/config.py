@@ -73,6 +73,20 @@ class Source:
     """Glob inside `path` with held-out files for validation (SlimPajama: 'validation/chunk*/*.jsonl.zst')."""
     validation_docs: int = 0
     """Hold out the first N documents of the first training file for validation (and never train on them)."""
+    hub_id: str = ""
+    """The Hugging Face dataset this source's files come from ('org/name'), as you declare it: named in an
+    export's model card metadata (`datasets:`). Empty: none named (never guessed from the folder's name)."""
+    license: str = ""
+    """The license of this source's data as you state it (e.g. 'odc-by', 'other'): named in the model card
+    next to the model's own license. Empty: the card says it was not declared."""
+
+    def declared_hub_id(self) -> str:
+        """The Hub dataset this source declares: ``hub_id``, or a path written as ``hf://datasets/org/name``
+        ('' when neither: a local folder's name is never taken for one)."""
+        prefix = "hf://datasets/"
+        if not self.hub_id and self.path.startswith(prefix):
+            return "/".join(self.path[len(prefix) :].strip("/").split("/")[:2])
+        return self.hub_id
 
     def validate(self) -> None:
         """The source's own values (its name is checked by ``Data.validate``, which knows the others)."""
@@ -95,6 +109,8 @@ class Source:
             raise fail(f"validation_docs = {self.validation_docs}", "use 0 (none) or a positive number")
         if self.validation_files and self.validation_docs:
             raise fail("both validation_files and validation_docs are set", "choose one held-out split")
+        if self.hub_id and not re.fullmatch(r"[\w.-]+/[\w.-]+", self.hub_id):
+            raise fail(f"hub_id = {self.hub_id!r} is not a Hub dataset id", "write it as 'org/name', or leave it out")
 
 
 @dataclass

@@ -18,21 +18,17 @@ mixtures at that window on every rank and worker, with no restart and no state o
 
 from __future__ import annotations
 
-import atexit
 import logging
 import multiprocessing as mp
 import os
 import queue
-import time
-import weakref
 from typing import Any
 
 import numpy as np
 import torch
 from torchtitan.components.dataloader import BaseDataLoader
 
-from tinytitan.data.config import Data, data_config, require_lanes
-from tinytitan.data.encode import Encoder
+from tinytitan.data.config import require_lanes
 from tinytitan.data.loader_state import (
     Lanes,
     LaneState,
@@ -49,8 +45,8 @@ from tinytitan.data.loader_state import (
 )
 from tinytitan.data.mixture import Reader, StagedSampler, lane_stats
 from tinytitan.data.plan import MixturePlan
-from tinytitan.data.planner import make_plan
-from tinytitan.data.stages import StageSpan, sequences_per_step, stage_spans
+from tinytitan.data.stage_tokens import StageTokens, stage_records
+from tinytitan.data.stages import StageSpan
 from tinytitan.data.workers import (
     BackendSpec,
     WindowSchedule,
@@ -60,49 +56,9 @@ from tinytitan.data.workers import (
     make_backend,
     worker_main,
 )
-from tinytitan.errors import TinytitanError
+from tinytitan.processes import RankFailure, describe_exit, process_state
 
 logger = logging.getLogger("tinytitan.data")
-
-
-def stage_records(spans: list[StageSpan], windows_per_step: int) -> list[StageRecord]:
-    """The stages as global window ranges (what the sampler switches on, and what a checkpoint records)."""
-    last = len(spans) - 1
-    return [
-        StageRecord(
-            name=span.name,
-            first_window=(span.first_step - 1) * windows_per_step,
-            end_window=None if span.index == last else span.last_step * windows_per_step,
-            weights=dict(span.weights),
-            first_step=span.first_step,
-            last_step=None if span.index == last else span.last_step,
-        )
-        for span in spans
-    ]
-
-
-class StageTokens:
-    """Tokens per source in every stage, over all ranks: a pure function of the global window count.
-
-    The sampler decides the source of every window, so the counts from ``since`` on are counted from
-    it (``seq_len`` tokens a window); ``base`` holds the counts before ``since`` (from a checkpoint,
-    where ``seq_len`` may have differed).
-    """
-
-    CHUNK = 1 << 20
-
-    def __init__(self, sampler: StagedSampler, n_sources: int, seq_len: int, since: int, base: np.ndarray):
-        self.sampler, self.n_sources, self.seq_len = sampler, n_sources, seq_len
-        self.counted_to = since
-        self.counts = base.astype(np.int64).copy()  # [stage, source] tokens
-
-    def at(self, windows: int) -> np.ndarray:
-        while self.counted_to < windows:
-            g = np.arange(self.counted_to, min(windows, self.counted_to + self.CHUNK), dtype=np.int64)
-            cells = self.sampler.stages(g) * self.n_sources + self.sampler.sources(g)
-            self.counts += np.bincount(cells, minlength=self.counts.size).reshape(self.counts.shape) * self.seq_len
-            self.counted_to = int(g[-1]) + 1
-        return self.counts
 
 
 class MixtureDataLoader(BaseDataLoader):
@@ -165,7 +121,6 @@ class MixtureDataLoader(BaseDataLoader):
         self._loaded_lanes: Lanes | None = None
         self.process_group = None  # gathered over in state_dict(); None: the default group
         require_lanes(plan.lanes, self.n_readers)
-        _LIVE.add(self)
 
     # ---------------------------------------------------------- iteration
     def reader_id(self, local: int) -> int:
@@ -242,13 +197,17 @@ class MixtureDataLoader(BaseDataLoader):
         if not self._procs:
             self._start_workers()
         q, p = self._queues[k], self._procs[k]
+        said_stopped = False
         while True:
             try:
                 item = q.get(timeout=1.0)
                 break
             except queue.Empty:
                 if not p.is_alive():
-                    raise RuntimeError(f"data loader worker {p.name} died (exit code {p.exitcode})") from None
+                    raise RankFailure(f"data loader worker {p.name} died ({describe_exit(p.exitcode)})") from None
+                if not said_stopped and process_state(p.pid) == "T":  # the launcher's hang line names this rank
+                    said_stopped = True
+                    logger.warning(f"data loader worker {p.name} (pid {p.pid}) is stopped (SIGSTOP?): waiting for it")
         if isinstance(item, WorkerFailure):
             self._stop_workers()
             raise item.exception()
@@ -423,75 +382,3 @@ class MixtureDataLoader(BaseDataLoader):
     def __del__(self):  # a loader dropped without close(): its workers must not outlive it
         if getattr(self, "_procs", None):
             self._stop_workers()
-
-
-_LIVE: weakref.WeakSet = weakref.WeakSet()
-
-
-@atexit.register
-def _report_at_exit() -> None:
-    for loader in list(_LIVE):
-        try:
-            files = loader.skipped_files()
-            if files:
-                logger.warning(
-                    "data: %d unreadable file(s) were skipped on dp rank %d: %s",
-                    len(files),
-                    loader.dp_rank,
-                    "; ".join(files),
-                )
-            loader.close()
-        except Exception as e:  # at exit: report, and go on closing the others
-            logger.warning("data: closing the loader of dp rank %d at exit failed: %r", loader.dp_rank, e)
-
-
-# ---------------------------------------------------------- builders
-
-
-def backend_spec(data: Data, tokenizer) -> BackendSpec:
-    if data.format == "tokens":
-        return BackendSpec("tokens", prepared_dir=data.prepared_dir)
-    if tokenizer is None:
-        raise TinytitanError("data.format = 'text' needs a tokenizer; set model.hf_assets_path to a tokenizer folder")
-    return BackendSpec("text", encoder=Encoder(tokenizer), budget=data.encode_batch_bytes)
-
-
-def build_dataloader(*, dp_world_size: int, dp_rank: int, tokenizer, job_config, **kwargs) -> MixtureDataLoader:
-    """TrainSpec.build_dataloader_fn: the [data] mixture for this dp rank."""
-    data = data_config(job_config)
-    training = job_config.training
-    dl = training.dataloader
-    plan = make_plan(data, tokenizer)
-    started = time.perf_counter()
-    windows_per_step = sequences_per_step(training, dp_world_size)
-    spans = stage_spans(data, training.steps, windows_per_step * training.seq_len)
-    loader = MixtureDataLoader(
-        plan,
-        backend_spec(data, tokenizer),
-        dp_rank=dp_rank,
-        dp_world_size=dp_world_size,
-        batch_size=training.local_batch_size,
-        seq_len=training.seq_len,
-        num_workers=dl.num_workers,
-        prefetch_factor=dl.prefetch_factor,
-        pin_memory=dl.pin_memory,
-        stages=spans,
-        windows_per_step=windows_per_step,
-        allow_stage_change=data.allow_stage_change,
-    )
-    logger.info(
-        "data: %s format, %s, %d lanes per source, %d readers, planned in %.2fs",
-        data.format,
-        ", ".join(
-            f"{s.name}{'' if data.stages else f' {s.weight:.3f}'} ({len(s.files)} files, {len(s.parts)} parts)"
-            for s in plan.sources
-        ),
-        plan.lanes,
-        loader.n_readers,
-        time.perf_counter() - started,
-    )
-    if data.stages:
-        logger.info(
-            "data: %d stages: %s", len(spans), "; ".join(f"{st.name!r} {st.describe()}" for st in loader.stages)
-        )
-    return loader

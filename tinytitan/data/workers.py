@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from tinytitan import faults
 from tinytitan.data.loader_state import Lanes
 from tinytitan.data.mixture import Reader, StagedSampler
 from tinytitan.data.plan import MixturePlan
 from tinytitan.errors import TinytitanError
+from tinytitan.processes import die_with_parent
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class WorkerFailure:
 
 def worker_main(spec: WorkerSpec, out: queue.Queue) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    faults.die_with_parent(signal.SIGKILL)  # a killed rank leaves no worker behind
+    die_with_parent(signal.SIGKILL)  # a killed rank leaves no worker behind
     if os.getppid() != spec.parent_pid:
         return  # the rank died before the request above: it cannot reach this worker any more
     try:

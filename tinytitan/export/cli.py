@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinytitan.export.card import DEFAULT_LICENSE
-
 
 def _step(value: str):
     return value if value == "latest" else int(value)
@@ -41,8 +39,13 @@ def configure(parser: argparse.ArgumentParser, *, formats: bool = True) -> None:
         "--repo-id", default=None, help="Hub id for the model card's usage example (default: the folder name)"
     )
     parser.add_argument(
-        "--license", default=DEFAULT_LICENSE, help=f"license in the model card (default {DEFAULT_LICENSE})"
+        "--license",
+        default=None,
+        help="the model's license for the card, your choice (e.g. apache-2.0, mit); default: 'unknown' until "
+        "you choose one (`tinytitan push --license` can set it later)",
     )
+    parser.add_argument("--weights", choices=("raw", "ema"), default="raw",
+                        help="raw: the trained weights (default); ema: their average, saved by a run with [ema]")  # fmt: skip
     parser.add_argument("--no-verify", dest="verify", action="store_false", help="skip the transformers parity check")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
 
@@ -54,6 +57,7 @@ def run(args) -> int:
         args.checkpoint, args.out, fmt=getattr(args, "fmt", "hf"), config=args.config, tokenizer=args.tokenizer,
         step=args.step, flavor=args.flavor, dtype=args.dtype, verify=args.verify, force=args.force,
         progress=sys.stderr.isatty(), repo_id=args.repo_id, license=args.license,
+        weights=getattr(args, "weights", "raw"),
     )  # fmt: skip
     total = sum(p.stat().st_size for p in result.files)
     print(f"wrote {result.out} ({len(result.files)} files, {total / 2**20:.1f} MiB):")

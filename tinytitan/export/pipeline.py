@@ -135,23 +135,26 @@ def export(
     repo_id: str | None = None,
     license: str | None = None,
     log: Callable[[str], None] = print,
+    weights: str = "raw",
 ) -> ExportResult:
     """Exports ``checkpoint`` (a step folder, or a checkpoint folder plus ``step``) to ``out``.
 
     What was trained -- flavor, tokenizer folder, sequence length (verification runs at it), data,
     precision, for the card -- comes from the run's record next to the checkpoint
-    (``tinytitan.run_record``); ``config`` (a training TOML) overrides it, with a warning per key
+    (``tinytitan.run.record``); ``config`` (a training TOML) overrides it, with a warning per key
     that disagrees; ``tokenizer`` and ``flavor`` override both. ``source`` replaces the checkpoint by
-    another weight source (see ``tinytitan.export.source``). Raises ``TinytitanError`` for bad input
-    and failed verification, leaving ``out`` untouched.
+    another weight source (see ``tinytitan.export.source``). ``weights``: "raw", or "ema" for the average of
+    the weights a run with ``[ema]`` saved (refused when the checkpoint has none). Raises ``TinytitanError``
+    for bad input and failed verification, leaving ``out`` untouched.
     """
     from tinytitan.checkpoint.flavors import require_flavor
     from tinytitan.checkpoint.reader import open_checkpoint
+    from tinytitan.checkpoint.stats import parent_of
     from tinytitan.export import card
     from tinytitan.export.source import DcpSource
     from tinytitan.export.tokenizer_files import read_tokenizer
     from tinytitan.models import flavor_args, summarize
-    from tinytitan.run_record import read_trained_run
+    from tinytitan.run.record import read_trained_run
 
     if fmt not in FORMATS:
         raise TinytitanError(f"--format {fmt} is unknown: choose one of {', '.join(FORMATS)}")
@@ -169,7 +172,7 @@ def export(
         )
     tok = read_tokenizer(tok_dir) if tok_dir is not None else None
     if source is None:
-        source = DcpSource(open_checkpoint(checkpoint, step))
+        source = DcpSource(open_checkpoint(checkpoint, step, weights=weights))
     flavor = require_flavor(source.shapes(), flavor or (trained.flavor if trained else None), source.description)
     args = flavor_args(flavor)
     if tok is not None and tok.vocab_size > args.vocab_size:
@@ -178,7 +181,9 @@ def export(
         )
     torch_dtype = DTYPES[dtype]
     stats = source.run_stats()
-    log(f"exporting {source.description} (flavor {flavor}, step {stats.step}) as {fmt}, {dtype}")
+    which = getattr(source, "weights", "raw")
+    parent = parent_of(trained)
+    log(f"exporting {source.description} (flavor {flavor}, step {stats.step}, {which} weights) as {fmt}, {dtype}")
 
     need = _export_bytes(source.shapes(), torch_dtype, fmt)
     check_free_space(out, need, f"the {fmt} export")
@@ -204,7 +209,7 @@ def export(
                 return
             text = card.model_card(
                 repo_name=name, flavor=flavor, summary=summary, stats=stats, trained=trained, dtype=dtype,
-                verification=result.verification, license=license or card.DEFAULT_LICENSE,
+                verification=result.verification, license=license, parent=parent, weights=which,
             )  # fmt: skip
             (tmp / "README.md").write_text(text)
             record = card.provenance(
@@ -215,6 +220,9 @@ def export(
                 source=source.description,
                 verification=result.verification,
                 fmt=fmt,
+                weights=which,
+                parent=parent,
+                license=license,
             )
             (tmp / "tinytitan.json").write_text(record)
 

@@ -24,6 +24,7 @@ class DcpSource:
     def __init__(self, checkpoint):
         self.checkpoint = checkpoint
         self.description = f"checkpoint {checkpoint.path}"
+        self.weights = checkpoint.weights  # "raw" or "ema" (the average of the weights, [ema])
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         return self.checkpoint.shapes()

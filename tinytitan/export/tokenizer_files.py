@@ -1,6 +1,6 @@
 """The tokenizer files of an export: read from the training tokenizer folder, copied, BOS made explicit.
 
-What was trained (flavor, sequence length, data) comes from the run's record: ``tinytitan.run_record``.
+What was trained (flavor, sequence length, data) comes from the run's record: ``tinytitan.run.record``.
 """
 
 from __future__ import annotations

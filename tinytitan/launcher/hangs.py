@@ -22,8 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tinytitan import faults
-from tinytitan.faults import Heartbeat
+from tinytitan.run import faults
+from tinytitan.run.faults import Heartbeat
 from tinytitan.run.folder import RunFolder
 
 STACK_WAIT_S = 5.0  # a rank in uninterruptible I/O (state D) answers late, or not at all

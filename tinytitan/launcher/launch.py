@@ -28,12 +28,14 @@ from tinytitan.config import DEFAULT_CONFIG, load_job_config, rank_overrides, tr
 from tinytitan.errors import TinytitanError, run_guarded
 from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.preflight import preflight
+from tinytitan.launcher.resume_check import KeptFiles, check_resume, skipped_checkpoints, write_data_listing
 from tinytitan.launcher.run_folder import RunLock, finished_run, takes_lock
 from tinytitan.launcher.supervise import Supervisor
 from tinytitan.run.folder import RunFolder
 
 CPU_PROCESSES = 2  # FSDP needs at least two ranks to shard anything
 GPU_MAX_RESTARTS = 3
+REFUSED_EXIT_CODE = 2  # every rank refused the job with the same one line (Supervisor._outcome)
 
 
 def visible_gpus() -> int:
@@ -162,6 +164,29 @@ def print_stages(job_config, world_size: int) -> None:
         print(f"tinytitan: {line}", flush=True)
 
 
+def checked(config_file: str | None, overrides: Sequence[str], env: Mapping[str, str]):
+    """Every check a launch runs before anything is written: (job_config, nproc, gpus, world_size, files), ``files``
+    the text sources' files as the data check listed them (the run's record reuses them)."""
+    gpus = visible_gpus()
+    nproc = resolve_nproc(env, gpus)
+    check_launch_env(env, nproc)
+    job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
+    import torch
+
+    world_size = nproc * int(env.get("NNODES") or 1)
+    files = preflight(job_config, world_size, gpus, torch.__version__)
+    return job_config, nproc, gpus, world_size, files
+
+
+def check(config_file: str | None, overrides: Sequence[str], env: Mapping[str, str]) -> int:
+    """``tinytitan train --check``: the launch's checks and its plan (``tinytitan.launcher.plan``), nothing run."""
+    from tinytitan.launcher.plan import print_plan
+
+    job_config, nproc, gpus, world_size, _ = checked(config_file, overrides, env)
+    print_plan(job_config, nproc=nproc, gpus=gpus, world_size=world_size)
+    return 0
+
+
 def launch(
     config_file: str | None,
     overrides: Sequence[str],
@@ -175,36 +200,38 @@ def launch(
 
     started = time.monotonic()
     env = dict(os.environ if env is None else env)
-    gpus = visible_gpus()
-    nproc = resolve_nproc(env, gpus)
-    check_launch_env(env, nproc)
-    job_config = load_job_config(config_file or env.get("CONFIG_FILE"), overrides)
-    import torch
-
-    world_size = nproc * int(env.get("NNODES") or 1)
-    files = preflight(job_config, world_size, gpus, torch.__version__)
+    job_config, nproc, gpus, world_size, files = checked(config_file, overrides, env)
     finished = finished_run(job_config)
     if finished is not None:  # before anything is written to the run folder
         print(finished, flush=True)
         return 0
+    start_step = resumes_from(job_config)
+    check_resume(job_config, world_size, start_step)  # what a resume may not change, before anything is written
+    for line in skipped_checkpoints(job_config, start_step):
+        print(f"tinytitan: warning: {line}", file=sys.stderr, flush=True)
     print_stages(job_config, world_size)
     config_file = job_config.job.config_file
     restarts = max_restarts(env, gpus)
     cmd = torchrun_command(nproc, training_args(config_file, rank_overrides(job_config, overrides)), env, restarts)
     with RunLock(RunFolder.of(job_config)) if takes_lock(env) else contextlib.nullcontext():
         command = command or command_line(script_program(), overrides, env)
-        start_step = resumes_from(job_config)
+        kept = KeptFiles(RunFolder.of(job_config).record, RunFolder.of(job_config).data_files)
         record = write_run_record(job_config, world_size=world_size, gpus=gpus, command=command, env=env,
                                   start_step=start_step, files=files)  # fmt: skip
+        if record is not None:
+            write_data_listing(job_config, start_step)
         where = f"{nproc} GPU(s)" if gpus else f"{nproc} CPU processes (no GPU found)"
         print(f"tinytitan: training {config_file} on {where}, up to {restarts} restart(s)", flush=True)
         start = report.start_lines(job_config, record=record, command=command, start_step=start_step)
         print("\n".join(start), flush=True)
-        offset = report.metrics_size(job_config)
+        offset = report.metrics_size(RunFolder.of(job_config))
         watch = run_watch(job_config, world_size)
         code = Supervisor(cmd, process_env(env, nproc, gpus), nproc, restarts, watch).run()
+        if code == REFUSED_EXIT_CODE and report.metrics_size(RunFolder.of(job_config)) == offset:
+            kept.restore()  # the ranks refused the launch before a step: the record stays as it was
     if code == 0:
-        outcome = report.read_outcome(job_config, offset)
+        outcome = report.read_outcome(RunFolder.of(job_config), offset)
+        outcome.start_step = start_step
         print("\n".join(report.end_lines(job_config, outcome, wall_s=time.monotonic() - started)), flush=True)
     return code
 
@@ -213,10 +240,20 @@ PASS_THROUGH = True  # unknown arguments are torchtitan overrides
 
 
 def configure(parser) -> None:
+    import argparse
+
+    from tinytitan.config import shipped_configs
+
     parser.add_argument(
         "--config",
         default=None,
-        help=f"TOML job config, or a shipped one by name: debug, nano, micro, tiny (default: $CONFIG_FILE or {DEFAULT_CONFIG})",
+        help=f"TOML job config, or a shipped one by name: {', '.join(shipped_configs())} "
+        f"(default: $CONFIG_FILE or {DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="run every start check and print the plan (steps, tokens, stages, readers); start and write nothing",
     )
     parser.add_argument("--ngpu", type=int, default=None, help="processes per node (default: $NGPU or visible GPUs)")
     parser.add_argument(
@@ -225,7 +262,16 @@ def configure(parser) -> None:
         default=None,
         help=f"restarts after a rank fails (default: $MAX_RESTARTS, or {GPU_MAX_RESTARTS} with GPUs, 0 without)",
     )
-    parser.epilog = "Other arguments pass to torchtitan, e.g. --training.steps 20 --job.dump_folder /tmp/run1"
+    parser.epilog = "Other arguments are config overrides, e.g. --training.steps 20 --job.dump_folder /tmp/run1"
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    plain = parser.format_help
+
+    def format_help() -> str:  # the keys only when help is asked for (they are read from the source)
+        from tinytitan.launcher.keys import keys_help
+
+        return plain() + "\n" + keys_help() + "\n"
+
+    parser.format_help = format_help
 
 
 def run(args) -> int:
@@ -240,6 +286,8 @@ def run(args) -> int:
         env["NGPU"] = str(args.ngpu)
     if args.max_restarts is not None:
         env["MAX_RESTARTS"] = str(args.max_restarts)
+    if args.check:
+        return check(args.config, args.overrides, env)
     return launch(args.config, args.overrides, env, command)
 
 

@@ -103,4 +103,6 @@ def check_initial_load(job_config) -> None:
     if problem is not None:
         raise TinytitanError(f"{where} is incomplete: {problem}; use a complete step (`tinytitan checkpoint inspect`)")
     if job_config.model.name == SPEC_NAME:
-        check_shapes(open_checkpoint(path, check=False).shapes(), job_config.model.flavor, f"checkpoint {path}")
+        check_shapes(
+            open_checkpoint(path, check=False, hold=False).shapes(), job_config.model.flavor, f"checkpoint {path}"
+        )

@@ -1,4 +1,4 @@
-"""Writes the run's record, ``<dump_folder>/run.toml``, before torchrun starts (``tinytitan.run_record``).
+"""Writes the run's record, ``<dump_folder>/run.toml``, before torchrun starts (``tinytitan.run.record``).
 
 The config written is the one every rank reads (the TOML file plus the overrides, through
 ``tinytitan.config.load_job_config``), with its input paths and dump folder made absolute. A run
@@ -21,13 +21,15 @@ from pathlib import Path
 
 from tinytitan.config import SOURCE_ROOT
 from tinytitan.run.folder import RUN_FILE, RunFolder
-from tinytitan.run_record import Segment, absolute_paths, differences, read_record, to_toml
+from tinytitan.run.record import Segment, absolute_paths, read_record
+from tinytitan.run.toml_text import differences, to_toml
 
 # The launcher's environment variables (tinytitan.launcher.launch), shown in front of the command.
 LAUNCH_ENV = ("NGPU", "CONFIG_FILE", "LOG_RANK", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "MAX_RESTARTS")
 HEADER = """\
-tinytitan run record, written by the launcher when the run started (tinytitan.run_record).
-The job config the ranks ran with: the config file plus the overrides, input paths made absolute.
+tinytitan run record, written by the launcher when the run started (tinytitan.run.record).
+The job config the ranks ran with: the config file plus the overrides, input paths made absolute,
+what a CPU run changes (foreach, float32) applied; torchtitan's dataset keys left out (tinytitan's [data] replaces them).
 [[run.segments]]: one table per launch (the step it started from, command, versions, what changed).
 Read by `tinytitan export`, `eval`, `generate` and `checkpoint inspect`.
 `tinytitan train --config <this file>` runs the same job again."""
@@ -126,6 +128,10 @@ def write_run_record(
     import tinytitan
 
     config = absolute_paths(copy.deepcopy(job_config))
+    if not gpus:  # what the CPU ranks run with (tinytitan.rank.device): foreach, float32, no compile
+        from tinytitan.rank.device import cpu_changes
+
+        cpu_changes(config)
     run = RunFolder.of(config)
     dump, path = run.root, run.record
     previous = _previous_record(path)
@@ -147,11 +153,21 @@ def write_run_record(
         changed=differences(previous, config) if previous is not None else [],
     )
     config.run.segments = [*(previous.run.segments if previous is not None else []), segment]
+    leave_out_unused(config)
     dump.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{RUN_FILE}.tmp")
     tmp.write_text(to_toml(config, header=HEADER))
     os.replace(tmp, path)
     return path
+
+
+def leave_out_unused(config) -> None:
+    """torchtitan's dataset keys, which tinytitan's ``[data]`` replaces, are not written (``None`` is left out)."""
+    from tinytitan.models import SPEC_NAME
+
+    if config.model.name == SPEC_NAME:
+        for section in (config.training, config.validation):
+            section.dataset, section.dataset_path = None, None
 
 
 def _previous_record(path: Path):

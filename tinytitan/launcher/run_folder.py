@@ -21,6 +21,7 @@ import os
 import socket
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 from tinytitan.checkpoint.completeness import newest_complete
 from tinytitan.errors import TinytitanError
@@ -68,6 +69,19 @@ def takes_lock(env: Mapping[str, str]) -> bool:
     return int(env.get("NNODES") or 1) <= 1
 
 
+def make_run_folder(folder: Path) -> None:
+    """``folder`` (inside the run folder) and its parents; one line when the run folder cannot be made there."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        existing = next((p for p in folder.parents if p.exists()), None)
+        where = f" in {existing}" if existing is not None else ""
+        raise TinytitanError(
+            f"--job.dump_folder {folder} cannot be created{where} ({e.strerror or e}): "
+            "choose a folder on a writable disk"
+        ) from None
+
+
 class RunLock:
     """An exclusive hold on a run folder for as long as this process keeps it (``with RunLock(folder):``)."""
 
@@ -84,7 +98,8 @@ class RunLock:
         self.release()
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_run_folder(self.folder)
+        self.path.parent.mkdir(exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by torchrun (PEP 446)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -17,6 +17,9 @@
   prints the stacks of its ranks that are behind, kills its ranks, and torchrun restarts.
 - The victims' collective-failure tracebacks become one line each (tinytitan.launcher.rank_output).
 - Every rank failing with a ``TinytitanError``: that one line, not torchrun's report.
+- A rank failing otherwise: the failure line names its exception (``CrashNote``; a dead data loader worker
+  without a traceback), and with no restart left, the checkpoint the same command resumes from;
+  torchrun's ``ChildFailedError`` report after it would only repeat the rank's traceback.
 """
 
 from __future__ import annotations
@@ -33,33 +36,24 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from tinytitan import faults
 from tinytitan.checkpoint.completeness import newest_complete
-from tinytitan.faults import DUPLICATE_WINDOW_S, ErrorNote, PreemptedNote, RankNote
 from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.rank_output import RankOutput
 from tinytitan.launcher.watcher import HangWatcher
+from tinytitan.processes import describe_exit, die_with_parent, process_state
+from tinytitan.run import faults
+from tinytitan.run.faults import (
+    DUPLICATE_WINDOW_S,
+    CrashNote,
+    ErrorNote,
+    PreemptedNote,
+    RankNote,
+)
 from tinytitan.run.folder import step_name
 
 FAILURE_LINE = re.compile(r"failed \(exitcode: (-?\d+)\) local_rank: (\d+) \(pid: (\d+)\)")
 RANK_PREFIX = re.compile(r"^\[(?:default|rank)\d+\]:")
 TORCHRUN_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d")  # torch elastic's own log lines
-
-
-def describe_exit(code: int) -> str:
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
-
-
-def _process_state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return None
 
 
 class Supervisor:
@@ -92,7 +86,7 @@ class Supervisor:
         os.setpgid(0, 0)  # Ctrl-C reaches the launcher only, which forwards it once
         for sig in faults.PREEMPT_SIGNALS:  # inherited across exec; torchrun leaves them alone
             signal.signal(sig, signal.SIG_IGN)
-        faults.die_with_parent(signal.SIGKILL)
+        die_with_parent(signal.SIGKILL)
 
     def run(self) -> int:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)}
@@ -154,7 +148,7 @@ class Supervisor:
 
     def _poll_notes(self) -> None:
         ranks = faults.read_notes(self.notes, RankNote)
-        states = {n.pid: _process_state(n.pid) for n in ranks}
+        states = {n.pid: process_state(n.pid) for n in ranks}
         gone = [n for n in ranks if states[n.pid] in (None, "Z")]
         for n in ranks:
             if states[n.pid] == "T" and n.rank not in self.stopped:
@@ -196,7 +190,7 @@ class Supervisor:
                 self.holding = True  # torchrun's own closing traceback, after every rank has gone
             if self.holding:
                 self.held.append(line)
-            elif not (self.signals and TORCHRUN_LOG.match(line)):  # after a stop request, its shutdown chatter
+            elif not ((self.signals or self.failures) and TORCHRUN_LOG.match(line)):  # its chatter after ours
                 self.output.feed(line)
         self.output.flush()
 
@@ -211,6 +205,9 @@ class Supervisor:
             detail = hang.describe()  # the ranks were killed for it: the exit code says nothing more
         else:
             detail = f"rank {rank} (pid {pid}) failed with {describe_exit(exitcode)}"
+            crashes = {n.rank: n.message for n in faults.read_notes(self.notes, CrashNote)}
+            if rank in crashes:
+                detail += f": {crashes[rank]}"
             if self.stopped:
                 detail += "; " + ", ".join(
                     f"rank {r} was stopped (SIGSTOP?)" + (f" in step {b.step} ({b.phase})" if b else "")
@@ -226,10 +223,10 @@ class Supervisor:
             action = (
                 f"restarting every rank from {self._resume_point()} (restart {self.failures} of {self.max_restarts})"
             )
-            for note in self.notes.glob("error-*.json"):
+            for note in [*self.notes.glob("error-*.json"), *self.notes.glob("crash-*.json")]:
                 note.unlink(missing_ok=True)
         else:
-            action = f"no restarts left (--max-restarts {self.max_restarts})"
+            action = f"no restarts left (--max-restarts {self.max_restarts}); {self._resume_hint()}"
         self._say(f"tinytitan: {detail}; {action}")
 
     def _resume_point(self) -> str:
@@ -259,7 +256,7 @@ class Supervisor:
             code = 128 + self.signals[0]
             self._say(f"tinytitan: stopped (exit code {code}); {self._resume_hint()}")
             return code
-        if not self.killed_for_hang:
+        if not self.killed_for_hang and not self.failures:  # after our failure line, torchrun's dump repeats it
             sys.stderr.writelines(self.held)
         for e in errors:
             self._say(f"tinytitan: rank {e.rank}: error: {e.message}")

@@ -13,8 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tinytitan.faults import Heartbeat, RankNote
 from tinytitan.launcher.hangs import STACK_WAIT_S, HangReport, Progress, Watch, behind, capture_stack
+from tinytitan.run.faults import Heartbeat, RankNote
 
 
 class HangWatcher:

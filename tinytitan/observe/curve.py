@@ -65,7 +65,7 @@ def evaluate_run(run_dir, settings: TaskSettings, device=None, *, progress: bool
     """Scores what is missing, then writes the summaries and TensorBoard scalars; returns every step's result."""
     from tqdm import tqdm
 
-    from tinytitan.run_record import read_trained_run
+    from tinytitan.run.record import read_trained_run
 
     run_dir = Path(run_dir)
     checkpoints = run_checkpoints(run_dir)
@@ -103,7 +103,7 @@ def _columns(results: list[dict]) -> list[tuple[str, str]]:
 
 
 def column_name(task: str, metric: str) -> str:
-    """``acc,none`` of a task -> ``<task> acc`` (another filter: ``<task> acc (filter)``), as the README shows."""
+    """``acc,none`` of a task -> ``<task> acc`` (another filter: ``<task> acc (filter)``), as docs/measured.md shows."""
     name, _, flt = metric.partition(",")
     return f"{task} {name}" + (f" ({flt})" if flt and flt != "none" else "")
 

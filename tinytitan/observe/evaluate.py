@@ -22,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
+from tinytitan.errors import TinytitanError
 from tinytitan.observe.model_args import add_model_arguments, at_least_one, model_choice
 
 SUBCOMMANDS = ("loss", "tasks")
@@ -94,7 +95,10 @@ def _note(text: str) -> None:
 
 
 def run(args) -> int:
-    return run_loss(args) if args.eval_command == "loss" else run_tasks(args)
+    from tinytitan.observe.quiet import third_party
+
+    with third_party(_progress(args)):
+        return run_loss(args) if args.eval_command == "loss" else run_tasks(args)
 
 
 def run_loss(args) -> int:
@@ -125,6 +129,8 @@ def run_tasks(args) -> int:
     settings = TaskSettings(parse_tasks(args.tasks), args.include_path, args.limit, args.num_fewshot,
                             args.batch_size or DEFAULT_BATCH_SIZE)  # fmt: skip
     progress = _progress(args)
+    if args.weights != "raw" and not args.checkpoint:
+        raise TinytitanError(f"--weights {args.weights} applies to --checkpoint only; drop it")
     if args.run:
         from tinytitan.observe.curve import evaluate_run
 
@@ -137,6 +143,6 @@ def run_tasks(args) -> int:
         result = evaluate_export(args.model, settings, args.device, progress=progress)
     else:
         result = evaluate_checkpoint(args.checkpoint, args.step, settings, args.device, config=args.config,
-                                     progress=progress)  # fmt: skip
+                                     progress=progress, weights=args.weights)  # fmt: skip
     print(json.dumps(result) if args.json else format_table(result))
     return 0

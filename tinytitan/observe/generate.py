@@ -145,7 +145,10 @@ def run(args) -> int:
         raise TinytitanError(f"--temperature {args.temperature} is negative: use 0 for greedy decoding, or a value > 0")
     if not 0 < args.top_p <= 1:
         raise TinytitanError(f"--top-p {args.top_p}: use a value in (0, 1]")
-    lm = load(model_choice(args))
+    from tinytitan.observe.quiet import third_party, wanted
+
+    with third_party(wanted()):
+        lm = load(model_choice(args))
     print(f"generate: {lm.name}, step {lm.step if lm.step is not None else 'unknown'}", file=sys.stderr, flush=True)
     sample(lm, args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.seed, as_json=args.json)
     return 0

@@ -58,12 +58,24 @@ def titan_lm(
     return TitanLM(forward, tokenizer, max_length, device, batch_size, distributed, max_gen_toks, progress)
 
 
-def hf_harness_model(folder: str | os.PathLike, batch_size: int, device: str = "cpu"):
-    """lm-eval's own HFLM on an export, every context starting with BOS as in training."""
+def hf_harness_model(folder: str | os.PathLike, batch_size: int, device: str = "cpu", progress: bool = True):
+    """lm-eval's own HFLM on an export, every context starting with BOS as in training; without ``progress``
+    its request bars are off (lm-eval's evaluator calls them with ``disable_tqdm`` left at False)."""
     require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
-    return HFLM(pretrained=str(folder), batch_size=batch_size, device=device, dtype="float32", add_bos_token=True)
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            return super().generate_until(requests, disable_tqdm=True)
+
+    cls = HFLM if progress else QuietHFLM
+    return cls(pretrained=str(folder), batch_size=batch_size, device=device, dtype="float32", add_bos_token=True)
 
 
 _MANAGERS: dict[str | None, Any] = {}
@@ -149,19 +161,22 @@ def run_tasks(lm, tasks: Sequence[str], *, include_path=None, limit: int | None 
     """
     from lm_eval import simple_evaluate
 
+    from tinytitan.compat import lm_eval_quiet_git
+
     manager = check_tasks(tasks, include_path)
-    return simple_evaluate(
-        model=lm,
-        tasks=list(tasks),
-        task_manager=manager,
-        limit=limit,
-        num_fewshot=num_fewshot,
-        log_samples=log_samples,
-        random_seed=None,
-        numpy_random_seed=None,
-        torch_random_seed=None,
-        bootstrap_iters=0,
-    )
+    with lm_eval_quiet_git():
+        return simple_evaluate(
+            model=lm,
+            tasks=list(tasks),
+            task_manager=manager,
+            limit=limit,
+            num_fewshot=num_fewshot,
+            log_samples=log_samples,
+            random_seed=None,
+            numpy_random_seed=None,
+            torch_random_seed=None,
+            bootstrap_iters=0,
+        )
 
 
 def metric_dict(results: dict[str, Any]) -> dict[str, dict[str, float]]:

@@ -3,7 +3,7 @@
 ``from_checkpoint`` builds torchtitan's own ``Transformer`` for the flavor (the
 model training ran, not a re-implementation) in float32 and fills it from the
 DCP checkpoint without a process group; flavor and tokenizer come from the run's
-record next to the checkpoint (``tinytitan.run_record``), or a ``--config`` that
+record next to the checkpoint (``tinytitan.run.record``), or a ``--config`` that
 overrides it. ``from_hf`` loads an export with transformers; its step and tokens come
 from the export's ``tinytitan.json``. Both give the same interface, so evaluation
 and generation code does not care which, and agreement between the two checks the
@@ -41,7 +41,7 @@ class LanguageModel:
     device: torch.device
     step: int | None = None  # the training step it holds (None: unknown)
     tokens: int | None = None  # tokens trained on, all ranks (None: unknown)
-    trained: Any = None  # tinytitan.run_record.TrainedRun of its run, where known
+    trained: Any = None  # tinytitan.run.record.TrainedRun of its run, where known
     trained_seq_len: int | None = None  # the sequence length training used, when known
 
     @property
@@ -96,26 +96,28 @@ def from_checkpoint(
     step: int | str | None = "latest",
     device=None,
     trained=None,
+    weights: str = "raw",
 ) -> LanguageModel:
     """torchtitan's model from a DCP checkpoint; ``trained`` (a ``TrainedRun``) or else the run's record
-    (``config`` overrides it) gives the flavor and the tokenizer."""
+    (``config`` overrides it) gives the flavor and the tokenizer. ``weights``: "raw", or "ema" (the average
+    of the weights, ``[ema]``)."""
     from tinytitan.checkpoint.flavors import require_flavor
     from tinytitan.checkpoint.reader import open_checkpoint
     from tinytitan.checkpoint.stats import checkpoint_stats
     from tinytitan.models import build_torchtitan, flavor_args
-    from tinytitan.run_record import read_trained_run
+    from tinytitan.run.record import read_trained_run
     from tinytitan.tokenizer import load_tokenizer
 
     trained = trained or read_trained_run(checkpoint, config, required="--checkpoint")
+    ckpt = open_checkpoint(checkpoint, step, weights=weights)  # before the tokenizer: --weights ema refused at once
     tokenizer = load_tokenizer(_tokenizer_dir(trained))
-    ckpt = open_checkpoint(checkpoint, step)
     flavor = require_flavor(ckpt.shapes(), trained.flavor, str(ckpt.path))
     args = flavor_args(flavor)
     model = build_torchtitan(args, dict(ckpt.iter_tensors(torch.float32)))
     device = pick_device(device)
     stats = checkpoint_stats(ckpt)
     return LanguageModel(
-        name=f"{ckpt.path} ({flavor})",
+        name=f"{ckpt.path} ({flavor}{', EMA weights' if weights == 'ema' else ''})",
         module=model.to(device).eval(),
         tokenizer=tokenizer,
         max_seq_len=args.max_seq_len,
@@ -142,7 +144,7 @@ def from_random_init(config=None, seed: int | None = None, device=None) -> Langu
     from torchtitan.models.llama3 import Transformer
 
     from tinytitan.models import flavor_args
-    from tinytitan.run_record import TrainedRun, read_trained_run
+    from tinytitan.run.record import TrainedRun, read_trained_run
     from tinytitan.tokenizer import load_tokenizer
 
     trained = config if isinstance(config, TrainedRun) else read_trained_run(None, config, required="--random-init")
@@ -208,7 +210,7 @@ def from_hf(folder: str | os.PathLike, device=None, config: str | os.PathLike | 
 
 def trained_of_export(record: dict, config: str | os.PathLike | None = None):
     """The run an export came from: ``config``, else the run record its tinytitan.json names, if it is still there."""
-    from tinytitan.run_record import read_trained_run
+    from tinytitan.run.record import read_trained_run
 
     path = record.get("run_record")
     where = Path(path).parent if path and Path(path).is_file() else None
@@ -230,9 +232,15 @@ class ModelChoice:
     model: Path | None = None
     config: Path | None = None  # overrides the run's record
     device: str = "cpu"
+    weights: str = "raw"  # with a checkpoint: "raw" or "ema" (the average of the weights)
 
 
 def load(choice: ModelChoice) -> LanguageModel:
+    if choice.model is not None and choice.weights != "raw":
+        raise TinytitanError(
+            f"--weights {choice.weights} applies to --checkpoint: an export holds the weights it was exported "
+            "with (its tinytitan.json says which); drop --weights"
+        )
     if choice.model is not None:
         return from_hf(choice.model, choice.device, choice.config)
-    return from_checkpoint(choice.checkpoint, choice.config, choice.step, choice.device)
+    return from_checkpoint(choice.checkpoint, choice.config, choice.step, choice.device, weights=choice.weights)

@@ -48,9 +48,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyEx
     options.add_argument("--config", type=Path, default=None,
                          help="a training TOML instead of the run's record (<run>/run.toml, the default)")  # fmt: skip
     options.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    options.add_argument("--weights", choices=("raw", "ema"), default="raw",
+                         help="with --checkpoint: raw (default), or ema: the average of the weights a run with "
+                              "[ema] saved")  # fmt: skip
     return group
 
 
 def model_choice(args: argparse.Namespace) -> ModelChoice:
     return ModelChoice(checkpoint=args.checkpoint, step=args.step, model=args.model, config=args.config,
-                       device=args.device)  # fmt: skip
+                       device=args.device, weights=args.weights)  # fmt: skip

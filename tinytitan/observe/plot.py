@@ -5,8 +5,11 @@ validation as markers, per source where the validator logs it), learning rate,
 and tokens/s per device; a fourth, benchmark accuracy (``eval/<task>/<metric>``),
 where the run was evaluated (``tinytitan eval tasks --run`` or in-loop ``[eval]``). Several runs are overlaid, one colour each, so runs of
 different settings compare at a glance. A run with ``[[data.stages]]`` gets a dotted vertical
-line, named, where each stage after the first begins. Reads the TensorBoard event files, so it
-works on a run that is still going and needs no GPU or browser.
+line, named, where each stage after the first begins. Steps the ``[guard]`` skipped are marked
+with an x at the foot of the loss panel (their loss is left out of the line: a spike would flatten
+it), and each rollback with a dashed vertical line at the step it happened, from the run's
+``steps.jsonl`` (tinytitan.run.steps). Reads the TensorBoard event files, so it works on a run
+that is still going and needs no GPU or browser.
 """
 
 from __future__ import annotations
@@ -78,7 +81,28 @@ def boundary_x(step: int, x_axis: str, tokens: dict[int, float]) -> float | None
     return tokens[before[-1]] if before else None
 
 
-def draw(runs: dict[str, dict[str, Series]], out: Path, size=DEFAULT_SIZE, x_axis="step", smoothing=0.0) -> Path:
+def mark_guard(ax_loss, axes, log, colour, x_axis: str, tokens: dict[int, float]) -> None:
+    """Skipped steps (x at the foot of the loss panel) and rollbacks (a dashed line, named)."""
+    from tinytitan.run.steps import ROLLED_BACK, SKIPPED
+
+    skipped, _ = to_x([(e.step, 0.0) for e in log.of(SKIPPED)], x_axis, tokens)
+    if skipped:
+        ax_loss.plot(skipped, [0.02] * len(skipped), "x", color=colour, transform=ax_loss.get_xaxis_transform(),
+                     label=f"skipped ({len(skipped)})")  # fmt: skip
+    for e in log.of(ROLLED_BACK):
+        at, _ = to_x([(e.step, 0.0)], x_axis, tokens)
+        if not at:
+            continue
+        x = at[0]
+        for ax in axes:
+            ax.axvline(x, color=colour, linestyle="--", linewidth=1)
+        ax_loss.annotate(f"rollback \u2192 step-{e.checkpoint_step}", (x, 0.9), xycoords=("data", "axes fraction"),
+                         xytext=(3, 0), textcoords="offset points", fontsize="small", color=colour)  # fmt: skip
+
+
+def draw(runs: dict[str, dict[str, Series]], out: Path, size=DEFAULT_SIZE, x_axis="step", smoothing=0.0,
+         guard: dict | None = None) -> Path:  # fmt: skip
+    """``guard``: label -> the run's ``StepLog`` (skipped steps and rollbacks to mark), where known."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on training nodes
@@ -94,7 +118,9 @@ def draw(runs: dict[str, dict[str, Series]], out: Path, size=DEFAULT_SIZE, x_axi
     for i, (label, scalars) in enumerate(runs.items()):
         colour = colours[i % len(colours)]
         tokens = dict(scalars.get(TOKENS_SEEN, []))
-        xs, ys = to_x(scalars.get(TRAIN_LOSS, []), x_axis, tokens)
+        log = (guard or {}).get(label)
+        skipped = {e.step for e in log.of("skipped")} if log is not None else set()
+        xs, ys = to_x([(st, v) for st, v in scalars.get(TRAIN_LOSS, []) if st not in skipped], x_axis, tokens)
         if xs:
             ax_loss.plot(xs, smooth(ys, smoothing), color=colour, label=f"{label} train")
             drawn += 1
@@ -106,6 +132,8 @@ def draw(runs: dict[str, dict[str, Series]], out: Path, size=DEFAULT_SIZE, x_axi
         for j, tag in enumerate(eval_tags(scalars)):
             axes[3].plot(*to_x(scalars[tag], x_axis, tokens), color=colour, marker=markers[j % len(markers)],
                          label=f"{label} {tag[len('eval/'):]}")  # fmt: skip
+        if log is not None:
+            mark_guard(ax_loss, axes, log, colour, x_axis, tokens)
         for name, first_step in stage_starts(scalars).items():
             x = boundary_x(first_step, x_axis, tokens) if first_step > 1 else None
             if x is None:
@@ -155,6 +183,10 @@ def run(args) -> int:
         raise TinytitanError(f"--out {args.out} exists: pass --force to replace it, or choose another name")
     labels = run_labels(args.run_dirs)
     runs = {label: read_scalars(d) for label, d in zip(labels, args.run_dirs, strict=True)}
-    out = draw(runs, args.out, size=args.size, x_axis=args.x, smoothing=args.smooth)
+    from tinytitan.run.folder import RunFolder
+    from tinytitan.run.steps import read_events
+
+    guard = {label: read_events(RunFolder.at(d)) for label, d in zip(labels, args.run_dirs, strict=True)}
+    out = draw(runs, args.out, size=args.size, x_axis=args.x, smoothing=args.smooth, guard=guard)
     print(f"wrote {out} ({args.size[0]}x{args.size[1]}, {len(runs)} run(s))")
     return 0

@@ -36,13 +36,13 @@ def score_model(lm, settings: TaskSettings, distributed: bool = False, progress:
 
 
 def evaluate_checkpoint(checkpoint, step, settings: TaskSettings, device=None, *, config=None, trained=None,
-                        progress: bool = False) -> dict:  # fmt: skip
+                        progress: bool = False, weights: str = "raw") -> dict:  # fmt: skip
     """A checkpoint's scores; the run's record (or ``config``, or ``trained``) gives flavor and tokenizer."""
     from tinytitan.observe.harness import require_lm_eval
     from tinytitan.observe.loading import from_checkpoint
 
     require_lm_eval()
-    lm = from_checkpoint(checkpoint, config, step, device, trained=trained)
+    lm = from_checkpoint(checkpoint, config, step, device, trained=trained, weights=weights)
     return {
         "model": lm.name,
         "step": lm.step,
@@ -70,7 +70,7 @@ def evaluate_export(folder: str | os.PathLike, settings: TaskSettings, device=No
 
     if not (Path(folder) / "config.json").is_file():
         raise TinytitanError(f"{folder} has no config.json: pass the folder written by `tinytitan export --format hf`")
-    harness = hf_harness_model(folder, settings.batch_size, device or "cpu")
+    harness = hf_harness_model(folder, settings.batch_size, device or "cpu", progress=progress)
     record = export_record(folder)
     return {"model": str(folder), "step": record.get("step"), "tokens": record.get("ntokens_seen"),
             "tasks": score(harness, settings)}  # fmt: skip

@@ -108,6 +108,18 @@ def adapt_job_config(job_config) -> None:
     """Settings the CPU cannot honour, changed with one log line. No-op on GPU."""
     if not _active:
         return
+    changes = cpu_changes(job_config)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    logger.info(
+        "CPU mode: no accelerator found; torchtitan runs on CPU with gloo, FSDP over %d processes, fp32%s",
+        world,
+        f" ({', '.join(changes)})" if changes else "",
+    )
+
+
+def cpu_changes(job_config) -> list[str]:
+    """Changes ``job_config`` to what a CPU run uses; returns them, one phrase each. The launcher applies them
+    to the run's record too, so ``run.toml`` says what ran (foreach, float32), not what was asked for."""
     changes = []
     training = job_config.training
     if training.mixed_precision_param != "float32":
@@ -125,15 +137,12 @@ def adapt_job_config(job_config) -> None:
     if job_config.optimizer.implementation == "fused":
         changes.append("optimizer fused->foreach")
         job_config.optimizer.implementation = "foreach"
+    if getattr(job_config.model, "attn_type", "sdpa") == "flex":  # no FlexAttention backward on the CPU
+        changes.append(f"flex attention as SDPA with the exact {job_config.model.attn_mask_type} mask")
     if job_config.comm.trace_buf_size > 0:  # NCCL's flight recorder: nothing to record on gloo, only an empty folder
         changes.append("no NCCL flight recorder (comm_traces/)")
         job_config.comm.trace_buf_size = 0
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    logger.info(
-        "CPU mode: no accelerator found; torchtitan runs on CPU with gloo, FSDP over %d processes, fp32%s",
-        world,
-        f" ({', '.join(changes)})" if changes else "",
-    )
+    return changes
 
 
 def fsdp_sum_reductions(model: torch.nn.Module) -> None:

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 
-from tinytitan import faults
+from tinytitan.run import faults
 from tinytitan.run.folder import RunFolder
 
 MIN_INTERVAL_S = 0.2

@@ -40,6 +40,7 @@ from torchtitan.tools.logging import logger
 
 from tinytitan.errors import TinytitanError
 from tinytitan.job_config import validate_loss
+from tinytitan.rank import attention
 
 # ---------------------------------------------------------------- per-chunk kernels
 # One chunk's logits in, its loss sum (and the gradient of that sum w.r.t. the logits) out; the
@@ -236,7 +237,20 @@ class ChunkedOutput(nn.Module):
 
 class TinyTransformer(Transformer):
     """torchtitan's Llama 3 Transformer; ``forward(tokens, labels=labels)`` returns the summed loss
-    when the output is a ``ChunkedOutput`` (``attach``). Same parameters, same names."""
+    when the output is a ``ChunkedOutput`` (``attach``). Same parameters, same names.
+
+    With ``model_args.dense_mask`` (flex attention on a CPU rank) every layer's FlexAttention is SDPA with
+    the exact dense mask, and ``get_attention_masks`` builds that mask (``tinytitan.rank.attention``)."""
+
+    def __init__(self, model_args):
+        super().__init__(model_args)
+        if getattr(model_args, "dense_mask", False):
+            attention.use_dense_masks(self)
+
+    def get_attention_masks(self, input_batch, tokenizer, extra_inputs=None):
+        if not getattr(self.model_args, "dense_mask", False):
+            return super().get_attention_masks(input_batch, tokenizer, extra_inputs)
+        return attention.masks(input_batch, tokenizer.eos_id, self.model_args.attn_mask_type)
 
     def forward(self, tokens, attention_masks=None, positions=None, labels=None):
         if labels is None:

@@ -12,8 +12,9 @@ import os
 import signal
 import sys
 
-from tinytitan import faults
 from tinytitan.errors import TinytitanError
+from tinytitan.processes import RankFailure
+from tinytitan.run import faults
 
 if __name__ == "__main__":
     # First, before the slow imports: a killed launcher leaves nothing behind. Only in the rank
@@ -50,6 +51,14 @@ def main() -> None:
         else:
             print(f"tinytitan: error: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except RankFailure as e:  # its message names the cause: the launcher says it, without a traceback
+        if faults.notes_dir() is None:
+            print(f"tinytitan: rank {rank}: {e}", file=sys.stderr, flush=True)
+        faults.note_crash(rank, e)
+        sys.exit(1)
+    except Exception as e:
+        faults.note_crash(rank, e)  # the launcher's failure line names it; the traceback follows here
+        raise
 
 
 def _exit_interrupted(_signum, _frame) -> None:

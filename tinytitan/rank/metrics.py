@@ -152,6 +152,11 @@ class TinyMetricsProcessor(MetricsProcessor):
         self.logger.log(metrics, step)
         self._append_jsonl({"step": step, **metrics})
 
+    def log_extra(self, metrics: dict[str, float], step: int) -> None:
+        """Numbers of a step outside torchtitan's log (the guard's ``guard/*``, ``health/*``): TensorBoard and JSONL."""
+        if metrics:
+            self.log_eval(metrics, step)
+
     def log_validation(self, loss, step, extra_metrics=None):
         super().log_validation(loss, step, extra_metrics=extra_metrics)
         self._append_jsonl({"step": step, "validation/loss": loss, **_numbers(self.logger.last)})

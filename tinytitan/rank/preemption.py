@@ -18,9 +18,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from tinytitan import faults
 from tinytitan.compat import set_group_timeout
-from tinytitan.faults import DUPLICATE_WINDOW_S
+from tinytitan.run import faults
+from tinytitan.run.faults import DUPLICATE_WINDOW_S
 
 _TORCHRUN_GRACE_S = 1.0  # how long a SIGTERM waits for the launcher's request note
 

@@ -4,8 +4,8 @@
 tinytitan's own parts: the flavors, the tokenizer (``load_tokenizer`` behind torchtitan's
 interface), the attention settings and EOS id of the model args, the data loader, the
 per-source validator, the metrics processor (ETA, data counters, ``metrics.jsonl``), the CPU
-hook after parallelizing and the chunked loss (``tinytitan.rank.loss``: a Transformer subclass
-whose forward also takes labels). The rest (model, parallelization, optimizer, LR schedule,
+hook after parallelizing, the chunked loss (``tinytitan.rank.loss``: a Transformer subclass
+whose forward also takes labels) and Muon (``tinytitan.rank.muon``). The rest (model, parallelization, AdamW, LR schedule,
 plain loss, pipelining, state-dict adapter) is torchtitan's own llama3 machinery, reused as is.
 """
 
@@ -15,7 +15,6 @@ import dataclasses
 import functools
 
 from torchtitan.components.lr_scheduler import build_lr_schedulers
-from torchtitan.components.optimizer import build_optimizers
 from torchtitan.components.tokenizer import BaseTokenizer
 from torchtitan.distributed.pipeline_parallel import pipeline_llm
 from torchtitan.models.llama3 import TransformerModelArgs, parallelize_llama
@@ -24,7 +23,7 @@ from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
 from tinytitan.compat import prefer_sdpa_backend, spec_registered
 from tinytitan.models import FLAVORS, SPEC_NAME
-from tinytitan.rank import device, loss
+from tinytitan.rank import device, loss, muon
 from tinytitan.tokenizer import LoadedTokenizer, load_tokenizer
 
 
@@ -66,13 +65,19 @@ class ModelArgs(TransformerModelArgs):
 
     torchtitan's llama3 builds its document mask from the trainer's tokenizer (``tokenizer.eos_id``); the
     args carry the same id so that what they print (and save) is what the mask uses, not their default 0.
+
+    ``dense_mask``: ``attn_type = "flex"`` on a CPU rank, where FlexAttention has no backward pass; the model
+    then computes the same mask exactly with SDPA (``tinytitan.rank.attention``). False with an accelerator.
     """
+
+    dense_mask: bool = False
 
     def update_from_config(self, job_config, **kwargs) -> None:
         super().update_from_config(job_config, **kwargs)
         self.attn_type = getattr(job_config.model, "attn_type", "sdpa")
         self.attn_mask_type = getattr(job_config.model, "attn_mask_type", "causal")
         self.eos_id = _tokenizer(job_config.model.hf_assets_path).eos_id
+        self.dense_mask = self.attn_type == "flex" and device.cpu_mode()
 
 
 def model_args() -> dict[str, ModelArgs]:
@@ -91,14 +96,14 @@ def parallelize(model, parallel_dims, job_config):
 
 
 def build_dataloader(**kwargs):
-    from tinytitan.data.loader import build_dataloader as build
+    from tinytitan.data.build import build_dataloader as build
 
     return build(**kwargs)
 
 
 def build_validator(**kwargs):
     """torchtitan's Validator over each source's held-out split (``tinytitan.data.heldout``)."""
-    from tinytitan.data.heldout import HeldOutValidator
+    from tinytitan.rank.validator import HeldOutValidator
 
     return HeldOutValidator(**kwargs)
 
@@ -115,7 +120,7 @@ def train_spec() -> TrainSpec:
         model_args=model_args(),
         parallelize_fn=parallelize,
         pipelining_fn=pipeline_llm,
-        build_optimizers_fn=build_optimizers,
+        build_optimizers_fn=muon.build_optimizers,
         build_lr_schedulers_fn=build_lr_schedulers,
         build_dataloader_fn=build_dataloader,
         build_tokenizer_fn=build_tokenizer,

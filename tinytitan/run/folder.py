@@ -10,6 +10,8 @@
   checkpoint/step-N/health.json  whether the steps up to N were healthy (written after the save)
   .tinytitan/lock          the launcher's flock: one training per folder
   .tinytitan/heartbeats/rank-R.json  where each rank is in its step
+  .tinytitan/data-files.json  the data files (size, mtime) of the last accepted launch: a resume names a changed one
+  .tinytitan/holds/step-N  a reader's shared flock on checkpoint step-N: the purge leaves it alone
 ```
 
 A ``RunFolder`` is built from the job config (``RunFolder.of(job_config)``) or from a path, and is
@@ -41,6 +43,11 @@ def step_of(path: str | os.PathLike) -> int | None:
     """N for a folder named ``step-N``, else None."""
     match = STEP_DIR.match(Path(path).name)
     return int(match.group(1)) if match else None
+
+
+def health_file(step_folder: str | os.PathLike) -> Path:
+    """The health mark of a checkpoint folder (``step-N/health.json``), wherever the folder is."""
+    return Path(step_folder) / HEALTH_FILE
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,7 @@ class RunFolder:
         return self.checkpoints / step_name(n)
 
     def health(self, n: int) -> Path:
-        return self.step(n) / HEALTH_FILE
+        return health_file(self.step(n))
 
     # ---------------------------------------------------------------- run-internal state
     @property
@@ -106,3 +113,24 @@ class RunFolder:
 
     def heartbeat(self, rank: int) -> Path:
         return self.heartbeats / f"rank-{rank}.json"
+
+    @property
+    def data_files(self) -> Path:
+        return self.state / "data-files.json"
+
+    @property
+    def holds(self) -> Path:
+        return self.state / "holds"
+
+    def hold(self, n: int) -> Path:
+        """The file whose shared ``flock`` keeps checkpoint ``step(n)`` from the purge (tinytitan.run.hold)."""
+        return self.holds / step_name(n)
+
+    @classmethod
+    def of_step(cls, step_folder: str | os.PathLike) -> tuple[RunFolder, int] | None:
+        """The run folder a ``<run>/<checkpoint folder>/step-N`` folder belongs to, and N; None for another path."""
+        path = Path(step_folder)
+        n = step_of(path)
+        if n is None:
+            return None
+        return cls(path.parent.parent, checkpoint_dir=path.parent.name), n

@@ -1,6 +1,6 @@
 """The parts of hang naming that need no training: heartbeats on disk, who is behind, the line, the
-victims' tracebacks cut to one line, and the [hang] setting. The launches are in tests/test_faults.py
-(one node) and tests/test_multinode.py (two)."""
+victims' tracebacks cut to one line, and the [hang] setting. The launches are in tests/launcher/test_faults.py
+(one node) and tests/launcher/test_multinode.py (two)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import time
 
 import pytest
 
-from tinytitan import faults
 from tinytitan.errors import TinytitanError
-from tinytitan.faults import ErrorNote, Heartbeat, PreemptedNote, RankNote
 from tinytitan.job_config import Hang
 from tinytitan.launcher.hangs import HangReport, Progress, Watch, behind
 from tinytitan.launcher.rank_output import SHORTENED, RankOutput
+from tinytitan.run import faults
+from tinytitan.run.faults import ErrorNote, Heartbeat, PreemptedNote, RankNote
 from tinytitan.run.folder import RunFolder
 
 # A victim's traceback as torchrun's tee and torch.distributed's excepthook print it (gloo, CPU).

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, tree_digest
+from tests.export.test_hub import TOKEN
+from tests.helpers import REPO, one_line_error, tree_digest
 from tests.hub_server import HubServer
-from tests.test_hub import TOKEN
 
 TOKENIZER = REPO / "tinytitan" / "assets" / "tokenizer"
 REPO_ID = "org/llama"
@@ -43,13 +43,6 @@ NO_BACKOFF = (
     "time.sleep = lambda s: Path(sys.argv[1]).open('a').write(f'{s}\\n'); "
     "from tinytitan.cli import main; sys.exit(main(sys.argv[2:]))"
 )
-
-
-def one_line_error(proc) -> str:
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tinytitan: error: "), proc.stderr
-    return lines[0]
 
 
 def test_download_writes_the_folder_and_sends_the_token(tmp_path):

@@ -8,7 +8,7 @@ import sys
 import time
 
 from tests.helpers import descendants
-from tinytitan.faults import DUPLICATE_WINDOW_S
+from tinytitan.run.faults import DUPLICATE_WINDOW_S
 
 # The supervisor around a stand-in for torchrun that ignores SIGTERM (as torchrun does: it is
 # started with the preemption signals ignored) and would run for a minute.

@@ -1,5 +1,5 @@
 """End-to-end CPU training through the launcher: full-state checkpoints, and recovery from a process
-killed while it was writing a checkpoint. (Exact resume after SIGKILL: tests/test_faults.py.)"""
+killed while it was writing a checkpoint. (Exact resume after SIGKILL: tests/launcher/test_faults.py.)"""
 
 from __future__ import annotations
 

@@ -20,20 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DEBUG_CONFIG, REPO, launch, small_run_overrides, tree_digest
+from tests.helpers import DEBUG_CONFIG, REPO, launch, one_line, small_run_overrides, tree_digest
 from tinytitan.config import load_job_config
 from tinytitan.errors import run_guarded
 from tinytitan.launcher import launch as launcher
 from tinytitan.launcher.run_folder import resume_step
 
 TOML = DEBUG_CONFIG.read_text()
-
-
-def one_line(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    assert len(lines) == 1, text
-    assert "Traceback" not in text
-    return lines[0]
 
 
 @pytest.fixture

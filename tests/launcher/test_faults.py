@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers import DEBUG_CONFIG, REPO, N, descendants, launch, read_metrics, small_run_overrides, train_losses
 from tinytitan.checkpoint.completeness import folder_problem, newest_complete, step_folders
-from tinytitan.faults import PREEMPTED_EXIT_CODE
+from tinytitan.run.faults import PREEMPTED_EXIT_CODE
 
 pytestmark = pytest.mark.slow  # minutes of training: started first (tests/conftest.py)
 
@@ -160,7 +160,7 @@ def test_a_rank_asleep_is_named_with_its_stack_and_the_restart_finishes_the_run(
     """Rank 1 falls asleep fetching the batch of step 3: no rank moves for [hang] stall_seconds, so the
     launcher prints rank 1's stack and one line naming it, and restarts from the step-2 checkpoint. Rank 0
     waited inside a collective and is killed before its timeout: no traceback at all. (That the restart
-    resumes exactly is tested through the same hang in tests/test_multinode.py.)"""
+    resumes exactly is tested through the same hang in tests/launcher/test_multinode.py.)"""
     hang = f"1:3:{tmp_path / 'hung-once'}"
     overrides = [*small_run_overrides(tmp_path / "run", steps=4, interval=2), "--comm.train_timeout_seconds",
                  "60", "--hang.stall_seconds", "10", "--experimental.custom_import", "tests.hang_in_data"]  # fmt: skip
@@ -213,7 +213,8 @@ def test_ctrl_c_stops_in_two_lines_and_names_the_step_to_resume_from(tmp_path):
 
 
 def test_an_error_every_rank_raises_is_printed_once(uninterrupted, tmp_path):
-    """A data stream that cannot resume (another data.seed) is known only inside the ranks, on loading."""
+    """A data stream that cannot resume (another data.seed): since issue 31 the launcher refuses it before
+    torchrun (tinytitan.launcher.resume_check), with the ranks' own rule; still one line, printed once."""
     import shutil
 
     dump = tmp_path / "run"

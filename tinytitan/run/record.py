@@ -16,10 +16,7 @@ JobConfig (``tinytitan.job_config``), and tyro must see real types.
 """
 
 import dataclasses
-import json
-import math
 import os
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +25,7 @@ from typing import Any
 
 from tinytitan.errors import TinytitanError
 from tinytitan.run.folder import RUN_FILE
+from tinytitan.run.toml_text import flatten, short, to_toml
 
 
 @dataclass
@@ -91,141 +89,12 @@ class Run:
         return before[-1] if before else self.segments[0]
 
 
-# ---------------------------------------------------------------- writing TOML
-# torchtitan reads TOML and the standard library only reads it; this is the small writer the record
-# needs: tables, arrays of tables, and inline values (strings, numbers, booleans, lists, tables).
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _key(name: str) -> str:
-    return name if _BARE_KEY.match(name) else _string(name)
-
-
-def _string(text: str) -> str:
-    # JSON's escapes are TOML's, except that TOML also wants DEL escaped.
-    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        text = repr(value)
-        return text if any(c in text for c in ".en") else text + ".0"
-    if isinstance(value, str):
-        return _string(value)
-    if dataclasses.is_dataclass(value):
-        value = dataclasses.asdict(value)
-    if isinstance(value, dict):
-        items = [f"{_key(str(k))} = {_value(v)}" for k, v in value.items() if v is not None]
-        return "{ " + ", ".join(items) + " }" if items else "{}"
-    if isinstance(value, (list, tuple, set)):
-        return "[" + ", ".join(_value(v) for v in value if v is not None) + "]"
-    if isinstance(value, os.PathLike):
-        return _string(os.fspath(value))
-    raise TinytitanError(f"cannot write a {type(value).__name__} value ({value!r}) to TOML")
-
-
-def _is_table_list(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(dataclasses.is_dataclass(v) for v in value)
-
-
-def _table(lines: list[str], path: str, obj, defaults, array: bool = False) -> None:
-    """``obj`` (a dataclass) as the table ``path``; with ``defaults``, only the values that differ from them."""
-    scalars, tables = [], []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        default = getattr(defaults, f.name, None) if defaults is not None else None
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            tables.append((f.name, value, default))
-        elif _is_table_list(value):
-            if defaults is None or _plain(value) != _plain(default):
-                tables.append((f.name, value, None))
-        elif value is not None and (defaults is None or _plain(value) != _plain(default)):
-            scalars.append(f"{_key(f.name)} = {_value(value)}")
-    if scalars or array or (defaults is None and path):
-        lines += ["", f"[[{path}]]" if array else f"[{path}]", *scalars]
-    for name, value, default in tables:
-        sub = f"{path}.{_key(name)}" if path else _key(name)
-        if isinstance(value, list):
-            for item in value:
-                _table(lines, sub, item, None, array=True)
-        else:
-            _table(lines, sub, value, default)
-
-
-def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def to_toml(config, *, only_changed: bool = False, skip: tuple[str, ...] = (), header: str = "") -> str:
-    """A job config (nested dataclasses) as TOML that ``load_job_config`` reads back to the same values.
-
-    ``None`` values are left out (TOML has no null; every such key defaults to None). With
-    ``only_changed``, only the keys whose value differs from the config class's defaults.
-    """
-    defaults = type(config)() if only_changed else None
-    lines = [f"# {line}" if line else "#" for line in header.splitlines()]
-    for f in dataclasses.fields(config):
-        if f.name in skip:
-            continue
-        value = getattr(config, f.name)
-        default = getattr(defaults, f.name) if defaults is not None else None
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            _table(lines, _key(f.name), value, default)
-        elif value is not None and (defaults is None or _plain(value) != _plain(default)):
-            lines.append(f"{_key(f.name)} = {_value(value)}")
-    return "\n".join(lines).strip("\n") + "\n"
-
-
-# ---------------------------------------------------------------- comparing configs
-
-
-def flatten(config, prefix: str = "") -> dict[str, Any]:
-    """``{"training.seq_len": 256, "data.sources": [...], ...}``: every key of a config, lists of tables whole."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            out.update(flatten(value, key + "."))
-        else:
-            out[key] = _plain(value)
-    return out
-
-
-def differences(old, new, skip: tuple[str, ...] = ("run.", "job.config_file", "job.dump_folder")) -> list[str]:
-    """``key: old -> new`` for every key whose value differs (``skip``: prefixes left out)."""
-    a, b = flatten(old), flatten(new)
-    lines = []
-    for key in sorted(set(a) | set(b)):
-        if key.startswith(skip) or a.get(key) == b.get(key):
-            continue
-        lines.append(f"{key}: {_short(a.get(key))} -> {_short(b.get(key))}")
-    return lines
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 120 else text[:117] + "..."
-
-
 # ---------------------------------------------------------------- paths
 
 
 def absolute_paths(job_config):
-    """Makes the config's local input paths and its dump folder absolute (Hub dataset ids stay as they are),
+    """Makes the config's local input paths (tokenizer, data, prepared shards, the checkpoint a continued run
+    starts from) and its dump folder absolute (Hub dataset ids stay as they are),
     so a record read from another working directory names the same files. Returns ``job_config``."""
 
     def absolute(path: str) -> str:
@@ -233,6 +102,7 @@ def absolute_paths(job_config):
 
     job_config.job.dump_folder = str(Path(job_config.job.dump_folder).resolve())
     job_config.model.hf_assets_path = absolute(job_config.model.hf_assets_path)
+    job_config.checkpoint.initial_load_path = absolute(job_config.checkpoint.initial_load_path)
     data = getattr(job_config, "data", None)
     if data is not None:
         data.prepared_dir = absolute(data.prepared_dir)
@@ -263,7 +133,11 @@ def _holds(record: Path, where: Path) -> bool:
 def read_record(path: str | os.PathLike):
     """The JobConfig a run.toml holds (``[run]`` included), read as every config is read."""
     from tinytitan.config import load_job_config
+    from tinytitan.run.record_check import record_problem
 
+    problem = record_problem(path)  # a cut copy parses, and torchtitan would fill in its defaults
+    if problem is not None:
+        raise TinytitanError(f"the run record {path} is incomplete or damaged: {problem} (a cut copy or a full disk)")
     try:
         return load_job_config(path)
     except TinytitanError as e:
@@ -304,7 +178,7 @@ class TrainedRun:
         if self.record is None:
             return []
         a, b = flatten(self.record), flatten(self.job)
-        return [f"{k} = {_short(b.get(k))}, but the run recorded {_short(a.get(k))}"
+        return [f"{k} = {short(b.get(k))}, but the run recorded {short(a.get(k))}"
                 for k in keys if a.get(k) != b.get(k)]  # fmt: skip
 
     @property
@@ -392,7 +266,13 @@ def read_trained_run(
     one line saying to pass ``--config``.
     """
     from tinytitan.config import load_job_config
+    from tinytitan.run.record_check import copied_from
 
+    if where is not None:
+        from tinytitan.run.hold import hold_checkpoint, missing_checkpoint
+
+        if not Path(where).exists() or (hold_checkpoint(where) and not Path(where).exists()):
+            raise TinytitanError(missing_checkpoint(where))  # not "has no run record": it is not there
     record = record_of(where) if where is not None else None
     if config is None and record is None:
         if required is None:
@@ -406,7 +286,16 @@ def read_trained_run(
     try:
         recorded = read_record(record) if record is not None else None
     except TinytitanError as e:
-        raise TinytitanError(f"{e}: pass --config TOML, the training config") from None
+        if config is None:
+            raise TinytitanError(f"{e}: restore it, or pass --config TOML, the training config") from None
+        warn(f"{e}; using --config {config}")
+        recorded = None
+    if recorded is not None and (origin := copied_from(record, recorded.job.dump_folder, where)) is not None:
+        line = f"the run record {record} was copied from the run in {origin} (its job.dump_folder), whose checkpoints differ"
+        if config is None:
+            raise TinytitanError(f"{line}: restore this run's own record, or pass --config TOML, the training config")
+        warn(f"{line}; using --config {config}")
+        recorded = None
     if config is None:
         return TrainedRun(recorded, record, recorded=True, run=recorded.run)
     job = absolute_paths(load_job_config(config))

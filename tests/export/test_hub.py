@@ -14,9 +14,9 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-from tinytitan import hub
 from tinytitan.cli import main
 from tinytitan.errors import TinytitanError
+from tinytitan.export import push as hub
 
 TOKEN = "hf_SECRETsecretSECRETsecret0123456789"
 

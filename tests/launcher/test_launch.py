@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.helpers import REPO, tree_digest
+from tests.helpers import REPO, refused_before_start, tree_digest
 from tests.helpers import launch as run_training
 from tinytitan.errors import TinytitanError
 from tinytitan.launcher import launch
@@ -18,14 +18,8 @@ def run_launcher(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
 
 def test_missing_config_file_is_one_line_and_exit_2():
     proc = run_launcher({"CONFIG_FILE": "train_configs/nope.toml"})
-    assert proc.returncode == 2
-    err = proc.stderr.strip().splitlines()
-    assert (
-        len(err) == 1
-        and "nope.toml does not exist" in err[0]
-        and "(debug, debug_stages, micro, nano, tiny, tiny_stages)" in err[0]
-    )
-    assert "torch.distributed.run" not in proc.stdout
+    line = refused_before_start(proc)
+    assert "nope.toml does not exist" in line and "(debug, debug_stages, micro, nano, tiny, tiny_stages)" in line
 
 
 def test_a_config_folder_is_named_as_a_folder(tmp_path):
@@ -68,11 +62,9 @@ def test_a_folder_with_only_the_tiktoken_file_names_the_convert_command(tmp_path
     (tmp_path / "llama3" / "original").mkdir(parents=True)
     (tmp_path / "llama3" / "original" / "tokenizer.model").write_text("IQ== 0\n")
     proc = run_launcher({}, "--model.hf_assets_path", str(tmp_path / "llama3"))
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(err) == 1 and "Traceback" not in proc.stderr
+    line = refused_before_start(proc)
     model = tmp_path / "llama3" / "original" / "tokenizer.model"
-    assert f"tinytitan convert-tokenizer {model} --out {tmp_path / 'llama3'}" in err[0]
-    assert "torch.distributed.run" not in proc.stdout
+    assert f"tinytitan convert-tokenizer {model} --out {tmp_path / 'llama3'}" in line
 
 
 def test_big_configs_fail_at_start_without_the_llama3_tokenizer():
@@ -139,10 +131,8 @@ def test_launcher_variables_are_checked(env, message):
 
 
 def test_more_cpu_processes_than_cores_is_refused_before_any_process_starts():
-    proc = run_launcher({"NGPU": "64"})
-    assert proc.returncode == 2 and "torch.distributed.run" not in proc.stdout
-    err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and "NGPU=64 but there is no GPU" in err[0] and "CPU cores" in err[0]
+    line = refused_before_start(run_launcher({"NGPU": "64"}))
+    assert "NGPU=64 but there is no GPU" in line and "CPU cores" in line
 
 
 def test_the_default_config_trains_from_any_folder(tmp_path):
@@ -189,15 +179,15 @@ def test_max_restarts_default_depends_on_gpus_and_is_checked():
 
 
 def test_the_chunked_loss_with_pipeline_parallelism_is_refused_at_start():
-    proc = run_launcher({}, "--loss.kind", "chunked", "--parallelism.pipeline_parallel_degree", "2")
-    assert proc.returncode == 2
-    err = proc.stderr.strip().splitlines()
-    assert len(err) == 1 and 'tinytitan: error: [loss] kind = "chunked" supports FSDP only' in err[0]
-    assert "pipeline_parallel_degree = 2" in err[0] and "torch.distributed.run" not in proc.stdout
+    line = refused_before_start(
+        run_launcher({}, "--loss.kind", "chunked", "--parallelism.pipeline_parallel_degree", "2")
+    )
+    assert (
+        'tinytitan: error: [loss] kind = "chunked" supports FSDP only' in line
+        and "pipeline_parallel_degree = 2" in line
+    )
 
 
 def test_a_stall_time_the_collective_timeout_would_beat_is_refused_at_start():
-    proc = run_launcher({}, "--comm.train_timeout_seconds", "30", "--hang.stall_seconds", "45")
-    err = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(err) == 1 and "torch.distributed.run" not in proc.stdout
-    assert err[0].startswith("tinytitan: error: [hang] stall_seconds = 45 is not below [comm] train_timeout_seconds")
+    line = refused_before_start(run_launcher({}, "--comm.train_timeout_seconds", "30", "--hang.stall_seconds", "45"))
+    assert line.startswith("tinytitan: error: [hang] stall_seconds = 45 is not below [comm] train_timeout_seconds")

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from tinytitan.faults import DUPLICATE_WINDOW_S, NOTES_ENV
+from tinytitan.run.faults import DUPLICATE_WINDOW_S, NOTES_ENV
 
 RANK = """
 import os, signal, sys, time

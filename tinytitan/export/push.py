@@ -4,7 +4,8 @@ The folder is checked the way ``export`` checks it (files, config against the
 flavor, logits parity of transformers against torchtitan on the folder's own
 weights, greedy generation) before any network call, so a hand-edited or
 half-written folder never reaches the Hub. ``--dry-run`` stops there and prints
-the plan.
+the plan and what the user has still to decide (license, datasets, the data's licenses, visibility).
+``--license`` and ``--dataset`` write the user's choices into the card before the upload.
 
 The Hub client is a parameter (``HfApi`` by default), so tests record the calls
 instead of talking to the network. The token comes from ``HF_TOKEN`` or the
@@ -151,6 +152,76 @@ def verify_folder(folder: Path, log: Callable[[str], None] = print):
     return result
 
 
+CARD = "README.md"
+PROVENANCE = "tinytitan.json"
+
+
+@dataclass
+class CardFacts:
+    """What an export's card says about publishing: its license, Hub datasets and the data's licenses."""
+
+    license: str
+    datasets: list[str]
+    data_licenses: list[tuple[str, str]]
+
+
+def card_facts(folder: Path) -> CardFacts:
+    """The card's front matter (license, datasets) and tinytitan.json's sources (their declared licenses)."""
+    import json
+
+    license, datasets, in_datasets = "", [], False
+    text = (folder / CARD).read_text() if (folder / CARD).is_file() else ""
+    front = text.split("---")[1] if text.startswith("---") and text.count("---") >= 2 else ""
+    for line in front.splitlines():
+        if line.startswith("license:"):
+            license = line.partition(":")[2].strip()
+        in_datasets = line.startswith("datasets:") or (in_datasets and line.startswith("- "))
+        if in_datasets and line.startswith("- "):
+            datasets.append(line[2:].strip())
+    record = {}
+    if (folder / PROVENANCE).is_file():
+        record = json.loads((folder / PROVENANCE).read_text())
+    data = (record.get("trained") or {}).get("data") or []
+    return CardFacts(license, datasets, [(d.get("name", "?"), d.get("license", "")) for d in data])
+
+
+def restated(folder: Path, license: str | None, datasets: list[str]) -> dict[str, str]:
+    """README.md and tinytitan.json with the license and datasets of ``push --license/--dataset`` (file -> text)."""
+    import json
+
+    from tinytitan.export.published import UNCHOSEN_LICENSE
+
+    facts = card_facts(folder)
+    chosen = license or facts.license or UNCHOSEN_LICENSE
+    named = [*facts.datasets, *(d for d in datasets if d not in facts.datasets)]
+    text = (folder / CARD).read_text()
+    _, front, body = text.split("---", 2)
+    kept: list[str] = []
+    in_datasets = False
+    for line in front.strip("\n").splitlines():
+        in_datasets = line.startswith("datasets:") or (in_datasets and line.startswith("- "))
+        if not in_datasets:
+            kept.append(f"license: {chosen}" if line.startswith("license:") else line)
+    if named:
+        kept += ["datasets:", *(f"- {d}" for d in named)]
+    body = re.sub(r"^\| License \| .* \|$", f"| License | {chosen} |", body, flags=re.M)
+    out = {CARD: "---\n" + "\n".join(kept) + "\n---" + body}
+    if (folder / PROVENANCE).is_file():
+        record = json.loads((folder / PROVENANCE).read_text())
+        record["license"], record["datasets"] = chosen, named
+        out[PROVENANCE] = json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+    return out
+
+
+def still_to_decide(folder: Path, *, license: str | None, datasets: list[str], private: bool) -> list[str]:
+    from tinytitan.export.published import decisions
+
+    facts = card_facts(folder)
+    named = [*facts.datasets, *datasets]
+    return decisions(license=license or facts.license, datasets=named, data_licenses=facts.data_licenses,
+                     private=private)  # fmt: skip
+
+
 def _repo_info(client, repo_id: str):
     """The repo's info, or ``None`` when it does not exist (yet)."""
     from huggingface_hub.errors import RepositoryNotFoundError
@@ -181,8 +252,17 @@ def push(
     token: str | None = None,
     verify: bool = True,
     log: Callable[[str], None] = print,
+    license: str | None = None,
+    datasets: list[str] | None = None,
 ) -> str | None:
-    """Uploads ``folder`` to ``repo_id``; returns the repo URL (``None`` for a dry run)."""
+    """Uploads ``folder`` to ``repo_id``; returns the repo URL (``None`` for a dry run).
+
+    ``license`` and ``datasets`` (Hub dataset ids) restate the card's metadata and tinytitan.json before the
+    upload (not in a dry run, which only says what would change and what is still undecided)."""
+    datasets = list(datasets or [])
+    for dataset in datasets:
+        if not REPO_ID.match(dataset):
+            raise TinytitanError(f"--dataset {dataset!r} is not a Hub dataset id: write it as ORG/NAME")
     plan = plan_push(
         folder, repo_id, public=public, collection=collection, revision=revision, commit_message=commit_message
     )
@@ -194,9 +274,24 @@ def push(
         raise TinytitanError("no Hugging Face token: set HF_TOKEN or run `hf auth login` (a token with write access)")
     if verify:
         verify_folder(plan.folder, log)
+    undecided = still_to_decide(plan.folder, license=license, datasets=datasets, private=plan.private)
     if dry_run:
         log("dry run, nothing uploaded:\n" + plan.describe())
+        if license or datasets:
+            log(
+                f"the card would state: license {license or 'as it is'}, datasets {', '.join(datasets) or 'as they are'}"
+            )
+        log("still to decide before publishing:\n" + "\n".join(f"  - {line}" for line in undecided)
+            if undecided else "nothing left to decide: license, datasets and visibility are chosen")  # fmt: skip
         return None
+    if license or datasets:
+        for name, text in restated(plan.folder, license, datasets).items():
+            tmp = plan.folder / f".{name}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, plan.folder / name)
+        log(f"card: license {license or 'unchanged'}, datasets {', '.join(datasets) or 'unchanged'}")
+    for line in undecided:
+        log(f"note: {line}")
     client = client if client is not None else default_client(token)
 
     info = _repo_info(client, repo_id)
@@ -239,12 +334,25 @@ def configure(parser) -> None:
     parser.add_argument("--revision", default=None, help="branch to upload to (created if missing; default main)")
     parser.add_argument("--commit-message", default=None, help="commit message (default: 'Upload DIR with tinytitan')")
     parser.add_argument("--dry-run", action="store_true", help="check the folder and print the plan; no network")
+    parser.add_argument(
+        "--license",
+        default=None,
+        help="the model's license (a Hub license id, e.g. apache-2.0): written into the card first",
+    )
+    parser.add_argument(
+        "--dataset",
+        dest="datasets",
+        action="append",
+        default=[],
+        metavar="ORG/NAME",
+        help="a Hub dataset the model was trained on, for the card's metadata (repeat for several)",
+    )
 
 
 def run(args) -> int:
     url = push(
         args.folder, args.repo_id, public=args.public, collection=args.collection, revision=args.revision,
-        commit_message=args.commit_message, dry_run=args.dry_run,
+        commit_message=args.commit_message, dry_run=args.dry_run, license=args.license, datasets=args.datasets,
     )  # fmt: skip
     if url:
         print(url)

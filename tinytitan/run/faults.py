@@ -12,12 +12,11 @@ checkpoints need a shared filesystem): each rank's ``Heartbeat`` says where it i
 which step, so that each node's launcher can name a rank that stopped making progress.
 
 Each kind of note is a frozen dataclass, read back typed. Nothing here imports the rest
-of tinytitan, so both sides can use it.
+of tinytitan but ``processes``, so both sides can use it.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import faulthandler
 import json
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
+from tinytitan.processes import RankFailure, die_with_parent
+
 NOTES_ENV = "TINYTITAN_NOTES"
 LAUNCHER_ENV = "TINYTITAN_LAUNCHER_PID"
 PREEMPTED_EXIT_CODE = 75  # sysexits' EX_TEMPFAIL: "try again later", i.e. requeue me
@@ -37,32 +38,6 @@ PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 STACK_SIGNAL = signal.SIGUSR2
 PREEMPT_REQUEST = "preempt-requested"
 DUPLICATE_WINDOW_S = 2.0  # signals closer than this to the first are copies of it, not a second request
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(sig: int = signal.SIGKILL, grandparent: int | None = None) -> None:
-    """Ask Linux to send `sig` to this process when its parent dies (prctl PR_SET_PDEATHSIG).
-
-    torch elastic starts ranks in sessions of their own, so a killed launcher would
-    otherwise leave them training, and racing the next launcher for the checkpoint.
-    If the parent is gone already (or, given `grandparent`, the parent's parent is not
-    that process any more), the request came too late: die now.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    parent = os.getppid()
-    if parent == 1 or (grandparent is not None and _parent_of(parent) != grandparent):
-        os.kill(os.getpid(), sig)
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def rank_dies_with_torchrun() -> None:
@@ -91,6 +66,15 @@ class ErrorNote:
     """The rank failed with a ``TinytitanError``: bad input, the same after any restart."""
 
     KIND: ClassVar[str] = "error"
+    rank: int
+    message: str
+
+
+@dataclass(frozen=True)
+class CrashNote:
+    """The rank failed with another exception: its type and message, which the launcher's failure line names."""
+
+    KIND: ClassVar[str] = "crash"
     rank: int
     message: str
 
@@ -173,7 +157,7 @@ def read_note(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-Note = TypeVar("Note", RankNote, ErrorNote, PreemptedNote, Heartbeat)
+Note = TypeVar("Note", RankNote, ErrorNote, CrashNote, PreemptedNote, Heartbeat)
 
 
 def _typed(kind: type[Note], data: dict | None) -> Note | None:
@@ -193,7 +177,7 @@ def _typed(kind: type[Note], data: dict | None) -> Note | None:
     return kind(**values)
 
 
-def _note(note: RankNote | ErrorNote | PreemptedNote) -> None:
+def _note(note: RankNote | ErrorNote | CrashNote | PreemptedNote) -> None:
     folder = notes_dir()
     if folder is not None:
         _write(folder / f"{note.KIND}-{note.rank}.json", dataclasses.asdict(note))
@@ -206,6 +190,13 @@ def note_rank(rank: int) -> None:
 
 def note_error(rank: int, message: str) -> None:
     _note(ErrorNote(rank=rank, message=message))
+
+
+def note_crash(rank: int, error: BaseException) -> None:
+    """What the rank failed with, in one line (the first line of its message)."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    message = text if isinstance(error, RankFailure) else f"{type(error).__name__}: {text}".rstrip(": ")
+    _note(CrashNote(rank=rank, message=message[:400]))
 
 
 def note_preempted(rank: int, step: int, checkpoint: str) -> None:

@@ -1,0 +1,231 @@
+"""Bad input and faults, fourth round (issue 31): refusals by name, before any rank starts, nothing written.
+
+The cheap cases run the CLI or the launcher's entry in this process (each ends before torchrun);
+the resume cases copy the ``uninterrupted`` run (checkpoints at steps N and 2N). One training
+kills a data loader worker and checks that the launcher owns the output and survives it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    DEBUG_CONFIG,
+    REPO,
+    STAGE_STEPS,
+    N,
+    assert_one_line_refusal,
+    small_run_overrides,
+    stages_run_overrides,
+    tree_digest,
+)
+from tinytitan.cli import main as cli
+from tinytitan.errors import run_guarded
+from tinytitan.launcher import launch as launcher
+
+SAMPLE = REPO / "tinytitan" / "assets" / "sample"
+CHUNK2 = "train/chunk2/example_train_0.jsonl.zst"
+
+
+@pytest.fixture
+def resumable(uninterrupted, tmp_path) -> Path:
+    """A copy of the uninterrupted run that resumes from step N (its step 2N removed)."""
+    run = tmp_path / "run ünï"  # a space and non-ASCII characters in the run folder
+    shutil.copytree(uninterrupted, run)
+    shutil.rmtree(run / "checkpoint" / f"step-{2 * N}")
+    return run
+
+
+def _launch(run: Path, *extra: str, config: Path = DEBUG_CONFIG) -> int:
+    overrides = [*small_run_overrides(run, 2 * N, N), *extra]
+    env = {**os.environ, "NGPU": "2", "LOG_RANK": "0"}
+    return run_guarded(lambda: launcher.launch(str(config), overrides, env))
+
+
+def _changed_data(tmp_path: Path) -> Path:
+    """SlimPajama's sample with chunk2's file replaced by chunk1's (valid, another size)."""
+    data = tmp_path / "data ü x"  # a source path with a space and a non-ASCII character
+    shutil.copytree(SAMPLE / "SlimPajama-627B", data)
+    shutil.copyfile(data / "train/chunk1/example_train_0.jsonl.zst", data / CHUNK2)
+    return data
+
+
+def _other_tokenizer(tmp_path: Path) -> Path:
+    """The debug tokenizer less its last merge: the same vocabulary size, other token ids for some text."""
+    import json
+
+    tok = tmp_path / "tok ü"
+    shutil.copytree(REPO / "tinytitan" / "assets" / "tokenizer", tok)
+    doc = json.loads((tok / "tokenizer.json").read_text())
+    doc["model"]["merges"] = doc["model"]["merges"][:-1]
+    (tok / "tokenizer.json").write_text(json.dumps(doc))
+    return tok
+
+
+RESUMES = [
+    (lambda tmp: ["--data.sources.0.path", str(_changed_data(tmp))],
+     "data source 'slimpajama': " + CHUNK2 + " changed since step {N} (size 557710 -> 561636 bytes): restore it, or "
+     "restart the data stream with --checkpoint.exclude_from_loading dataloader"),
+    (lambda tmp: ["--data.seed", "7"],
+     "cannot resume from step {N}: data.seed changed since the checkpoint (1234 -> 7); resume with the same [data] "
+     "config, or restart the data stream with --checkpoint.exclude_from_loading dataloader"),
+    (lambda tmp: ["--model.flavor", "nano"],
+     "cannot resume with flavor 'nano': tensor tok_embeddings.weight is [4096, 256] in the run's checkpoint "
+     "{run}/checkpoint/step-{N} but flavor 'nano' expects "),
+    (lambda tmp: ["--model.hf_assets_path", str(_other_tokenizer(tmp))],
+     "the tokenizer {tmp}/tok ü is not the one that trained step {N} (sha256 "),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra, expected", RESUMES, ids=["changed-file", "seed", "flavor", "tokenizer"])
+def test_a_resume_that_cannot_continue_is_refused_by_the_launcher_and_writes_nothing(
+    resumable, tmp_path, capsys, extra, expected
+):
+    before = tree_digest(resumable)
+    code = _launch(resumable, *extra(tmp_path))
+    out, err = capsys.readouterr()
+    line = assert_one_line_refusal(err, code)
+    assert out == ""
+    assert line.startswith("tinytitan: error: " + expected.format(N=N, run=resumable, tmp=tmp_path)), line
+    assert tree_digest(resumable) == before  # no [[run.segments]] appended, [training] steps as it was
+
+
+def test_a_moved_end_of_a_begun_stage_is_refused_before_torchrun(stages_run, tmp_path, capsys):
+    run = tmp_path / "stages"
+    shutil.copytree(stages_run, run)
+    shutil.rmtree(run / "checkpoint" / f"step-{2 * STAGE_STEPS}")  # resume from step 8, inside 'cooldown'
+    before = tree_digest(run)
+    overrides = [*stages_run_overrides(run, Path("unused")), "--data.stages.0.until_tokens",
+                 str((STAGE_STEPS - 2) * 2 * 4 * 256)]  # fmt: skip
+    env = {**os.environ, "NGPU": "2", "LOG_RANK": "0"}
+    from tests.helpers import STAGES_CONFIG
+
+    code = run_guarded(lambda: launcher.launch(str(STAGES_CONFIG), overrides, env))
+    line = assert_one_line_refusal(capsys.readouterr().err, code)
+    assert line.startswith("tinytitan: error: data stage 'pretrain': it now ends at step 4, not step 6, a stage the "
+                           "checkpoint of step 8 has already begun"), line  # fmt: skip
+    assert tree_digest(run) == before
+
+
+def _cut_record_run(uninterrupted: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "cut"
+    shutil.copytree(uninterrupted / "checkpoint" / f"step-{N}", run / "checkpoint" / f"step-{N}")
+    (run / "run.toml").write_bytes((uninterrupted / "run.toml").read_bytes()[:300])
+    return run
+
+
+def _copied_record_run(uninterrupted: Path, tmp_path: Path) -> Path:
+    """Another run's step folder (the uninterrupted run's step 2N, as step N) under a copy of its run.toml."""
+    run = tmp_path / "copied"
+    shutil.copytree(uninterrupted / "checkpoint" / f"step-{2 * N}", run / "checkpoint" / f"step-{N}")
+    shutil.copyfile(uninterrupted / "run.toml", run / "run.toml")
+    return run
+
+
+CLI = [
+    (["checkpoint", "inspect", "{cut}/checkpoint/step-{N}"],
+     "the run record {cut}/run.toml is incomplete or damaged: it lacks job.dump_folder, model.name, model.flavor and "
+     "4 more keys (a cut copy or a full disk): restore it, or pass --config TOML, the training config"),
+    (["generate", "--checkpoint", "{cut}/checkpoint/step-{N}", "--prompt", "hi"],
+     "the run record {cut}/run.toml is incomplete or damaged: it lacks job.dump_folder, model.name, model.flavor and "
+     "4 more keys (a cut copy or a full disk): restore it, or pass --config TOML, the training config"),
+    (["export", "{run}/checkpoint/step-99", "--out", "{tmp}/out"],
+     "checkpoint {run}/checkpoint/step-99 does not exist: pass one of its run's steps ({N}, {N2}), e.g. "
+     "{run}/checkpoint/step-{N2}"),
+    (["eval", "loss", "--checkpoint", "{run}/checkpoint/step-99"],
+     "checkpoint {run}/checkpoint/step-99 does not exist: pass one of its run's steps ({N}, {N2}), e.g. "
+     "{run}/checkpoint/step-{N2}"),
+    (["generate", "--checkpoint", "{run}/checkpoint/step-99", "--prompt", "hi"],
+     "checkpoint {run}/checkpoint/step-99 does not exist: pass one of its run's steps ({N}, {N2}), e.g. "
+     "{run}/checkpoint/step-{N2}"),
+    (["train", "--job.dump_folder", "/proc/x ü/run"],
+     "--job.dump_folder /proc/x ü/run cannot be created in /proc (No such file or directory): choose a folder on a "
+     "writable disk"),
+    (["checkpoint", "inspect", "{copied}/checkpoint/step-{N}"],
+     "the run record {copied}/run.toml was copied from the run in {run} (its job.dump_folder), whose checkpoints "
+     "differ: restore this run's own record, or pass --config TOML, the training config"),
+    (["train", "--job.dump_folder", "{tmp}/new", "--model.flavor", "nano", "--checkpoint.initial_load_path",
+      "{run}/checkpoint/step-{N}"],
+     "tensor tok_embeddings.weight is [4096, 256] in checkpoint {run}/checkpoint/step-{N} but flavor 'nano' expects "
+     "[128256, 768]; the checkpoint fits flavor 'debug': set [model] flavor = \"debug\" in the config"),
+    (["train", "--job.dump_folder", "{tmp}/new", "--checkpoint.initial_load_path", "{tmp}/hf"],
+     "[checkpoint] initial_load_path = '{tmp}/hf' is not a checkpoint step folder (no .metadata): point it at a "
+     "step-N folder inside the run's checkpoint folder, e.g. outputs/debug/checkpoint/step-20"),
+    (["models", "--bogus"], "tinytitan models: unrecognized arguments: --bogus (see `tinytitan models --help`)"),
+    (["bench", "--bogus"], "tinytitan bench: unrecognized arguments: --bogus (see `tinytitan bench --help`)"),
+    (["download-tokenizer", "--out", "{tmp}/tok"],
+     "cannot reach the Hugging Face Hub (127.0.0.1:9: Connection refused) to fetch meta-llama/Meta-Llama-3-8B: check "
+     "the network, or give --repo-id a local copy of the repo (or copy the tokenizer folder from a machine that has "
+     "it)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("args, expected", CLI, ids=[" ".join(c[0][:2]) for c in CLI])
+def test_cli_refusals_are_one_line(uninterrupted, tmp_path, capsys, monkeypatch, args, expected):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    (tmp_path / "hf").mkdir()  # an exported Hugging Face folder stands for any folder without .metadata
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    names = {"cut": _cut_record_run(uninterrupted, tmp_path), "copied": _copied_record_run(uninterrupted, tmp_path),
+             "run": uninterrupted, "tmp": tmp_path, "N": N, "N2": 2 * N}  # fmt: skip
+    before = tree_digest(uninterrupted)
+    code = cli([a.format(**names) for a in args])
+    out, err = capsys.readouterr()
+    assert assert_one_line_refusal(err, code) == "tinytitan: error: " + expected.format(**names)
+    assert tree_digest(uninterrupted) == before
+    assert not any((tmp_path / name).exists() for name in ("out", "tok", "new"))
+
+
+def test_a_reader_holds_its_step_against_the_purge(tmp_path):
+    from tinytitan.launcher.run_folder import RunLock
+    from tinytitan.run import hold
+
+    run = tmp_path / "run"
+    steps = [run / "checkpoint" / f"step-{n}" for n in (2, 4, 6)]
+    for step in steps:
+        step.mkdir(parents=True)
+        (step / ".metadata").write_bytes(b"")
+    with RunLock(run):  # a training runs there
+        assert hold.hold_checkpoint(steps[0])
+        assert not hold.remove_unless_held(steps[0]) and steps[0].is_dir()  # left for the next purge
+        hold.release_holds()
+        assert hold.remove_unless_held(steps[0]) and not steps[0].exists()
+        assert hold.missing_checkpoint(steps[0]) == (
+            f"checkpoint {steps[0]} does not exist: the training running in {run} removed it "
+            "(checkpoint.keep_latest_k keeps only the newest); pass a step it keeps (4, 6)"
+        )
+
+
+def test_a_resume_warns_of_each_partial_checkpoint_it_skips(uninterrupted, tmp_path):
+    from tinytitan.config import load_job_config
+    from tinytitan.launcher.resume_check import skipped_checkpoints
+
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run)
+    (run / "checkpoint" / f"step-{2 * N}" / ".metadata").unlink()  # a save that did not finish
+    job = load_job_config(DEBUG_CONFIG, small_run_overrides(run, 3 * N, N))
+    assert skipped_checkpoints(job, N) == [
+        f"skipping the partial checkpoint {run}/checkpoint/step-{2 * N} (no .metadata (the save did not finish)); "
+        f"resuming from step {N}"
+    ]
+
+
+def test_a_killed_loader_worker_is_one_line_and_survived_like_a_dead_rank(tmp_path):
+    """Rank 1 kills its own data loader worker at step 5 (tests.kill_loader_worker): the rank fails when the
+    worker's prefetched batches run out, the launcher says why in one line, restarts from step-4, finishes."""
+    from tests.helpers import launch
+
+    overrides = [*small_run_overrides(tmp_path, steps=8, interval=4), "--training.dataloader.num_workers", "1",
+                 "--experimental.custom_import", "tests.kill_loader_worker"]  # fmt: skip
+    env = {"MAX_RESTARTS": "1", "TINYTITAN_TEST_KILL_WORKER": f"1:5:{tmp_path / 'killed'}"}
+    proc = launch(overrides, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    failures = [line for line in proc.stderr.splitlines() if line.startswith("tinytitan: rank 1 ")]
+    assert len(failures) == 1, proc.stderr[-3000:]
+    assert " failed with exit code 1: data loader worker tinytitan-data-1-0 died (signal SIGKILL); restarting " \
+           "every rank from the step-4 checkpoint (restart 1 of 1)" in failures[0]  # fmt: skip
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
+    assert (tmp_path / "checkpoint" / "step-8" / ".metadata").exists()
