@@ -118,8 +118,9 @@ def test_gpu_check_script_resume_phase_on_cpu(tmp_path):
 
 
 def test_issue33_gpu_rows_take_this_checkouts_config():
-    """benchmarks/gpu_levers.py (gpu_check.py --phases issue33): every masking and lever row of the GPU plan is a
-    config this checkout takes (a wrong key would cost GPU time); each row has its own label (its run folder)."""
+    """benchmarks/gpu_levers.py (gpu_check.py --phases issue33): every row of the GPU plan (masking, the guards,
+    Muon, the levers) is a config this checkout takes (a wrong key would cost GPU time); each row has its own
+    label (its run folder)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import gpu_levers
 
@@ -127,9 +128,8 @@ def test_issue33_gpu_rows_take_this_checkouts_config():
     rows = gpu_levers.planned_rows(gpu_levers.GPU33, machine)
     labels = [s.label() for _, s in rows]
     assert len(set(labels)) == len(labels)
-    ours = [(phase, s) for phase, s in rows if phase in ("masking", "levers")]
-    assert len(ours) == 12 and any("--model.sdpa_backend" in s.extra for _, s in ours)
-    assert [(s.label(), gpu_levers.refused_key(s, machine)) for _, s in ours] == [(s.label(), None) for _, s in ours]
+    assert [phase for phase, _ in rows] == ["masking"] * 5 + ["muon"] * 2 + ["guards"] + ["levers"] * 7
+    assert [(s.label(), gpu_levers.refused_key(s, machine)) for _, s in rows] == [(s.label(), None) for _, s in rows]
     bad = dataclasses.replace(gpu_levers.GPU33.nano, extra=("--model.sdpa_backend", "fastest"))
     assert "sdpa_backend" in (gpu_levers.refused_key(bad, machine) or "")
 
