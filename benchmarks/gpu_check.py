@@ -16,10 +16,15 @@ Phases, in priority order; one that would not finish inside the budget is skippe
 6. extras       while budget remains: tiny 8 chunked, nano 32 plain (this session's own control),
                 nano 32 at 4096 and 16384 tokens per chunk.
 
+Issue 33's phases (``--phases issue33``, or some of exactness,masking,muon,guards,levers,heldout,autotune):
+benchmarks/gpu_levers.py says what each runs and how long it takes. ``--check-configs``: only whether this
+checkout's config takes every GPU row's overrides (cheap, on any machine).
+
 One JSON line per result (field ``phase``) on stdout and in --out; a summary table at the end.
 
     python benchmarks/gpu_check.py --budget-s 450 --out outputs/gpu_check/check.jsonl
     python benchmarks/gpu_check.py --smoke --phases loss,resume    # CPU: the same code on the debug model
+    python benchmarks/gpu_check.py --phases issue33 --budget-s 420  # issue 33 on one GPU
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runs from a checkout without `pip install`
 
-from checkpoint_stall import rank_pid  # noqa: E402  (benchmarks/, this script's folder, is on sys.path)
+import gpu_levers  # noqa: E402  (benchmarks/, this script's folder, is on sys.path)
+from checkpoint_stall import rank_pid  # noqa: E402
 
 from tinytitan.bench.run import (  # noqa: E402
     Settings,
@@ -370,7 +376,7 @@ def summary(records: list[dict]) -> str:
         peak = f"{r['peak_memory_gib']:.1f}" if r.get("peak_memory_gib") is not None else ""
         ref = r.get("plain_2026_12_04")
         vs = f"{r['speed_vs_plain_2026_12_04']}x; {ref['peak_gib']} GiB" if ref else ""
-        note = r.get("error", "")
+        note = r.get("note") or r.get("error", "")
         if r["phase"] == "float8" and "speedup_vs_best_bf16" in r:
             note = f"{r['speedup_vs_best_bf16']}x best bf16 (goal 1.3x)"
         if r["phase"] == "determinism" and "speed_vs_nondeterministic" in r:
@@ -387,22 +393,39 @@ def summary(records: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="CPU-sized: the debug model, a few steps")
-    parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, from {','.join(PHASES)}")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated, from {','.join(PHASES + gpu_levers.PHASES)}; issue33: all of issue 33's",
+    )
+    parser.add_argument(
+        "--check-configs",
+        action="store_true",
+        help="only check that this checkout's config takes every issue-33 GPU row's overrides",
+    )
     parser.add_argument("--budget-s", type=float, default=450, help="stop starting runs after this long")
     parser.add_argument("--out", type=Path, default=None, help="also append the JSON lines to this file")
     parser.add_argument("--work-dir", type=Path, default=None, help="the runs' folders (default: a temp folder)")
     args = parser.parse_args(argv)
-    phases = [p for p in args.phases.split(",") if p]
-    unknown = set(phases) - set(PHASES)
+    phases = [q for p in args.phases.split(",") if p for q in (gpu_levers.PHASES if p == "issue33" else (p,))]
+    unknown = set(phases) - set(PHASES + gpu_levers.PHASES)
     if unknown:
-        parser.error(f"unknown phases {sorted(unknown)}: choose from {','.join(PHASES)}")
+        parser.error(f"unknown phases {sorted(unknown)}: choose from {','.join(PHASES + gpu_levers.PHASES)}")
+    if args.check_configs:
+        return gpu_levers.check_configs(args.out)
     machine = detect_machine(ngpu=1)
     plan = SMOKE if args.smoke or not machine.gpus else GPU
     check = Check(plan, args, machine)
     log(f"{machine.device}, budget {args.budget_s:.0f}s, phases {','.join(phases)}, runs in {check.work}")
+    plan33 = gpu_levers.SMOKE33 if plan is SMOKE else gpu_levers.GPU33
+    rows = gpu_levers.Rows(check)
     runners = {"loss": phase_loss, "float8": phase_float8, "resume": phase_resume,
-               "determinism": phase_determinism, "eval": phase_eval, "extras": phase_extras}  # fmt: skip
-    for phase in PHASES:
+               "determinism": phase_determinism, "eval": phase_eval, "extras": phase_extras,
+               **{p: (lambda c, f=f: f(c, rows, plan33)) for p, f in gpu_levers.RUNNERS.items()}}  # fmt: skip
+    if set(phases) & set(gpu_levers.PHASES):
+        log("issue 33 estimates on one GPU (s): " + ", ".join(f"{p} {gpu_levers.ESTIMATE_S[p]}"
+                                                              for p in gpu_levers.PHASES if p in phases))  # fmt: skip
+    for phase in PHASES + gpu_levers.PHASES:
         if phase not in phases:
             continue
         try:

@@ -157,6 +157,41 @@ def test_no_private_torchtitan_name_outside_compat():
     assert not found, "private torchtitan names outside tinytitan/compat.py: " + "; ".join(found)
 
 
+def test_prefer_sdpa_backend_reorders_each_sdpa_modules_kernel_priority():
+    """[model] sdpa_backend: the chosen kernel first, torchtitan's others after it; the model still runs."""
+    import torch
+    from torch.nn.attention import SDPBackend
+    from torchtitan.models.llama3 import Transformer
+
+    from tinytitan.models import flavor_args
+
+    torch.manual_seed(0)
+    model = Transformer(flavor_args("debug"))
+    with torch.no_grad():
+        model.init_weights()
+    tokens = torch.randint(0, 4096, (1, 16))
+    with torch.no_grad():
+        before = model(tokens)
+    assert compat.prefer_sdpa_backend(model, "flash") == 4  # one per layer
+    lists = [m.sdpa_backends for m in model.modules() if hasattr(m, "sdpa_backends")]
+    assert lists and all(b == [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH] for b in lists)
+    compat.prefer_sdpa_backend(model, "math")
+    assert all(m.sdpa_backends[0] == SDPBackend.MATH for m in model.modules() if hasattr(m, "sdpa_backends"))
+    with torch.no_grad():
+        assert torch.allclose(model(tokens), before, atol=1e-5)
+
+
+def test_flex_attention_compiled_by_swaps_torchtitans_compiled_functions_and_restores_them():
+    from torchtitan.models import attention
+
+    wrapper = attention.FlexAttentionWrapper
+    before = wrapper._compiled_flex_attn, attention._compiled_create_block_mask
+    with compat.flex_attention_compiled_by("eager"):
+        inside = wrapper._compiled_flex_attn, attention._compiled_create_block_mask
+        assert inside[0] is not before[0] and inside[1] is not before[1]
+    assert (wrapper._compiled_flex_attn, attention._compiled_create_block_mask) == before
+
+
 def test_foreach_lerp_moves_each_tensor_toward_its_end_in_place():
     import torch
 

@@ -58,6 +58,7 @@ def test_a_value_of_the_wrong_type_is_named_when_the_config_is_read(tmp_path, ol
         (["--validation.freq", "0"], r"^\[validation\] freq = 0"),
         (["--model.flavor", "huge"], r"^\[model\] flavor = 'huge' is unknown: choose one of tiny, micro, nano, debug"),
         (["--data.sources.0.weight", "-1"], r"^data source 'slimpajama' \(path .*\): weight = -1.0 is not a positive"),
+        (["--model.attn_type", "flex", "--model.sdpa_backend", "flash"], r"^\[model\] sdpa_backend = 'flash' picks"),
     ],
 )
 def test_values_out_of_range_are_refused(overrides, message):

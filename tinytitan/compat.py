@@ -101,6 +101,46 @@ def rope_table(model):
     return _private(model, "_precompute_freqs_cis")()
 
 
+SDPA_BACKENDS = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+                 "math": "MATH"}  # fmt: skip
+
+
+def prefer_sdpa_backend(model, first: str) -> int:
+    """Puts torch's SDPA kernel ``first`` (a key of ``SDPA_BACKENDS``) at the head of the kernel priority of
+    each of ``model``'s torchtitan SDPA modules, the others after it in torchtitan's order (cuDNN, flash,
+    math); returns how many modules it set. torchtitan keeps that list in a per-module attribute."""
+    from torch.nn.attention import SDPBackend
+    from torchtitan.models.attention import ScaledDotProductAttentionWrapper
+
+    chosen = getattr(SDPBackend, SDPA_BACKENDS[first])
+    count = 0
+    for module in model.modules():
+        if isinstance(module, ScaledDotProductAttentionWrapper):
+            default = list(_private(module, "sdpa_backends"))
+            module.sdpa_backends = [chosen, *(b for b in default if b != chosen)]
+            count += 1
+    return count
+
+
+@contextmanager
+def flex_attention_compiled_by(backend: str):
+    """While open, torchtitan's FlexAttention and block-mask builder are compiled by torch.compile ``backend``
+    (e.g. "eager": traced, not code-generated) instead of inductor with max-autotune, which takes minutes on
+    a small CPU. FlexAttention runs only compiled; torchtitan holds both compiled functions in private names."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from torchtitan.models import attention
+
+    wrapper = attention.FlexAttentionWrapper
+    saved = _private(wrapper, "_compiled_flex_attn"), _private(attention, "_compiled_create_block_mask")
+    wrapper._compiled_flex_attn = torch.compile(flex_attention, backend=backend)
+    attention._compiled_create_block_mask = torch.compile(create_block_mask, backend=backend)
+    try:
+        yield
+    finally:
+        wrapper._compiled_flex_attn, attention._compiled_create_block_mask = saved
+
+
 # ---------------------------------------------------------------- torch.distributed
 
 

@@ -33,6 +33,8 @@ class Model:
     attn_mask_type: Literal["causal", "block_causal"] = "causal"
     """'causal': a token attends to every earlier token of its window; 'block_causal' (document masking, as
     Llama 3 trained): only to earlier tokens of its own packed document, split at the tokenizer's EOS"""
+    sdpa_backend: Literal["auto", "cudnn", "flash", "efficient", "math"] = "auto"
+    """with attn_type = 'sdpa': the kernel torch tries first; 'auto': torchtitan's order (cuDNN, then flash)"""
 
     def validate(self) -> None:
         """Pure. torchtitan merges this class's fields into its own ``[model]`` dataclass (without its methods),
@@ -42,6 +44,12 @@ class Model:
             raise TinytitanError(
                 f"[model] attn_mask_type = {mask!r} needs attn_type = 'flex' (or 'varlen' on a GPU); "
                 "torch's SDPA kernel masks causally only"
+            )
+        backend = getattr(self, "sdpa_backend", "auto")
+        if backend != "auto" and attn != "sdpa":
+            raise TinytitanError(
+                f"[model] sdpa_backend = {backend!r} picks a kernel of attn_type = 'sdpa', not {attn!r}: "
+                "set sdpa_backend = 'auto'"
             )
         if attn == "varlen" and mask != "block_causal":
             raise TinytitanError(

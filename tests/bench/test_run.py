@@ -57,6 +57,7 @@ def test_schedule_rounds_to_whole_log_windows():
         Settings("nano", 2048, 16),
         Settings("tiny", 2048, 8, compile=False, ac="selective", float8=True, reshard="never", loss_kind="plain"),
         Settings("micro", 2048, 32, chunk_tokens=4096, deterministic=True),
+        Settings("nano", 2048, 32, extra=("--model.sdpa_backend", "flash"), tag="sdpa=flash"),
     ],
 )
 def test_overrides_are_keys_torchtitan_accepts(settings, tmp_path):
@@ -80,6 +81,18 @@ def test_overrides_are_keys_torchtitan_accepts(settings, tmp_path):
     assert job.loss.kind == settings.loss_kind
     assert job.loss.chunk_tokens == (settings.chunk_tokens or 8192)
     assert job.debug.deterministic is settings.deterministic
+    assert job.model.sdpa_backend == ("flash" if settings.extra else "auto")  # extra: after the others
+    assert Path(job.model.hf_assets_path, "tokenizer.json").is_file()  # the embedded one: no Llama 3 download
+
+
+def test_synthetic_tokens_are_documents_split_at_eos():
+    """The bench's tokens: EOS ends a document about every MEAN_DOC_TOKENS tokens, what block_causal masks split."""
+    from tinytitan.bench.synthetic import MEAN_DOC_TOKENS, SyntheticTokens
+
+    batch, _ = next(iter(SyntheticTokens(4096, 4, 8192, dp_rank=0, eos_id=4086)))
+    ends = int((batch["input"] == 4086).sum())
+    assert 0.5 * 4 * 8192 / MEAN_DOC_TOKENS < ends < 1.5 * 4 * 8192 / MEAN_DOC_TOKENS
+    assert batch["input"].shape == (4, 8192) and int(batch["input"].max()) < 4096
 
 
 def test_summary_mfu_from_flops_per_token_and_peak():

@@ -115,3 +115,36 @@ def test_gpu_check_script_resume_phase_on_cpu(tmp_path):
     log = (tmp_path / "out" / "check.log").read_text()
     assert "| resume |" in log and "(exact)" in log
     assert "torch" in (tmp_path / "out" / "env.txt").read_text()
+
+
+def test_issue33_gpu_rows_take_this_checkouts_config():
+    """benchmarks/gpu_levers.py (gpu_check.py --phases issue33): every row of the GPU plan (masking, the guards,
+    Muon, the levers) is a config this checkout takes (a wrong key would cost GPU time); each row has its own
+    label (its run folder)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_levers
+
+    machine = Machine(1, 1, "NVIDIA H100 80GB HBM3")
+    rows = gpu_levers.planned_rows(gpu_levers.GPU33, machine)
+    labels = [s.label() for _, s in rows]
+    assert len(set(labels)) == len(labels)
+    assert [phase for phase, _ in rows] == ["masking"] * 5 + ["muon"] * 2 + ["guards"] + ["levers"] * 7
+    assert [(s.label(), gpu_levers.refused_key(s, machine)) for _, s in rows] == [(s.label(), None) for _, s in rows]
+    bad = dataclasses.replace(gpu_levers.GPU33.nano, extra=("--model.sdpa_backend", "fastest"))
+    assert "sdpa_backend" in (gpu_levers.refused_key(bad, machine) or "")
+
+
+def test_mask_exactness_on_cpu():
+    """benchmarks/mask_exactness.py's CPU path (forward only): a packed window's per-token losses equal its documents'
+    alone, and the causal control differs (the check can fail)."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import mask_exactness
+    import torch
+
+    from tinytitan.compat import flex_attention_compiled_by
+
+    with flex_attention_compiled_by("eager"):
+        r = mask_exactness.check("debug", 64, "flex", torch.device("cpu"))
+    assert r["status"] == "ok" and r["exact"], r
+    assert r["max_abs_loss_diff"] <= r["tolerance"] < r["control_causal_max_abs_loss_diff"]
+    assert sum(r["doc_tokens"]) == 65 and len(r["per_doc_max_abs_loss_diff"]) == 3

@@ -38,6 +38,9 @@ from tinytitan.job_config import FLOAT8_CONVERTER
 
 # On the benchmarked processes' PYTHONPATH: they import this tinytitan, from a checkout or an installed wheel.
 IMPORT_ROOT = SOURCE_ROOT
+# The embedded tokenizer: the synthetic tokens' EOS id (tinytitan.bench.synthetic), so that a benchmark never
+# needs the Llama 3 tokenizer (a gated download); the model's vocabulary is the flavor's, whatever this one's is.
+BENCH_TOKENIZER = Path(__file__).resolve().parents[1] / "assets" / "tokenizer"
 AC_MODES = ("none", "selective", "full")
 LOSS_KINDS = ("plain", "chunked")  # [loss] kind (tinytitan.rank.loss)
 RESHARD_POLICIES = ("default", "always", "never")
@@ -78,6 +81,9 @@ class Settings:
     loss_kind: str = "chunked"
     chunk_tokens: int | None = None  # [loss] chunk_tokens; None: the config's
     deterministic: bool = False  # [debug] deterministic: torchtitan's deterministic algorithms
+    extra: tuple[str, ...] = ()  # more config overrides (`--section.key value`), after the ones above
+    env: tuple[tuple[str, str], ...] = ()  # environment of the ranks, e.g. (("TORCHINDUCTOR_CUDAGRAPHS", "1"),)
+    tag: str = ""  # names what `extra` and `env` change, in the label (and so the run folder)
 
     def label(self) -> str:
         chunk = f" chunk={self.chunk_tokens}" if self.loss_kind == "chunked" and self.chunk_tokens else ""
@@ -85,6 +91,7 @@ class Settings:
             f"{self.flavor} seq{self.seq_len} bs{self.local_batch_size} compile={'on' if self.compile else 'off'} "
             f"ac={self.ac} float8={'on' if self.float8 else 'off'} reshard={self.reshard} loss={self.loss_kind}{chunk}"
             + (" deterministic" if self.deterministic else "")
+            + (f" {self.tag}" if self.tag else "")
         )
 
 
@@ -169,6 +176,7 @@ def training_overrides(
         "--job.config_file", str(base_config(s.flavor)),
         "--job.dump_folder", str(dump),
         "--model.name", "tinytitan_bench",
+        "--model.hf_assets_path", str(BENCH_TOKENIZER),  # its EOS id only (block_causal): no Llama 3 download
         "--experimental.custom_import", "tinytitan.bench.synthetic",
         "--training.steps", str(steps),
         "--training.seq_len", str(s.seq_len),
@@ -201,7 +209,7 @@ def training_overrides(
         args += ["--optimizer.implementation", "foreach"]
     if profile:
         args += profile_overrides(steps)
-    return args
+    return args + list(s.extra)
 
 
 def effective(s: Settings, machine: Machine) -> Settings:
@@ -268,6 +276,7 @@ def run_once(
     dump.mkdir(parents=True)
     env = process_env(os.environ, machine.nproc, machine.gpus)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(IMPORT_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.update(dict(s.env))
     cmd = torchrun_command(machine.nproc, training_overrides(s, schedule, dump, machine, profile), env)
     record = {
         **dataclasses.asdict(s),

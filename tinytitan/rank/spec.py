@@ -21,7 +21,7 @@ from torchtitan.models.llama3 import TransformerModelArgs, parallelize_llama
 from torchtitan.models.llama3.model.state_dict_adapter import Llama3StateDictAdapter
 from torchtitan.protocols.train_spec import TrainSpec, register_train_spec
 
-from tinytitan.compat import spec_registered
+from tinytitan.compat import prefer_sdpa_backend, spec_registered
 from tinytitan.models import FLAVORS, SPEC_NAME
 from tinytitan.rank import device, loss, muon
 from tinytitan.tokenizer import LoadedTokenizer, load_tokenizer
@@ -87,6 +87,9 @@ def model_args() -> dict[str, ModelArgs]:
 
 def parallelize(model, parallel_dims, job_config):
     loss.attach(model, job_config)  # [loss] kind = "chunked": before compile and FSDP see the output module
+    backend = getattr(job_config.model, "sdpa_backend", "auto")
+    if backend != "auto":  # [model] sdpa_backend: before compile captures the kernel choice
+        prefer_sdpa_backend(model, backend)
     model = parallelize_llama(model, parallel_dims, job_config)
     device.fsdp_sum_reductions(model)
     return model
