@@ -184,13 +184,14 @@ def test_cli_refusals_are_one_line(uninterrupted, tmp_path, capsys, monkeypatch,
 def test_a_reader_holds_its_step_against_the_purge(tmp_path):
     from tinytitan.launcher.run_folder import RunLock
     from tinytitan.run import hold
+    from tinytitan.run.folder import RunFolder
 
     run = tmp_path / "run"
     steps = [run / "checkpoint" / f"step-{n}" for n in (2, 4, 6)]
     for step in steps:
         step.mkdir(parents=True)
         (step / ".metadata").write_bytes(b"")
-    with RunLock(run):  # a training runs there
+    with RunLock(RunFolder.at(run)):  # a training runs there
         assert hold.hold_checkpoint(steps[0])
         assert not hold.remove_unless_held(steps[0]) and steps[0].is_dir()  # left for the next purge
         hold.release_holds()

@@ -91,7 +91,7 @@ def test_push_dry_run_lists_what_is_left_to_decide_and_push_states_the_choices(c
         assert what in decide, what
     folder = tmp_path / "copy"
     shutil.copytree(continued_export, folder)
-    from tinytitan.hub import restated
+    from tinytitan.export.push import restated
 
     for name, text in restated(folder, "apache-2.0", ["me/my-mix"]).items():
         (folder / name).write_text(text)
