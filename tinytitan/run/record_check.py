@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-RUN_FILE = "run.toml"
+from tinytitan.run.folder import RunFolder
+
 # (table, key) that every record holds: what export, eval, generate and inspect read from it.
 REQUIRED_KEYS = (
     ("job", "dump_folder"),
@@ -62,7 +63,7 @@ def copied_from(record: str | os.PathLike, dump_folder: str, where: str | os.Pat
     (same checkpoints, or the original gone) is not a copied record. None when it is the run's own."""
     here = Path(record).resolve().parent
     there = Path(dump_folder).resolve() if dump_folder else here
-    if there == here or not (there / RUN_FILE).is_file():
+    if there == here or not RunFolder.at(there).record.is_file():
         return None
     where = Path(where).resolve()
     if here not in where.parents:
