@@ -17,11 +17,12 @@ from tinytitan.data.plan import MixturePlan, build_plan
 _TEXT_PLANS: dict[str, MixturePlan] = {}  # per process: the loader and the validator share one listing
 
 
-def make_plan(data: Data, tokenizer=None) -> MixturePlan:
+def make_plan(data: Data, tokenizer=None, files: dict[str, list[str]] | None = None) -> MixturePlan:
     """The mixture plan; a text plan (listing every file, reading parquet footers) is built once per process.
 
     With SlimPajama's ~59k files the listing is the slow part of a rank's start (docs/data.md);
-    the validator and the loader of one rank get the same plan object.
+    the validator and the loader of one rank get the same plan object. ``files``: every source's files as
+    already listed (the launcher's data check), so that they are not listed again.
     """
     if data.format == "tokens":
         from tinytitan.data.shards import plan_from_prepared
@@ -30,5 +31,5 @@ def make_plan(data: Data, tokenizer=None) -> MixturePlan:
     key = json.dumps(dataclasses.asdict(data), sort_keys=True, default=str)
     if key not in _TEXT_PLANS:
         data.validate()
-        _TEXT_PLANS[key] = build_plan(data, list_sources(data))
+        _TEXT_PLANS[key] = build_plan(data, files if files is not None else list_sources(data))
     return _TEXT_PLANS[key]

@@ -84,14 +84,9 @@ def data_identity(job_config, files: dict[str, list[str]] | None = None) -> tupl
     tokenizer_hash = Encoder(tokenizer).fingerprint()
     if not job_config.data.sources:
         return tokenizer_hash, ""
-    if files and job_config.data.format != "tokens":
-        from tinytitan.data.plan import build_plan
+    from tinytitan.data.planner import make_plan
 
-        plan = build_plan(job_config.data, files).fingerprint()
-    else:
-        from tinytitan.data.planner import make_plan
-
-        plan = make_plan(job_config.data, tokenizer).fingerprint()
+    plan = make_plan(job_config.data, tokenizer, files or None).fingerprint()  # the launcher's one plan
     return tokenizer_hash, hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
 
 
