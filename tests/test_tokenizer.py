@@ -146,3 +146,19 @@ def test_a_local_folder_missing_a_file_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"folder {tmp_path / 'copy'} has no tokenizer_config.json" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy"]
+
+
+def test_the_reachability_check_refuses_a_refused_endpoint_but_not_behind_a_proxy(monkeypatch):
+    """No proxy: a refused connection is one line at once. Behind an HTTPS proxy a direct connection says nothing
+    about the Hub (huggingface_hub goes through the proxy), so the check stands aside."""
+    from tinytitan.errors import TinytitanError
+    from tinytitan.tokenizer import check_hub_reachable
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY",
+                 "no_proxy", "HF_HUB_OFFLINE"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://127.0.0.1:9")
+    with pytest.raises(TinytitanError, match=r"cannot reach the Hugging Face Hub \(127\.0\.0\.1:9: "):
+        check_hub_reachable("meta-llama/Meta-Llama-3-8B", timeout_s=2)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    check_hub_reachable("meta-llama/Meta-Llama-3-8B", timeout_s=2)  # no raise: the proxy decides

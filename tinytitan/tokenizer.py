@@ -236,6 +236,10 @@ def check_hub_reachable(repo_id: str, timeout_s: float = 5.0) -> None:
     endpoint = urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     host = endpoint.hostname or "huggingface.co"
     port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    from urllib.request import getproxies, proxy_bypass
+
+    if getproxies().get(endpoint.scheme or "https") and not proxy_bypass(host):
+        return  # behind a proxy a direct connection says nothing: huggingface_hub goes through the proxy
     try:
         socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as e:
