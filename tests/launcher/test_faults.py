@@ -212,7 +212,20 @@ def test_ctrl_c_stops_in_two_lines_and_names_the_step_to_resume_from(tmp_path):
     assert "Traceback" not in text
 
 
-def test_an_error_every_rank_raises_is_printed_once(uninterrupted, tmp_path):
+def test_an_error_the_ranks_raise_is_one_line_printed_once(tmp_path):
+    """Every rank raises the same TinytitanError mid-run (injected: no launcher check can see it): the
+    launcher prints it once, as one line, exit 2, without torchrun's dump or a traceback."""
+    overrides = [*small_run_overrides(tmp_path, steps=3, interval=10), "--experimental.custom_import",
+                 "tests.raise_in_ranks"]  # fmt: skip
+    proc = launch(overrides, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    errors = [line for line in out.splitlines() if "injected at step 2" in line]
+    assert errors == ["tinytitan: error: injected at step 2 by tests.raise_in_ranks: remove the custom_import"], out[-3000:]
+    assert "Traceback" not in out and "ChildFailedError" not in out, out[-3000:]
+
+
+def test_an_error_every_rank_would_raise_is_refused_once(uninterrupted, tmp_path):
     """A data stream that cannot resume (another data.seed): since issue 31 the launcher refuses it before
     torchrun (tinytitan.launcher.resume_check), with the ranks' own rule; still one line, printed once."""
     import shutil
