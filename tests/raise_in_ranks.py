@@ -4,10 +4,9 @@ check that only the ranks can make would (one that the launcher cannot make befo
 Loaded into the training processes with ``--experimental.custom_import tests.raise_in_ranks``.
 """
 
+import tinytitan.register  # noqa: F401  (the TrainSpec this run still needs)
 from tinytitan.errors import TinytitanError
 from tinytitan.rank.trainer import TinyTrainer
-
-import tinytitan.register  # noqa: F401  (the TrainSpec this run still needs)
 
 _train_step = TinyTrainer.train_step
 

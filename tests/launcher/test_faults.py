@@ -221,7 +221,9 @@ def test_an_error_the_ranks_raise_is_one_line_printed_once(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 2, out[-3000:]
     errors = [line for line in out.splitlines() if "injected at step 2" in line]
-    assert errors == ["tinytitan: error: injected at step 2 by tests.raise_in_ranks: remove the custom_import"], out[-3000:]
+    assert errors == ["tinytitan: error: injected at step 2 by tests.raise_in_ranks: remove the custom_import"], out[
+        -3000:
+    ]
     assert "Traceback" not in out and "ChildFailedError" not in out, out[-3000:]
 
 
