@@ -148,6 +148,48 @@ def test_muon_under_fsdp_on_2_ranks_trains_as_one_process(tmp_path):
         torch.testing.assert_close(fsdp["weights"][name], p.detach(), atol=2e-5, rtol=1e-4, msg=name)
 
 
+UNEVEN = [(5, 4), (7, 3), (2, 5), (6, 6)]  # rows over 3 ranks: 2+2+1, 3+3+1, 1+1+0 (an empty shard), 2+2+2
+
+
+def _split_rank(rank: int, world: int, port: int, out: str) -> None:
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from tinytitan.rank.muon import orthogonalize_all
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        mesh = init_device_mesh("cpu", (world,))
+        torch.manual_seed(0)
+        wholes = [torch.randn(shape) for shape in UNEVEN]
+        shards = [distribute_tensor(w, mesh, [Shard(0)]) for w in wholes]
+        results = orthogonalize_all(shards, steps=5)
+        assert all(r.placements == s.placements and r.to_local().shape == s.to_local().shape
+                   for r, s in zip(results, shards, strict=True))  # fmt: skip
+        gathered = [r.full_tensor() for r in results]
+        if rank == 0:
+            torch.save({"wholes": wholes, "results": gathered}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_split_orthogonalization_equals_whole_matrices_with_uneven_and_empty_shards(tmp_path):
+    """Each matrix orthogonalized by one owner rank (gather, Newton-Schulz, scatter) over 3 gloo ranks, with
+    row counts that do not divide by 3 and a rank holding no row: every rank's rows equal those of the whole
+    matrix's Newton-Schulz in one process, and each result keeps its shard's layout."""
+    from tinytitan.rank.muon import newton_schulz
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_split_rank, args=(3, port, str(tmp_path / "split.pt")), nprocs=3)
+    saved = torch.load(tmp_path / "split.pt", weights_only=True)
+    for whole, result in zip(saved["wholes"], saved["results"], strict=True):
+        torch.testing.assert_close(result, newton_schulz(whole, 5), atol=1e-6, rtol=1e-5)
+        assert result.abs().sum() > 0
+
+
 # ---------------------------------------------------------------- through the launcher: resume, reshard, export
 
 

@@ -10,9 +10,10 @@ wq/wk/wv/wo and MLP w1/w2/w3), "embed" (``tok_embeddings``), "output" (the outpu
 "adamw" (the norms), each with its own LR.
 
 Under FSDP each rank holds a row shard (a DTensor) of each matrix and its gradient. The momentum
-stays sharded; the update is gathered whole (``full_tensor``), orthogonalized on every rank, and each
-rank keeps its own rows. Every rank computes the same function of the same whole matrix, so the
-result does not depend on the number of ranks (the reasons, and the cost, in docs/recipes.md).
+stays sharded. Each matrix has an owner rank (matrices dealt round-robin): the ranks send it their rows
+of the update (a gather), the owner orthogonalizes the whole matrix and sends each rank its rows back
+(a scatter). Each matrix's Newton-Schulz runs once, on one rank, the same function of the same whole
+matrix whatever the number of ranks (the reasons, and the cost, in docs/recipes.md).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import math
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
-from torch.distributed.tensor import DTensor, Replicate
+from torch.distributed.tensor import DTensor, Replicate, Shard
 from torchtitan.components.optimizer import OptimizersContainer
 from torchtitan.components.optimizer import build_optimizers as build_titan_optimizers
 
@@ -59,13 +61,68 @@ def newton_schulz(g: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 def orthogonalize(update: torch.Tensor, steps: int) -> torch.Tensor:
-    """``newton_schulz`` of a whole matrix; a DTensor shard is gathered, and each rank keeps its own part."""
+    """``newton_schulz`` of a whole matrix; a DTensor is gathered whole on every rank, each keeps its own part."""
     if not isinstance(update, DTensor):
         return newton_schulz(update, steps)
     whole = newton_schulz(update.full_tensor(), steps)
     mesh = update.device_mesh
     replicated = DTensor.from_local(whole, mesh, [Replicate()] * mesh.ndim, run_check=False)
     return replicated.redistribute(mesh, update.placements)  # Replicate -> Shard: a local slice, no traffic
+
+
+def _row_sharded(update: torch.Tensor) -> bool:
+    """FSDP's layout: a DTensor on a 1-D mesh, rows sharded (Shard(0): rank r holds rows from r * ceil(n/W))."""
+    return isinstance(update, DTensor) and update.device_mesh.ndim == 1 and tuple(update.placements) == (Shard(0),)
+
+
+def orthogonalize_all(updates: list[torch.Tensor], steps: int) -> list[torch.Tensor]:
+    """``orthogonalize`` of every update, row-sharded matrices split over their mesh's ranks.
+
+    Matrix i is owned by rank i % W: every rank sends it its rows (padded to ceil(n/W)), the owner runs
+    Newton-Schulz on the whole matrix, and every rank gets its rows back. The gathers of all matrices are
+    issued before any wait, then the scatters, so the transfers overlap each other and the owners' work.
+    Other layouts (a 2-D mesh, a replicated DTensor, a plain tensor) take ``orthogonalize``.
+    """
+    results: list[torch.Tensor | None] = [None] * len(updates)
+    split = [i for i, u in enumerate(updates) if _row_sharded(u) and u.device_mesh.size() > 1]
+    alone = set(range(len(updates))) - set(split)
+    for i, u in enumerate(updates):
+        if i in alone:
+            results[i] = orthogonalize(u, steps)
+    if not split:
+        return results
+    mesh = updates[split[0]].device_mesh
+    group, world, me = mesh.get_group(), mesh.size(), mesh.get_local_rank()
+    gathers = []  # (owner, work, the owner's receive buffers)
+    for k, i in enumerate(split):
+        u, owner = updates[i], k % world
+        if u.device_mesh != mesh:
+            raise TinytitanError("Muon: the hidden matrices are sharded over different meshes; set dp_shard alone")
+        chunk, local = -(-u.shape[0] // world), u.to_local()
+        send = local.new_zeros((chunk, u.shape[1]))
+        send[: local.size(0)] = local
+        receive = [torch.empty_like(send) for _ in range(world)] if me == owner else None
+        gathers.append((owner, dist.gather(send, receive, group=group, group_dst=owner, async_op=True), receive))
+    scatters = []  # (work, this rank's rows)
+    for k, i in enumerate(split):
+        u, (owner, work, receive) = updates[i], gathers[k]
+        work.wait()
+        chunk = -(-u.shape[0] // world)
+        pieces = None
+        if receive is not None:
+            whole = newton_schulz(torch.cat(receive)[: u.shape[0]], steps)
+            padded = whole.new_zeros((chunk * world, u.shape[1]))
+            padded[: u.shape[0]] = whole
+            pieces = list(padded.chunk(world))
+        mine = torch.empty((chunk, u.shape[1]), dtype=u.dtype, device=u.to_local().device)
+        scatters.append((dist.scatter(mine, pieces, group=group, group_src=owner, async_op=True), mine))
+    for k, i in enumerate(split):
+        u, (work, mine) = updates[i], scatters[k]
+        work.wait()
+        rows = u.to_local().size(0)
+        results[i] = DTensor.from_local(mine[:rows], mesh, u.placements, run_check=False, shape=u.shape,
+                                        stride=u.stride())  # fmt: skip
+    return results
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -93,6 +150,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def _muon(self, group: dict) -> None:
         lr, momentum, wd = group["lr"], group["momentum"], group["weight_decay"]
+        params, updates = [], []
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -101,10 +159,12 @@ class MuonAdamW(torch.optim.Optimizer):
                 state["momentum_buffer"] = torch.zeros_like(p.grad)
             buf = state["momentum_buffer"]
             buf.mul_(momentum).add_(p.grad)
-            update = p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf
+            params.append(p)
+            updates.append(p.grad.add(buf, alpha=momentum) if group["nesterov"] else buf)
+        for p, orthogonal in zip(params, orthogonalize_all(updates, group["ns_steps"]), strict=True):
             rows, cols = p.shape
             p.mul_(1 - lr * wd)
-            p.add_(orthogonalize(update, group["ns_steps"]), alpha=-lr * math.sqrt(max(1.0, rows / cols)))
+            p.add_(orthogonal, alpha=-lr * math.sqrt(max(1.0, rows / cols)))
 
     def _adamw(self, group: dict) -> None:
         lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
