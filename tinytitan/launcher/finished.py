@@ -25,7 +25,7 @@ from typing import Any
 from tinytitan.errors import TinytitanError
 
 TORCHTITAN_DEFAULTS: dict[str, Any] = {
-    "job.dump_folder": "./torchtitan/outputs",
+    "job.dump_folder": "./outputs",
     "checkpoint.enable": False,
     "checkpoint.folder": "checkpoint",
     "checkpoint.load_step": -1,
