@@ -29,6 +29,7 @@ def test_the_listing_is_torchs(step20):
         if hasattr(meta, "size"):
             assert mine.size == tuple(meta.size) and str(mine.properties.dtype) == str(meta.properties.dtype), key
             assert mine.properties.dtype.itemsize == meta.properties.dtype.itemsize
+
     def index(i) -> tuple:  # torch's MetadataIndex leaves offset unset when it is None (a class default)
         offset = getattr(i, "offset", None)
         return i.fqn, None if offset is None else tuple(offset), i.index

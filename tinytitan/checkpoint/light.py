@@ -75,11 +75,9 @@ class TensorProperties(_Fields):
         self.dtype, self.layout, self.requires_grad, _, self.pin_memory = state
 
 
-_CLASSES = {
-    (DCP_METADATA, name): _stand_in(name)
-    for name in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
-                 "MetadataIndex", "StorageMeta")  # fmt: skip
-}
+DCP_CLASSES = ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "MetadataIndex",
+               "StorageMeta")  # fmt: skip
+_CLASSES = {(DCP_METADATA, name): _stand_in(name) for name in DCP_CLASSES}
 _CLASSES[(DCP_METADATA, "TensorProperties")] = TensorProperties
 _CLASSES[(DCP_FILESYSTEM, "_StorageInfo")] = _stand_in("_StorageInfo")
 _CLASSES[(DCP_METADATA, "_MEM_FORMAT_ENCODING")] = lambda value: value  # an Enum, rebuilt from its value
