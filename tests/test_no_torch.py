@@ -46,6 +46,9 @@ def test_checkpoint_inspect_imports_no_torch(debug_run):
     assert said == {"code": 0, "heavy": []}
     assert out == format_report(inspect_checkpoint(step20))
     assert "step          20" in out and "flavor        debug" in out and "can resume    yes" in out
+    said, out = run_fresh(["checkpoint", "inspect", debug_run, "--all"])
+    assert said == {"code": 0, "heavy": []}
+    assert [line.split()[0] for line in out.splitlines()] == ["step-10", "step-20"] and "INCOMPLETE" not in out
 
 
 def finished_overrides(debug_run) -> list[str]:
