@@ -68,3 +68,20 @@ def test_models_table_has_a_row_per_flavor(capsys):
 def test_unknown_flavor_names_the_choices():
     with pytest.raises(KeyError, match="tiny, micro, nano, debug"):
         models.flavor_args("huge")
+
+
+@pytest.mark.parametrize("flavor", list(models.SHAPES))
+def test_the_plain_numbers_are_what_torchtitan_builds(flavor):
+    """``SHAPES`` and what is computed from them (tensor shapes, parameters, FLOPs) against torchtitan's model:
+    the listing that needs no torch cannot drift from what trains."""
+    args = models.flavor_args(flavor)
+    assert args == models.FLAVORS[flavor] and args is not models.FLAVORS[flavor]
+    with torch.device("meta"):
+        model = Transformer(args)
+    assert models.state_shapes(flavor) == [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    total, flops = args.get_nparams_and_flops(model, 2048)
+    s = models.summarize(flavor, 2048)
+    assert (s.total_params, s.flops_per_token) == (total, flops)
+    assert s.non_embedding_params == total - model.tok_embeddings.weight.numel() - model.output.weight.numel()
+    assert s.ffn_hidden == model.layers["0"].feed_forward.w1.weight.shape[0]
+    assert models.summarize(flavor, with_args=False).args == {} and s.args == models.args_to_dict(args)

@@ -1,7 +1,11 @@
 """Model flavors: the one place where a model size is defined.
 
-Each flavor is a torchtitan ``TransformerModelArgs``; torchtitan builds exactly
-these. To add a size, add one entry to ``FLAVORS`` (and a row to the README).
+``SHAPES`` holds each flavor's numbers as plain values, so listing the flavors (``tinytitan models``), naming
+them in a check, and the shapes of their tensors (``checkpoint inspect``) need neither torch nor torchtitan.
+torchtitan builds exactly these: ``flavor_args`` turns a row into torchtitan's ``TransformerModelArgs`` (``FLAVORS``
+holds them all, built on first use), and tests/test_models.py checks the tensor shapes, parameter counts and FLOPs
+computed here against the model torchtitan builds, so the two cannot drift. To add a size, add one row to
+``SHAPES`` (and a row to the README).
 """
 
 from __future__ import annotations
@@ -9,10 +13,13 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from dataclasses import dataclass
-
-from torchtitan.models.llama3 import TransformerModelArgs
+from math import prod
+from typing import TYPE_CHECKING
 
 from tinytitan.errors import TinytitanError
+
+if TYPE_CHECKING:
+    from torchtitan.models.llama3 import TransformerModelArgs
 
 SPEC_NAME = "tinytitan"  # [model] name of tinytitan's TrainSpec, whose flavors are FLAVORS
 LLAMA3_VOCAB = 128256  # Llama 3 tokenizer, incl. 256 reserved special tokens
@@ -20,35 +27,89 @@ DEBUG_VOCAB = 4096  # the embedded tokenizer in tinytitan/assets/tokenizer
 TRAIN_SEQ_LEN = 2048
 
 
-def _llama3(dim: int, n_layers: int, n_heads: int, vocab_size: int = LLAMA3_VOCAB) -> TransformerModelArgs:
-    # FFN hidden is derived by torchtitan: multiple_of * ceil((8/3 * dim) / multiple_of).
-    return TransformerModelArgs(
-        dim=dim,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=4,
-        vocab_size=vocab_size,
-        multiple_of=256,
-        ffn_dim_multiplier=None,
-        norm_eps=1e-5,
-        rope_theta=500000,
-        max_seq_len=TRAIN_SEQ_LEN,
-    )
+def _llama3(dim: int, n_layers: int, n_heads: int, vocab_size: int = LLAMA3_VOCAB) -> dict:
+    """The ``TransformerModelArgs`` fields a flavor sets; the FFN hidden size is derived (``ffn_hidden``)."""
+    return {
+        "dim": dim,
+        "n_layers": n_layers,
+        "n_heads": n_heads,
+        "n_kv_heads": 4,
+        "vocab_size": vocab_size,
+        "multiple_of": 256,
+        "ffn_dim_multiplier": None,
+        "norm_eps": 1e-5,
+        "rope_theta": 500000,
+        "max_seq_len": TRAIN_SEQ_LEN,
+    }
 
 
-FLAVORS: dict[str, TransformerModelArgs] = {
+SHAPES: dict[str, dict] = {
     "tiny": _llama3(dim=2048, n_layers=22, n_heads=32),  # TinyLlama 1.1B shape
     "micro": _llama3(dim=1024, n_layers=16, n_heads=16),
     "nano": _llama3(dim=768, n_layers=12, n_heads=12),
     "debug": _llama3(dim=256, n_layers=4, n_heads=8, vocab_size=DEBUG_VOCAB),  # CPU smoke
 }
+FLAVOR_NAMES: tuple[str, ...] = tuple(SHAPES)
+
+_built: dict[str, TransformerModelArgs] = {}
+
+
+def __getattr__(name: str):
+    """``FLAVORS``: name -> torchtitan's ``TransformerModelArgs``, built (importing torchtitan) on first use."""
+    if name == "FLAVORS":
+        if not _built:
+            from torchtitan.models.llama3 import TransformerModelArgs
+
+            _built.update({flavor: TransformerModelArgs(**row) for flavor, row in SHAPES.items()})
+        return _built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _shape_row(flavor: str) -> dict:
+    if flavor not in SHAPES:
+        raise KeyError(f"unknown flavor {flavor!r}; choose one of {', '.join(SHAPES)}")
+    return SHAPES[flavor]
 
 
 def flavor_args(flavor: str) -> TransformerModelArgs:
     """A fresh copy of a flavor's args (torchtitan mutates them in place)."""
-    if flavor not in FLAVORS:
-        raise KeyError(f"unknown flavor {flavor!r}; choose one of {', '.join(FLAVORS)}")
-    return dataclasses.replace(FLAVORS[flavor])
+    from torchtitan.models.llama3 import TransformerModelArgs
+
+    return TransformerModelArgs(**_shape_row(flavor))
+
+
+def ffn_hidden(row: dict) -> int:
+    """The SwiGLU hidden size torchtitan's Llama 3 derives: 2/3 of 4 x dim, times the multiplier, rounded up to
+    a multiple of ``multiple_of``."""
+    hidden = int(2 * (4 * row["dim"]) / 3)
+    if row["ffn_dim_multiplier"] is not None:
+        hidden = int(row["ffn_dim_multiplier"] * hidden)
+    step = row["multiple_of"]
+    return step * ((hidden + step - 1) // step)
+
+
+def state_shapes(flavor: str) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of every tensor in the state dict torchtitan's Llama 3 has for ``flavor``, in its order."""
+    row = _shape_row(flavor)
+    dim, heads, vocab = row["dim"], row["n_heads"], row["vocab_size"]
+    head_dim = dim // heads
+    kv = (row["n_kv_heads"] or heads) * head_dim
+    hidden = ffn_hidden(row)
+    layer = [
+        ("attention.wq.weight", (heads * head_dim, dim)),
+        ("attention.wk.weight", (kv, dim)),
+        ("attention.wv.weight", (kv, dim)),
+        ("attention.wo.weight", (dim, heads * head_dim)),
+        ("feed_forward.w1.weight", (hidden, dim)),
+        ("feed_forward.w2.weight", (dim, hidden)),
+        ("feed_forward.w3.weight", (hidden, dim)),
+        ("attention_norm.weight", (dim,)),
+        ("ffn_norm.weight", (dim,)),
+    ]
+    shapes = [("tok_embeddings.weight", (vocab, dim))]
+    for i in range(row["n_layers"]):
+        shapes += [(f"layers.{i}.{name}", shape) for name, shape in layer]
+    return [*shapes, ("norm.weight", (dim,)), ("output.weight", (vocab, dim))]
 
 
 @dataclass(frozen=True)
@@ -67,29 +128,29 @@ class FlavorSummary:
     args: dict
 
 
-def summarize(flavor: str, seq_len: int = TRAIN_SEQ_LEN) -> FlavorSummary:
-    """Counts parameters and FLOPs by building the model on the meta device."""
-    import torch
-    from torchtitan.models.llama3 import Transformer
-
-    args = flavor_args(flavor)
-    with torch.device("meta"):
-        model = Transformer(args)
-    total, flops = args.get_nparams_and_flops(model, seq_len)
-    embeddings = model.tok_embeddings.weight.numel() + model.output.weight.numel()
+def summarize(flavor: str, seq_len: int = TRAIN_SEQ_LEN, *, with_args: bool = True) -> FlavorSummary:
+    """Parameters and FLOPs from the flavor's tensor shapes (no model is built). FLOPs per token as torchtitan
+    counts them: 6 x the parameters outside the token embedding, plus 6 x layers x heads x 2 x head_dim x seq_len
+    for attention. ``args``: every ``TransformerModelArgs`` field (imports torchtitan); empty without ``with_args``."""
+    row = _shape_row(flavor)
+    shapes = state_shapes(flavor)
+    total = sum(prod(shape) for _, shape in shapes)
+    embedding = prod(shapes[0][1])
+    head_dim = row["dim"] // row["n_heads"]
+    flops = 6 * (total - embedding) + 6 * row["n_layers"] * row["n_heads"] * 2 * head_dim * seq_len
     return FlavorSummary(
         flavor=flavor,
-        dim=args.dim,
-        n_layers=args.n_layers,
-        n_heads=args.n_heads,
-        n_kv_heads=args.n_kv_heads,
-        ffn_hidden=model.layers["0"].feed_forward.w1.weight.shape[0],
-        vocab_size=args.vocab_size,
+        dim=row["dim"],
+        n_layers=row["n_layers"],
+        n_heads=row["n_heads"],
+        n_kv_heads=row["n_kv_heads"],
+        ffn_hidden=ffn_hidden(row),
+        vocab_size=row["vocab_size"],
         total_params=total,
-        non_embedding_params=total - embeddings,
+        non_embedding_params=total - embedding - prod(shapes[-1][1]),
         flops_per_token=flops,
         seq_len=seq_len,
-        args=args_to_dict(args),
+        args=args_to_dict(flavor_args(flavor)) if with_args else {},
     )
 
 
@@ -107,14 +168,16 @@ def _human(n: int) -> str:
 
 
 def configure(parser) -> None:
-    parser.add_argument("--json", action="store_true", help="print JSON, with every TransformerModelArgs field")
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON, with every TransformerModelArgs field (imports torchtitan)"
+    )
     parser.add_argument("--seq-len", type=int, default=TRAIN_SEQ_LEN, help="sequence length for FLOPs per token")
 
 
 def run(args) -> int:
     import json
 
-    summaries = [summarize(name, args.seq_len) for name in FLAVORS]
+    summaries = [summarize(name, args.seq_len, with_args=args.json) for name in FLAVOR_NAMES]
     if args.json:
         print(json.dumps([dataclasses.asdict(s) for s in summaries], indent=2))
         return 0

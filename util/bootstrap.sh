@@ -34,7 +34,10 @@ _installed() {
   for want in $_extras; do
     case ",$_stamp_extras," in *",$want,"*) ;; *) return 1 ;; esac
   done
-  "$PYTHON" -c "import tinytitan.register" >/dev/null 2>&1
+  # tinytitan, torch and torchtitan are found, without importing them (importing torch takes seconds,
+  # longer than a finished run's rerun or `--help` needs): a broken install fails at its import instead.
+  "$PYTHON" -c "import importlib.util as u, sys; sys.exit(not all(map(u.find_spec, sys.argv[1:])))" \
+    tinytitan.register torch torchtitan >/dev/null 2>&1
 }
 _find_python() {
   if [ -n "${_given_python:-}" ]; then

@@ -21,16 +21,22 @@ METADATA = ".metadata"
 
 
 def folder_problem(folder: str | os.PathLike) -> str | None:
-    """None for a complete checkpoint folder, else what is wrong with it, in a few words."""
-    from torch.distributed.checkpoint import FileSystemReader
+    """None for a complete checkpoint folder, else what is wrong with it, in a few words. ``.metadata`` is
+    read without torch where ``tinytitan.checkpoint.light`` can, else (and for a damaged one) by torch."""
+    from tinytitan.checkpoint import light
 
     folder = Path(folder)
     if not (folder / METADATA).is_file():
         return "no .metadata (the save did not finish)"
     try:
-        storage = FileSystemReader(str(folder)).read_metadata().storage_data
-    except Exception as e:  # a truncated .metadata does not unpickle
-        return f".metadata is unreadable ({type(e).__name__})"
+        storage = light.read_metadata(folder).storage_data
+    except light.Unreadable:
+        from torch.distributed.checkpoint import FileSystemReader
+
+        try:
+            storage = FileSystemReader(str(folder)).read_metadata().storage_data
+        except Exception as e:  # a truncated .metadata does not unpickle
+            return f".metadata is unreadable ({type(e).__name__})"
     needed: dict[str, int] = {}
     for info in (storage or {}).values():
         end = info.offset + info.length

@@ -18,21 +18,17 @@ Shapes = dict[str, tuple[int, ...]]
 
 @cache
 def flavor_shapes(flavor: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """The state-dict shapes torchtitan builds for a flavor (on the meta device: no memory)."""
-    import torch
-    from torchtitan.models.llama3 import Transformer
+    """The state-dict shapes torchtitan builds for a flavor, from the flavor's numbers (no torch needed;
+    tests/test_models.py checks them against the model torchtitan builds)."""
+    from tinytitan.models import state_shapes
 
-    from tinytitan.models import flavor_args
-
-    with torch.device("meta"):
-        model = Transformer(flavor_args(flavor))
-    return tuple((k, tuple(v.shape)) for k, v in model.state_dict().items())
+    return tuple(state_shapes(flavor))
 
 
 def fitting_flavors(shapes: Shapes) -> list[str]:
-    from tinytitan.models import FLAVORS
+    from tinytitan.models import FLAVOR_NAMES
 
-    return [f for f in FLAVORS if dict(flavor_shapes(f)) == shapes]
+    return [f for f in FLAVOR_NAMES if dict(flavor_shapes(f)) == shapes]
 
 
 def fitting_flavor(shapes: Shapes) -> str | None:
@@ -49,10 +45,10 @@ def _hint(shapes: Shapes) -> str:
 
 def check_shapes(shapes: Shapes, flavor: str, where: str) -> None:
     """Raises a one-line error naming the first tensor that does not fit ``flavor``."""
-    from tinytitan.models import FLAVORS
+    from tinytitan.models import FLAVOR_NAMES
 
-    if flavor not in FLAVORS:
-        raise TinytitanError(f"unknown flavor {flavor!r}: choose one of {', '.join(FLAVORS)}")
+    if flavor not in FLAVOR_NAMES:
+        raise TinytitanError(f"unknown flavor {flavor!r}: choose one of {', '.join(FLAVOR_NAMES)}")
     expected = dict(flavor_shapes(flavor))
     for name, shape in expected.items():
         if name not in shapes:

@@ -4,6 +4,10 @@ Reads ``.metadata``, the few small values of ``train_state`` and the data loader
 state document (the stage and the tokens per source); no weights are loaded, so it
 answers in seconds for any model size. What the run trained with (sequence length,
 data, precision) comes from its record, ``<run>/run.toml``.
+
+Neither torch nor torchtitan is imported for a checkpoint that ``tinytitan.checkpoint.light`` can list and
+a record read as plain TOML (no ``[[data.stages]]``, whose shares need the stage plan): the same report,
+in a fraction of a second. Otherwise torch's reader and the full config reader answer.
 """
 
 from __future__ import annotations
@@ -51,9 +55,18 @@ def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
     """A JSON-ready description; the keys are those ``--json`` prints."""
     from tinytitan.run.record import read_trained_run
 
-    ckpt = open_checkpoint(path, step, check=False)  # a truncated one is reported, not refused
+    ckpt = open_checkpoint(path, step, check=False, light=True)  # a truncated one is reported, not refused
     stats = checkpoint_stats(ckpt)
-    trained = read_trained_run(ckpt.path)
+    trained = _trained_plain(ckpt.path, stats.step)
+    if trained is None:
+        full = read_trained_run(ckpt.path)
+        trained = {
+            "run_record": str(full.path) if full is not None else None,  # <run>/run.toml
+            "trained_flavor": full.flavor if full is not None else None,
+            "seq_len": full.seq_len if full is not None else None,
+            "sources": [{"name": n, "weight": w} for n, w, _ in full.sources()] if full is not None else None,
+            "precision": full.precision(stats.step) if full is not None else None,
+        }
     params = sum(e.numel for e in ckpt.model.values())
     problem = folder_problem(ckpt.path)
     return {
@@ -81,11 +94,49 @@ def inspect_checkpoint(path: str | os.PathLike, step: int | str | None = None) -
         "resumable": ckpt.resumable and problem is None,
         "data": data_state(ckpt),
         "health": read_health(ckpt.path),  # [guard]: healthy or suspect (tinytitan.run.steps), None: unknown
-        "run_record": str(trained.path) if trained is not None else None,  # <run>/run.toml
-        "trained_flavor": trained.flavor if trained is not None else None,
-        "seq_len": trained.seq_len if trained is not None else None,
-        "sources": [{"name": n, "weight": w} for n, w, _ in trained.sources()] if trained is not None else None,
-        "precision": trained.precision(stats.step) if trained is not None else None,
+        **trained,
+    }
+
+
+def _trained_plain(where: Path, step: int | None) -> dict | None:
+    """What ``inspect`` shows of the run's record, read as plain TOML (no torch); None where the full reader
+    must answer: a record that is damaged, copied from another run, has stages, or holds a value of an
+    unexpected type (the full reader names what is wrong)."""
+    from tinytitan.config import read_toml
+    from tinytitan.run.record import Run, record_of
+    from tinytitan.run.record_check import copied_from, record_problem
+
+    record = record_of(where)
+    if record is None:
+        return {"run_record": None, "trained_flavor": None, "seq_len": None, "sources": None, "precision": None}
+    if record_problem(record) is not None:
+        return None
+    try:
+        doc = read_toml(record)
+        job, model, training, data = (doc.get(k, {}) for k in ("job", "model", "training", "data"))
+        if copied_from(record, job.get("dump_folder", ""), where) is not None or data.get("stages"):
+            return None
+        flavor, seq_len, param = model["flavor"], training["seq_len"], training["mixed_precision_param"]
+        raw = {s["name"]: 1.0 if s.get("weight") is None else s["weight"] for s in data.get("sources", [])}
+        run = Run(segments=doc.get("run", {}).get("segments", []))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, TinytitanError):
+        return None
+    kinds = [(flavor, str), (seq_len, int), (param, str), *((w, (int, float)) for w in raw.values())]
+    if any(isinstance(v, bool) or not isinstance(v, t) for v, t in kinds) or sum(raw.values()) <= 0:
+        return None
+    segment = run.segment_at(step)
+    if segment is not None and segment.precision:
+        precision = segment.precision
+    elif param == "float32":
+        precision = "float32"
+    else:
+        precision = f"{param} mixed precision (float32 master weights)"
+    return {
+        "run_record": str(record),
+        "trained_flavor": flavor,
+        "seq_len": seq_len,
+        "sources": [{"name": n, "weight": w / sum(raw.values())} for n, w in raw.items()],
+        "precision": precision,
     }
 
 

@@ -14,6 +14,10 @@ same here: names are always the flat torchtitan names, ``freqs_cis`` is skipped.
 
 A run with ``[ema]`` also saves the average of the weights as ``ema.<name>`` (``tinytitan.rank.ema``);
 ``open_checkpoint(..., weights="ema")`` reads those in place of the raw weights, under the same names.
+
+``open_checkpoint(..., light=True)`` lists the checkpoint and reads its small values without importing torch
+(``tinytitan.checkpoint.light``; torch's reader takes over for what that cannot read, and for every tensor):
+what ``checkpoint inspect`` uses.
 """
 
 from __future__ import annotations
@@ -24,13 +28,16 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
+from tinytitan.checkpoint import light as light_reader
 from tinytitan.checkpoint.completeness import METADATA, folder_problem, saved_step_folders
 from tinytitan.errors import TinytitanError
 from tinytitan.run.folder import step_of
 from tinytitan.run.hold import hold_checkpoint, missing_checkpoint
+
+if TYPE_CHECKING:
+    import torch
 
 MODEL_PREFIX = "model."
 FREQS_CIS = "freqs_cis"
@@ -46,7 +53,7 @@ class TensorEntry:
     key: str
     name: str
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: torch.dtype  # or, from a light listing, a ``light.DType`` (same ``str()`` and ``itemsize``)
 
     @property
     def numel(self) -> int:
@@ -127,6 +134,14 @@ class Checkpoint:
     other_keys: list[str] = field(default_factory=list)
     _reader: object = None
     weights: str = "raw"  # "ema": ``model`` points at the average's tensors (``ema.<name>``)
+    light: bool = False  # ``metadata`` is ``light``'s stand-in: torch's reader is made when a tensor is read
+
+    @property
+    def reader(self):
+        """torch's DCP reader of this checkpoint (made on first use: it imports torch)."""
+        if self._reader is None:
+            self._reader = _reader_class()(str(self.path))
+        return self._reader
 
     # -- listing -------------------------------------------------------------------------
     def has_state(self, root: str) -> bool:
@@ -170,9 +185,11 @@ class Checkpoint:
     # -- reading -------------------------------------------------------------------------
     def load_tensor(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """One whole model tensor (all shards joined), optionally cast."""
+        import torch
+
         entry = self.model[name]
-        target = torch.empty(entry.shape, dtype=entry.dtype)
-        _load({entry.key: target}, self._reader)
+        target = torch.empty(entry.shape, dtype=getattr(torch, str(entry.dtype).removeprefix("torch.")))
+        _load({entry.key: target}, self.reader)
         return target if dtype is None or dtype == target.dtype else target.to(dtype)
 
     def iter_tensors(self, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
@@ -181,15 +198,22 @@ class Checkpoint:
 
     def read_value(self, key: str, default=None):
         """A non-tensor entry such as ``train_state.step``; ``default`` when absent."""
-        meta = self.metadata.state_dict_metadata.get(key)
-        if meta is None:
+        if key not in self.metadata.state_dict_metadata:
             return default
+        if self.light:
+            try:
+                return light_reader.read_value(self.path, self.metadata, key)
+            except light_reader.Unreadable:
+                pass  # a tensor, or bytes this reader does not know: torch's reader
+        import torch
+
+        meta = self.reader.read_metadata().state_dict_metadata[key]
         if hasattr(meta, "size"):  # stored as a tensor (older torchtitan kept the step as one)
             value = torch.empty(meta.size, dtype=meta.properties.dtype)
         else:
             value = None
         box = {key: value}
-        _load(box, self._reader)
+        _load(box, self.reader)
         return box[key]
 
     def train_state(self) -> dict:
@@ -197,7 +221,7 @@ class Checkpoint:
         out = {}
         for k in ("step", "ntokens_seen"):
             v = self.read_value(f"train_state.{k}")
-            out[k] = int(v.item() if isinstance(v, torch.Tensor) else v) if v is not None else None
+            out[k] = int(v.item() if hasattr(v, "item") else v) if v is not None else None  # older: a tensor
         if out["step"] is None:
             out["step"] = step_of(self.path)
         return out
@@ -210,22 +234,29 @@ def open_checkpoint(
     check: bool = True,
     weights: str = "raw",
     hold: bool = True,
+    light: bool = False,
 ) -> Checkpoint:
     """Reads only ``.metadata`` (and the data files' sizes); tensors are loaded later, one at a time.
 
     ``check``: refuse a checkpoint whose data files are shorter than ``.metadata`` says. ``weights``: "raw"
     (the trained weights) or "ema" (their average, refused in one line when the run kept none). ``hold``: keep
     the step folder from the purge of a training in its run for as long as this process lives
-    (``tinytitan.run.hold``; not for the launcher of that training).
+    (``tinytitan.run.hold``; not for the launcher of that training). ``light``: list it without torch where
+    ``tinytitan.checkpoint.light`` can (else, and for a damaged file, torch's reader as without it).
     """
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
     folder = resolve_checkpoint(path, step)
     if hold and hold_checkpoint(folder) and not folder.exists():  # the purge deleted it before the hold
         raise TinytitanError(missing_checkpoint(folder))
-    reader = _reader_class()(str(folder))
+    reader, metadata = None, None
+    if light:
+        try:
+            metadata = light_reader.read_metadata(folder)
+        except light_reader.Unreadable:
+            light = False
     try:
-        metadata = reader.read_metadata()
+        if metadata is None:
+            reader = _reader_class()(str(folder))
+            metadata = reader.read_metadata()
     except Exception as e:  # a truncated or foreign file
         raise TinytitanError(
             f"cannot read {folder / METADATA} ({type(e).__name__}): the checkpoint is damaged"
@@ -244,13 +275,14 @@ def open_checkpoint(
         if name == FREQS_CIS:
             freqs_key = key
             continue
-        if not isinstance(meta, TensorStorageMetadata):
+        if type(meta).__name__ != "TensorStorageMetadata":  # torch's class, or light's stand-in
             other.append(key)
             continue
         model[name] = TensorEntry(key, name, tuple(meta.size), meta.properties.dtype)
     if not model:
         raise TinytitanError(f"checkpoint {folder} holds no model tensors: is it a torchtitan checkpoint?")
-    ckpt = Checkpoint(folder, metadata, "prefixed" if prefixed else "flat", freqs_key, model, other, reader)
+    ckpt = Checkpoint(folder, metadata, "prefixed" if prefixed else "flat", freqs_key, model, other, reader,
+                      light=light)  # fmt: skip
     if weights not in WEIGHTS:
         raise TinytitanError(f"--weights {weights} is unknown: choose raw or ema")
     if weights == "ema":

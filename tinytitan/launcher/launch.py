@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 
 from tinytitan.config import DEFAULT_CONFIG, load_job_config, rank_overrides, training_args
 from tinytitan.errors import TinytitanError, run_guarded
+from tinytitan.launcher.finished import finished_early
 from tinytitan.launcher.hangs import Watch
 from tinytitan.launcher.preflight import preflight
 from tinytitan.launcher.resume_check import KeptFiles, check_resume, skipped_checkpoints, write_data_listing
@@ -200,6 +201,10 @@ def launch(
 
     started = time.monotonic()
     env = dict(os.environ if env is None else env)
+    early = finished_early(config_file, overrides, env)  # a finished run's rerun, answered before torch loads
+    if early is not None:
+        print(early, flush=True)
+        return 0
     job_config, nproc, gpus, world_size, files = checked(config_file, overrides, env)
     finished = finished_run(job_config)
     if finished is not None:  # before anything is written to the run folder

@@ -3,7 +3,8 @@
 - **A finished run** (``finished_run``): when the newest complete checkpoint the ranks would
   resume from already holds step N >= ``training.steps`` M, torchtitan would log "Training
   starts at step N+1", write an empty ``tb/<time>/`` folder and stop. The launcher says so in
-  one line and exits 0 instead, having written nothing.
+  one line and exits 0 instead, having written nothing (``tinytitan.launcher.finished`` answers first,
+  without importing torch, where it can).
 - **One training per folder** (``RunLock``): two launchers on one folder both trained and
   interleaved their ``step-N`` folders and ``metrics.jsonl``. The launcher holds an exclusive
   ``flock`` on ``<dump_folder>/.tinytitan/lock`` for the whole run and writes its pid and host
@@ -50,7 +51,11 @@ def finished_run(job_config) -> str | None:
     step, steps = resume_step(job_config), job_config.training.steps
     if step is None or step < steps:
         return None
-    where = RunFolder.of(job_config).step(step)
+    return finished_line(step, steps, RunFolder.of(job_config).step(step))
+
+
+def finished_line(step: int, steps: int, where: Path) -> str:
+    """What a finished run's rerun prints (also ``tinytitan.launcher.finished``, before torch is imported)."""
     return (
         f"tinytitan: run at step {step} >= training.steps {steps} ({where}): nothing to do; "
         f"raise --training.steps to continue"
