@@ -233,3 +233,42 @@ def test_a_killed_loader_worker_is_one_line_and_survived_like_a_dead_rank(tmp_pa
            "every rank from the step-2 checkpoint (restart 1 of 1)" in failures[0]  # fmt: skip
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
     assert (tmp_path / "checkpoint" / "step-4" / ".metadata").exists()
+
+
+def _loader_state(step_folder: Path):
+    from tinytitan.checkpoint.reader import open_checkpoint
+    from tinytitan.data.loader_state import STATE_KEY, LoaderState
+
+    return LoaderState.from_json(open_checkpoint(step_folder, hold=False).read_value(f"dataloader.{STATE_KEY}"))
+
+
+def test_a_two_process_run_resumed_on_one_process_continues_exactly(uninterrupted, resumable):
+    """2 -> 1 processes: the weights load bit for bit (DCP reshards them), and the data stream continues
+    where it stopped. With the run's global batch kept (8: 2 microbatches of 4 on one process) and 2 loader
+    workers (the run had 2 readers: one per rank), the one process receives the two ranks' batches, so its
+    step-2N loader state is the uninterrupted run's, lane for lane, and its losses are the same ones up to
+    the order of the gradient sums."""
+    import torch
+
+    from tests.helpers import launch, train_losses
+    from tinytitan.checkpoint.reader import open_checkpoint
+
+    overrides = [*small_run_overrides(resumable, 2 * N, N), "--training.global_batch_size", "8",
+                 "--training.dataloader.num_workers", "2", "--experimental.custom_import",
+                 "tests.record_weights"]  # fmt: skip
+    proc = launch(overrides, nproc=1)
+    assert f"Training starts at step {N + 1}" in proc.stdout + proc.stderr
+    loaded = torch.load(resumable / "received" / f"weights-step{N + 1}.pt", weights_only=True)
+    saved = open_checkpoint(uninterrupted / "checkpoint" / f"step-{N}", hold=False)
+    assert sorted(loaded) == sorted(saved.shapes())
+    for name, tensor in loaded.items():
+        assert torch.equal(tensor, saved.load_tensor(name)), name  # bit for bit
+    ours, theirs = (_loader_state(run / "checkpoint" / f"step-{2 * N}") for run in (resumable, uninterrupted))
+    assert (ours.layout.dp_world_size, ours.layout.workers) == (1, 2)
+    assert ours.windows == theirs.windows == 2 * N * 8
+    assert ours.lanes == theirs.lanes  # every lane at the same token: nothing repeated or skipped
+    expected, resumed = train_losses(uninterrupted), train_losses(resumable)
+    assert resumed[N + 1] == pytest.approx(expected[N + 1], rel=1e-6)
+    assert [resumed[s] for s in range(N + 1, 2 * N + 1)] == pytest.approx(
+        [expected[s] for s in range(N + 1, 2 * N + 1)], rel=1e-4
+    )
