@@ -96,20 +96,53 @@ def test_a_resume_that_cannot_continue_is_refused_by_the_launcher_and_writes_not
     assert tree_digest(resumable) == before  # no [[run.segments]] appended, [training] steps as it was
 
 
-def test_a_moved_end_of_a_begun_stage_is_refused_before_torchrun(stages_run, tmp_path, capsys):
+STAGE_RESUMES = [
+    (["--data.stages.0.until_tokens", str((STAGE_STEPS - 2) * 2 * 4 * 256)],
+     "data stage 'pretrain': it now ends at step 4, not step 6, a stage the checkpoint of step 8 has already "
+     "begun; a begun stage must stay as it ran (the data and the LR it already trained on): restore it in the "
+     "config, or resume with --data.allow_stage_change to continue with the changed stages from here"),
+    (["weights = { slimpajama = 0.4, starcoderdata = 0.3, pydocs = 0.3 }",
+      "weights = { slimpajama = 0.5, starcoderdata = 0.2, pydocs = 0.3 }"],
+     "data stage 'cooldown': weights slimpajama 0.400 -> 0.500, starcoderdata 0.300 -> 0.200, a stage the "
+     "checkpoint of step 8 has already begun; a begun stage must stay as it ran (the data and the LR it already "
+     "trained on): restore it in the config, or resume with --data.allow_stage_change to continue with the "
+     "changed stages from here"),
+    (["--training.seq_len", "512"],
+     "cannot resume from step 8 with training.seq_len 512 (the checkpoint's: 256): stages end at a number of "
+     "tokens, so this moves a stage already begun (data stage 'pretrain': it now ends at step 3, not step 6); "
+     "resume with --training.seq_len 256, or with --data.allow_stage_change to continue with the moved stages "
+     "from here"),
+    (["--training.local_batch_size", "8"],
+     "cannot resume from step 8 with a global batch of 16 sequences: the checkpoint's data stream ran 8 a step, "
+     "and [[data.stages]] switch at steps of that batch (the data would change stage at other steps than the "
+     "learning rate); resume with --training.global_batch_size 8, or start a new run from this checkpoint with "
+     "--checkpoint.initial_load_path"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra, expected", STAGE_RESUMES, ids=["moved-end", "weights", "seq-len", "batch"])
+def test_a_resume_that_changes_a_begun_stage_is_refused_before_torchrun(stages_run, tmp_path, capsys, extra,
+                                                                        expected):  # fmt: skip
+    """Resumes from step 8, inside 'cooldown' (after 'pretrain', steps 1-6). Without stages, a changed seq_len
+    or batch continues exactly (test_a_two_process_run_resumed_on_one_process_continues_exactly, and
+    tests/data/test_sharding.py); with stages, either moves the steps where a begun stage ends."""
+    from tests.helpers import STAGES_CONFIG
+
     run = tmp_path / "stages"
     shutil.copytree(stages_run, run)
     shutil.rmtree(run / "checkpoint" / f"step-{2 * STAGE_STEPS}")  # resume from step 8, inside 'cooldown'
     before = tree_digest(run)
-    overrides = [*stages_run_overrides(run, Path("unused")), "--data.stages.0.until_tokens",
-                 str((STAGE_STEPS - 2) * 2 * 4 * 256)]  # fmt: skip
+    config = STAGES_CONFIG
+    if not extra[0].startswith("--"):  # a line of the config edited: a copy in a folder with a space and a "ü"
+        config = tmp_path / "my cönfig" / "stages ü.toml"
+        config.parent.mkdir()
+        config.write_text(STAGES_CONFIG.read_text().replace(*extra))
+        extra = []
+    overrides = [*stages_run_overrides(run, Path("unused")), *extra]
     env = {**os.environ, "NGPU": "2", "LOG_RANK": "0"}
-    from tests.helpers import STAGES_CONFIG
-
-    code = run_guarded(lambda: launcher.launch(str(STAGES_CONFIG), overrides, env))
-    line = assert_one_line_refusal(capsys.readouterr().err, code)
-    assert line.startswith("tinytitan: error: data stage 'pretrain': it now ends at step 4, not step 6, a stage the "
-                           "checkpoint of step 8 has already begun"), line  # fmt: skip
+    code = run_guarded(lambda: launcher.launch(str(config), overrides, env))
+    out, err = capsys.readouterr()
+    assert assert_one_line_refusal(err, code) == "tinytitan: error: " + expected
     assert tree_digest(run) == before
 
 

@@ -87,7 +87,7 @@ def _plan(job_config):
 
 def _check_data(job_config, world_size: int, saved, step: int, run: RunFolder) -> None:
     from tinytitan.data.config import data_config
-    from tinytitan.data.loader_state import check_fingerprint, check_stage_change
+    from tinytitan.data.loader_state import check_fingerprint, check_stage_change, stage_changes
     from tinytitan.data.stage_tokens import stage_records
     from tinytitan.data.stages import data_parallel_ranks, sequences_per_step, stage_spans
 
@@ -104,8 +104,26 @@ def _check_data(job_config, world_size: int, saved, step: int, run: RunFolder) -
         raise TinytitanError(f"cannot resume from step {step}: {e}") from None
     data, training = data_config(job_config), job_config.training
     windows_per_step = sequences_per_step(training, data_parallel_ranks(job_config.parallelism, world_size))
+    staged = bool(saved.stages or data.stages)
+    if staged and saved.windows != step * windows_per_step:
+        old = saved.windows // step
+        raise TinytitanError(
+            f"cannot resume from step {step} with a global batch of {windows_per_step} sequences: the checkpoint's "
+            f"data stream ran {old} a step, and [[data.stages]] switch at steps of that batch (the data would "
+            f"change stage at other steps than the learning rate); resume with --training.global_batch_size {old}, "
+            "or start a new run from this checkpoint with --checkpoint.initial_load_path"
+        )
     spans = stage_spans(data, training.steps, windows_per_step * training.seq_len)
-    check_stage_change(saved, stage_records(spans, windows_per_step), step, data.allow_stage_change)
+    records = stage_records(spans, windows_per_step)
+    begun = stage_changes(saved, records)[0]
+    if staged and begun and saved.layout.seq_len != training.seq_len and not data.allow_stage_change:
+        raise TinytitanError(
+            f"cannot resume from step {step} with training.seq_len {training.seq_len} (the checkpoint's: "
+            f"{saved.layout.seq_len}): stages end at a number of tokens, so this moves a stage already begun "
+            f"({begun[0]}); resume with --training.seq_len {saved.layout.seq_len}, or with "
+            "--data.allow_stage_change to continue with the moved stages from here"
+        )
+    check_stage_change(saved, records, step, data.allow_stage_change)
 
 
 # ---------------------------------------------------------------- the data files of the last accepted launch
