@@ -275,7 +275,7 @@ def _loader_state(step_folder: Path):
     return LoaderState.from_json(open_checkpoint(step_folder, hold=False).read_value(f"dataloader.{STATE_KEY}"))
 
 
-def test_a_two_process_run_resumed_on_one_process_continues_exactly(uninterrupted, resumable):
+def test_a_two_process_run_resumed_on_one_process_continues_exactly(uninterrupted, resumable, tmp_path):
     """2 -> 1 processes: the weights load bit for bit (DCP reshards them), and the data stream continues
     where it stopped. With the run's global batch kept (8: 2 microbatches of 4 on one process) and 2 loader
     workers (the run had 2 readers: one per rank), the one process receives the two ranks' batches, so its
@@ -283,13 +283,16 @@ def test_a_two_process_run_resumed_on_one_process_continues_exactly(uninterrupte
     the order of the gradient sums."""
     import torch
 
-    from tests.helpers import launch, train_losses
+    from tests.helpers import launch, read_metrics, train_losses
     from tinytitan.checkpoint.reader import open_checkpoint
 
     overrides = [*small_run_overrides(resumable, 2 * N, N), "--training.global_batch_size", "8",
                  "--training.dataloader.num_workers", "2", "--experimental.custom_import",
                  "tests.record_weights"]  # fmt: skip
-    proc = launch(overrides, nproc=1)
+    config = tmp_path / "my cönfig dir" / "run ü.toml"  # --config in a folder with a space, a non-ASCII name
+    config.parent.mkdir()
+    shutil.copyfile(DEBUG_CONFIG, config)
+    proc = launch(overrides, nproc=1, config=config)
     assert f"Training starts at step {N + 1}" in proc.stdout + proc.stderr
     loaded = torch.load(resumable / "received" / f"weights-step{N + 1}.pt", weights_only=True)
     saved = open_checkpoint(uninterrupted / "checkpoint" / f"step-{N}", hold=False)
@@ -301,7 +304,70 @@ def test_a_two_process_run_resumed_on_one_process_continues_exactly(uninterrupte
     assert ours.windows == theirs.windows == 2 * N * 8
     assert ours.lanes == theirs.lanes  # every lane at the same token: nothing repeated or skipped
     expected, resumed = train_losses(uninterrupted), train_losses(resumable)
+    tokens = [{r["step"]: r["n_tokens_seen"] for r in read_metrics(run) if "n_tokens_seen" in r}
+              for run in (resumable, uninterrupted)]  # fmt: skip
+    assert tokens[0][2 * N] == tokens[1][2 * N] == 2 * N * 8 * 256  # the run's tokens, not one rank's share
     assert resumed[N + 1] == pytest.approx(expected[N + 1], rel=1e-6)
     assert [resumed[s] for s in range(N + 1, 2 * N + 1)] == pytest.approx(
         [expected[s] for s in range(N + 1, 2 * N + 1)], rel=1e-4
+    )
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # inside the last tensor: still a readable safetensors file of the right shapes
+    path.write_bytes(bytes(data))
+
+
+def _edit_provenance(path: Path) -> None:
+    import json
+
+    doc = json.loads(path.read_text())
+    doc["last_loss"] = 1.0
+    path.write_text(json.dumps(doc))
+
+
+PUSH_EDITS = [
+    (lambda f: _flip_last_byte(f / "model.safetensors"),
+     "{f}/model.safetensors changed since `tinytitan export` wrote and verified it: push uploads only a folder as "
+     "export wrote it; export the checkpoint again (push --license/--dataset restate the card)"),
+    (lambda f: _edit_provenance(f / "tinytitan.json"),
+     "{f}/tinytitan.json changed since `tinytitan export` wrote and verified it: push uploads only a folder as "
+     "export wrote it; export the checkpoint again (push --license/--dataset restate the card)"),
+    (lambda f: (f / "tokenizer_config.json").unlink(),
+     "{f}/tokenizer_config.json was removed since `tinytitan export` wrote and verified it: push uploads only a "
+     "folder as export wrote it; export the checkpoint again (push --license/--dataset restate the card)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("edit, expected", PUSH_EDITS, ids=["weights", "tinytitan.json", "removed"])
+def test_push_dry_run_refuses_an_export_edited_since(debug_export, tmp_path, capsys, edit, expected):
+    folder = tmp_path / "edited ü export"
+    shutil.copytree(debug_export, folder)
+    edit(folder)
+    code = cli(["push", str(folder), "--repo-id", "org/x", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert assert_one_line_refusal(err, code) == "tinytitan: error: " + expected.format(f=folder)
+    assert out == ""
+
+
+def test_an_export_to_a_path_with_spaces_then_an_edited_card_is_named_by_push(debug_run, uninterrupted, tmp_path,
+                                                                                capsys):  # fmt: skip
+    import json
+
+    out = tmp_path / " out ü"  # --out with a leading space and a non-ASCII character
+    assert cli(["export", str(debug_run / "checkpoint" / "step-20"), "--out", str(out)]) == 0
+    assert json.loads((out / "tinytitan.json").read_text())["verification"]["max_abs_diff"] < 1e-4  # verified
+    capsys.readouterr()
+    with open(out / "README.md", "a") as f:
+        f.write("\nTrained for a test.\n")
+    (out / "LICENSE").write_text("MIT\n")
+    assert cli(["push", str(out), "--repo-id", "org/x", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["note: README.md was edited since the export: it is uploaded as it is now",
+                         "note: LICENSE was added since the export: uploaded too"]  # fmt: skip
+    code = cli(["push", str(uninterrupted), "--repo-id", "org/x", "--dry-run"])
+    assert assert_one_line_refusal(capsys.readouterr().err, code) == (
+        f"tinytitan: error: {uninterrupted} is a training run folder (it has run.toml), not an export: export a "
+        f"step first, e.g. `tinytitan export {uninterrupted}/checkpoint/step-N --out DIR`, then push DIR"
     )
