@@ -371,3 +371,15 @@ def test_an_export_to_a_path_with_spaces_then_an_edited_card_is_named_by_push(de
         f"tinytitan: error: {uninterrupted} is a training run folder (it has run.toml), not an export: export a "
         f"step first, e.g. `tinytitan export {uninterrupted}/checkpoint/step-N --out DIR`, then push DIR"
     )
+
+
+def test_a_run_record_edited_since_the_launch_is_said_by_what_reads_it(uninterrupted, tmp_path, capsys):
+    run = tmp_path / "edited run"
+    shutil.copytree(uninterrupted, run)
+    record = run / "run.toml"
+    record.write_text(record.read_text().replace('description = "', 'description = "edited: ', 1))
+    assert cli(["checkpoint", "inspect", str(run / "checkpoint" / f"step-{N}")]) == 0
+    assert (
+        f"tinytitan: warning: {record} was edited since the launcher wrote it (its sha256 differs from the one kept "
+        "in record.sha256): what it says now is what is read"
+    ) in capsys.readouterr().err.splitlines()
