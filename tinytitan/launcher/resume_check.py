@@ -7,6 +7,8 @@ seed or lanes of the stream, and a stage the stream has already begun. Here the 
 the checkpoint's ``.metadata`` (shapes) and its loader state (one small JSON value, see
 ``tinytitan.data.loader_state``) and applies the same rules the ranks do
 (``check_fingerprint``, ``check_stage_change``), so the refusal is one line before any process.
+A run with ``[[data.stages]]`` may not change its global batch on resume (stages switch at windows
+of step x global batch, the learning rate at steps), nor a ``seq_len`` that moves a begun stage.
 
 To name the file that changed, each accepted launch keeps the listing of its data files
 (relative path, size, mtime) in ``RunFolder.data_files``; a resume whose source fingerprint
