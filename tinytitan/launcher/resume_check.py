@@ -107,8 +107,8 @@ def _check_data(job_config, world_size: int, saved, step: int, run: RunFolder) -
     data, training = data_config(job_config), job_config.training
     windows_per_step = sequences_per_step(training, data_parallel_ranks(job_config.parallelism, world_size))
     staged = bool(saved.stages or data.stages)
-    if staged and saved.windows != step * windows_per_step:
-        old = saved.windows // step
+    old = _saved_windows_per_step(saved, step)
+    if staged and old is not None and old != windows_per_step:
         raise TinytitanError(
             f"cannot resume from step {step} with a global batch of {windows_per_step} sequences: the checkpoint's "
             f"data stream ran {old} a step, and [[data.stages]] switch at steps of that batch (the data would "
@@ -126,6 +126,17 @@ def _check_data(job_config, world_size: int, saved, step: int, run: RunFolder) -
             "--data.allow_stage_change to continue with the moved stages from here"
         )
     check_stage_change(saved, records, step, data.allow_stage_change)
+
+
+def _saved_windows_per_step(saved, step: int) -> int | None:
+    """The global batch the checkpoint's stream ran: from its stages (a stage's end window over its last step),
+    else from its windows over the step (None when they do not divide: its stream was restarted on the way)."""
+    for stage in saved.stages:
+        if stage.last_step:
+            return stage.end_window // stage.last_step
+    if step and saved.windows and saved.windows % step == 0:
+        return saved.windows // step
+    return None
 
 
 # ---------------------------------------------------------------- the data files of the last accepted launch
