@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tinytitan.errors import TinytitanError
 
 CARD = "README.md"
 PROVENANCE = "tinytitan.json"
@@ -85,3 +88,39 @@ def edits_since_export(folder: Path, local_record: str) -> Edits | None:
         removed=[f for f in written if f not in now],
         added=[f for f in now if f not in written],
     )
+
+
+def check_unedited(folder: Path, log: Callable[[str], None] = print, static: bool = True) -> None:
+    """Refuses a folder whose weights, configs, tokenizer or tinytitan.json changed since ``export`` wrote them
+    (``tinytitan.export.edits``); says in one line each that the card was edited or files were added.
+    ``static``: first the folder's own checks (``check_hf_folder``), which name a damage (a truncated file, a
+    config that fits no flavor) better than "changed"."""
+    from tinytitan.export.card import LOCAL_RECORD
+    from tinytitan.export.static_checks import check_hf_folder
+
+    if (folder / "run.toml").is_file() and not (folder / "config.json").exists():
+        raise TinytitanError(
+            f"{folder} is a training run folder (it has run.toml), not an export: export a step first, e.g. "
+            f"`tinytitan export {folder}/checkpoint/step-N --out DIR`, then push DIR"
+        )
+    if static:
+        check_hf_folder(folder)
+    edits = edits_since_export(folder, LOCAL_RECORD)
+    if edits is None:
+        if (folder / "config.json").is_file():
+            log(f"note: {folder} keeps no record of the files `tinytitan export` wrote ({LOCAL_RECORD}): "
+                "edits since the export cannot be told apart")  # fmt: skip
+        return
+    refused = edits.refused()
+    if refused:
+        name, what = refused[0]
+        more = f" (and {len(refused) - 1} more files)" if len(refused) > 1 else ""
+        raise TinytitanError(
+            f"{folder}/{name} {what} since `tinytitan export` wrote and verified it{more}: push uploads only a "
+            "folder as export wrote it; export the checkpoint again (push --license/--dataset restate the card)"
+        )
+    if CARD in edits.changed:
+        log(f"note: {CARD} was edited since the export: it is uploaded as it is now")
+    if edits.added:
+        log(f"note: {', '.join(edits.added)} {'was' if len(edits.added) == 1 else 'were'} added since the export: "
+            "uploaded too")  # fmt: skip

@@ -127,43 +127,6 @@ def plan_push(
     return PushPlan(folder, repo_id, not public, revision, collection, message, files)
 
 
-def check_unedited(folder: Path, log: Callable[[str], None] = print, static: bool = True) -> None:
-    """Refuses a folder whose weights, configs, tokenizer or tinytitan.json changed since ``export`` wrote them
-    (``tinytitan.export.edits``); says in one line each that the card was edited or files were added.
-    ``static``: first the folder's own checks (``check_hf_folder``), which name a damage (a truncated file, a
-    config that fits no flavor) better than "changed"."""
-    from tinytitan.export.card import LOCAL_RECORD
-    from tinytitan.export.edits import edits_since_export
-    from tinytitan.export.static_checks import check_hf_folder
-
-    if (folder / "run.toml").is_file() and not (folder / "config.json").exists():
-        raise TinytitanError(
-            f"{folder} is a training run folder (it has run.toml), not an export: export a step first, e.g. "
-            f"`tinytitan export {folder}/checkpoint/step-N --out DIR`, then push DIR"
-        )
-    if static:
-        check_hf_folder(folder)
-    edits = edits_since_export(folder, LOCAL_RECORD)
-    if edits is None:
-        if (folder / "config.json").is_file():
-            log(f"note: {folder} keeps no record of the files `tinytitan export` wrote ({LOCAL_RECORD}): "
-                "edits since the export cannot be told apart")  # fmt: skip
-        return
-    refused = edits.refused()
-    if refused:
-        name, what = refused[0]
-        more = f" (and {len(refused) - 1} more files)" if len(refused) > 1 else ""
-        raise TinytitanError(
-            f"{folder}/{name} {what} since `tinytitan export` wrote and verified it{more}: push uploads only a "
-            "folder as export wrote it; export the checkpoint again (push --license/--dataset restate the card)"
-        )
-    if CARD in edits.changed:
-        log(f"note: {CARD} was edited since the export: it is uploaded as it is now")
-    if edits.added:
-        log(f"note: {', '.join(edits.added)} {'was' if len(edits.added) == 1 else 'were'} added since the export: "
-            "uploaded too")  # fmt: skip
-
-
 def verify_folder(folder: Path, log: Callable[[str], None] = print):
     """``export``'s verification (``tinytitan.export.verify``) on the folder's own weights; returns it."""
     from tinytitan.export.static_checks import check_hf_folder, reference_from_hf
@@ -303,6 +266,8 @@ def push(
     plan = plan_push(
         folder, repo_id, public=public, collection=collection, revision=revision, commit_message=commit_message
     )
+    from tinytitan.export.edits import check_unedited
+
     check_unedited(plan.folder, log, static=verify)
     if not dry_run and token is None:
         from tinytitan.hf_token import hub_token
