@@ -96,20 +96,53 @@ def test_a_resume_that_cannot_continue_is_refused_by_the_launcher_and_writes_not
     assert tree_digest(resumable) == before  # no [[run.segments]] appended, [training] steps as it was
 
 
-def test_a_moved_end_of_a_begun_stage_is_refused_before_torchrun(stages_run, tmp_path, capsys):
+STAGE_RESUMES = [
+    (["--data.stages.0.until_tokens", str((STAGE_STEPS - 2) * 2 * 4 * 256)],
+     "data stage 'pretrain': it now ends at step 4, not step 6, a stage the checkpoint of step 8 has already "
+     "begun; a begun stage must stay as it ran (the data and the LR it already trained on): restore it in the "
+     "config, or resume with --data.allow_stage_change to continue with the changed stages from here"),
+    (["weights = { slimpajama = 0.4, starcoderdata = 0.3, pydocs = 0.3 }",
+      "weights = { slimpajama = 0.5, starcoderdata = 0.2, pydocs = 0.3 }"],
+     "data stage 'cooldown': weights slimpajama 0.400 -> 0.500, starcoderdata 0.300 -> 0.200, a stage the "
+     "checkpoint of step 8 has already begun; a begun stage must stay as it ran (the data and the LR it already "
+     "trained on): restore it in the config, or resume with --data.allow_stage_change to continue with the "
+     "changed stages from here"),
+    (["--training.seq_len", "512"],
+     "cannot resume from step 8 with training.seq_len 512 (the checkpoint's: 256): stages end at a number of "
+     "tokens, so this moves a stage already begun (data stage 'pretrain': it now ends at step 3, not step 6); "
+     "resume with --training.seq_len 256, or with --data.allow_stage_change to continue with the moved stages "
+     "from here"),
+    (["--training.local_batch_size", "8"],
+     "cannot resume from step 8 with a global batch of 16 sequences: the checkpoint's data stream ran 8 a step, "
+     "and [[data.stages]] switch at steps of that batch (the data would change stage at other steps than the "
+     "learning rate); resume with --training.global_batch_size 8, or start a new run from this checkpoint with "
+     "--checkpoint.initial_load_path"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra, expected", STAGE_RESUMES, ids=["moved-end", "weights", "seq-len", "batch"])
+def test_a_resume_that_changes_a_begun_stage_is_refused_before_torchrun(stages_run, tmp_path, capsys, extra,
+                                                                        expected):  # fmt: skip
+    """Resumes from step 8, inside 'cooldown' (after 'pretrain', steps 1-6). Without stages, a changed seq_len
+    or batch continues exactly (test_a_two_process_run_resumed_on_one_process_continues_exactly, and
+    tests/data/test_sharding.py); with stages, either moves the steps where a begun stage ends."""
+    from tests.helpers import STAGES_CONFIG
+
     run = tmp_path / "stages"
     shutil.copytree(stages_run, run)
     shutil.rmtree(run / "checkpoint" / f"step-{2 * STAGE_STEPS}")  # resume from step 8, inside 'cooldown'
     before = tree_digest(run)
-    overrides = [*stages_run_overrides(run, Path("unused")), "--data.stages.0.until_tokens",
-                 str((STAGE_STEPS - 2) * 2 * 4 * 256)]  # fmt: skip
+    config = STAGES_CONFIG
+    if not extra[0].startswith("--"):  # a line of the config edited: a copy in a folder with a space and a "ü"
+        config = tmp_path / "my cönfig" / "stages ü.toml"
+        config.parent.mkdir()
+        config.write_text(STAGES_CONFIG.read_text().replace(*extra))
+        extra = []
+    overrides = [*stages_run_overrides(run, Path("unused")), *extra]
     env = {**os.environ, "NGPU": "2", "LOG_RANK": "0"}
-    from tests.helpers import STAGES_CONFIG
-
-    code = run_guarded(lambda: launcher.launch(str(STAGES_CONFIG), overrides, env))
-    line = assert_one_line_refusal(capsys.readouterr().err, code)
-    assert line.startswith("tinytitan: error: data stage 'pretrain': it now ends at step 4, not step 6, a stage the "
-                           "checkpoint of step 8 has already begun"), line  # fmt: skip
+    code = run_guarded(lambda: launcher.launch(str(config), overrides, env))
+    out, err = capsys.readouterr()
+    assert assert_one_line_refusal(err, code) == "tinytitan: error: " + expected
     assert tree_digest(run) == before
 
 
@@ -233,3 +266,120 @@ def test_a_killed_loader_worker_is_one_line_and_survived_like_a_dead_rank(tmp_pa
            "every rank from the step-2 checkpoint (restart 1 of 1)" in failures[0]  # fmt: skip
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr
     assert (tmp_path / "checkpoint" / "step-4" / ".metadata").exists()
+
+
+def _loader_state(step_folder: Path):
+    from tinytitan.checkpoint.reader import open_checkpoint
+    from tinytitan.data.loader_state import STATE_KEY, LoaderState
+
+    return LoaderState.from_json(open_checkpoint(step_folder, hold=False).read_value(f"dataloader.{STATE_KEY}"))
+
+
+def test_a_two_process_run_resumed_on_one_process_continues_exactly(uninterrupted, resumable, tmp_path):
+    """2 -> 1 processes: the weights load bit for bit (DCP reshards them), and the data stream continues
+    where it stopped. With the run's global batch kept (8: 2 microbatches of 4 on one process) and 2 loader
+    workers (the run had 2 readers: one per rank), the one process receives the two ranks' batches, so its
+    step-2N loader state is the uninterrupted run's, lane for lane, and its losses are the same ones up to
+    the order of the gradient sums."""
+    import torch
+
+    from tests.helpers import launch, read_metrics, train_losses
+    from tinytitan.checkpoint.reader import open_checkpoint
+
+    overrides = [*small_run_overrides(resumable, 2 * N, N), "--training.global_batch_size", "8",
+                 "--training.dataloader.num_workers", "2", "--experimental.custom_import",
+                 "tests.record_weights"]  # fmt: skip
+    config = tmp_path / "my cönfig dir" / "run ü.toml"  # --config in a folder with a space, a non-ASCII name
+    config.parent.mkdir()
+    shutil.copyfile(DEBUG_CONFIG, config)
+    proc = launch(overrides, nproc=1, config=config)
+    assert f"Training starts at step {N + 1}" in proc.stdout + proc.stderr
+    loaded = torch.load(resumable / "received" / f"weights-step{N + 1}.pt", weights_only=True)
+    saved = open_checkpoint(uninterrupted / "checkpoint" / f"step-{N}", hold=False)
+    assert sorted(loaded) == sorted(saved.shapes())
+    for name, tensor in loaded.items():
+        assert torch.equal(tensor, saved.load_tensor(name)), name  # bit for bit
+    ours, theirs = (_loader_state(run / "checkpoint" / f"step-{2 * N}") for run in (resumable, uninterrupted))
+    assert (ours.layout.dp_world_size, ours.layout.workers) == (1, 2)
+    assert ours.windows == theirs.windows == 2 * N * 8
+    assert ours.lanes == theirs.lanes  # every lane at the same token: nothing repeated or skipped
+    expected, resumed = train_losses(uninterrupted), train_losses(resumable)
+    tokens = [{r["step"]: r["n_tokens_seen"] for r in read_metrics(run) if "n_tokens_seen" in r}
+              for run in (resumable, uninterrupted)]  # fmt: skip
+    assert tokens[0][2 * N] == tokens[1][2 * N] == 2 * N * 8 * 256  # the run's tokens, not one rank's share
+    assert resumed[N + 1] == pytest.approx(expected[N + 1], rel=1e-6)
+    assert [resumed[s] for s in range(N + 1, 2 * N + 1)] == pytest.approx(
+        [expected[s] for s in range(N + 1, 2 * N + 1)], rel=1e-4
+    )
+
+
+def _flip_last_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # inside the last tensor: still a readable safetensors file of the right shapes
+    path.write_bytes(bytes(data))
+
+
+def _edit_provenance(path: Path) -> None:
+    import json
+
+    doc = json.loads(path.read_text())
+    doc["last_loss"] = 1.0
+    path.write_text(json.dumps(doc))
+
+
+PUSH_EDITS = [
+    (lambda f: _flip_last_byte(f / "model.safetensors"),
+     "{f}/model.safetensors changed since `tinytitan export` wrote and verified it: push uploads only a folder as "
+     "export wrote it; export the checkpoint again (push --license/--dataset restate the card)"),
+    (lambda f: _edit_provenance(f / "tinytitan.json"),
+     "{f}/tinytitan.json changed since `tinytitan export` wrote and verified it: push uploads only a folder as "
+     "export wrote it; export the checkpoint again (push --license/--dataset restate the card)"),
+    (lambda f: (f / "tokenizer_config.json").unlink(),
+     "{f}/tokenizer_config.json was removed since `tinytitan export` wrote and verified it: push uploads only a "
+     "folder as export wrote it; export the checkpoint again (push --license/--dataset restate the card)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("edit, expected", PUSH_EDITS, ids=["weights", "tinytitan.json", "removed"])
+def test_push_dry_run_refuses_an_export_edited_since(debug_export, tmp_path, capsys, edit, expected):
+    folder = tmp_path / "edited ü export"
+    shutil.copytree(debug_export, folder)
+    edit(folder)
+    code = cli(["push", str(folder), "--repo-id", "org/x", "--dry-run"])
+    out, err = capsys.readouterr()
+    assert assert_one_line_refusal(err, code) == "tinytitan: error: " + expected.format(f=folder)
+    assert out == ""
+
+
+def test_an_export_to_a_path_with_spaces_then_an_edited_card_is_named_by_push(debug_run, uninterrupted, tmp_path,
+                                                                                capsys):  # fmt: skip
+    import json
+
+    out = tmp_path / " out ü"  # --out with a leading space and a non-ASCII character
+    assert cli(["export", str(debug_run / "checkpoint" / "step-20"), "--out", str(out)]) == 0
+    assert json.loads((out / "tinytitan.json").read_text())["verification"]["max_abs_diff"] < 1e-4  # verified
+    capsys.readouterr()
+    with open(out / "README.md", "a") as f:
+        f.write("\nTrained for a test.\n")
+    (out / "LICENSE").write_text("MIT\n")
+    assert cli(["push", str(out), "--repo-id", "org/x", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == ["note: README.md was edited since the export: it is uploaded as it is now",
+                         "note: LICENSE was added since the export: uploaded too"]  # fmt: skip
+    code = cli(["push", str(uninterrupted), "--repo-id", "org/x", "--dry-run"])
+    assert assert_one_line_refusal(capsys.readouterr().err, code) == (
+        f"tinytitan: error: {uninterrupted} is a training run folder (it has run.toml), not an export: export a "
+        f"step first, e.g. `tinytitan export {uninterrupted}/checkpoint/step-N --out DIR`, then push DIR"
+    )
+
+
+def test_a_run_record_edited_since_the_launch_is_said_by_what_reads_it(uninterrupted, tmp_path, capsys):
+    run = tmp_path / "edited run"
+    shutil.copytree(uninterrupted, run)
+    record = run / "run.toml"
+    record.write_text(record.read_text().replace('description = "', 'description = "edited: ', 1))
+    assert cli(["checkpoint", "inspect", str(run / "checkpoint" / f"step-{N}")]) == 0
+    assert (
+        f"tinytitan: warning: {record} was edited since the launcher wrote it (its sha256 differs from the one kept "
+        "in record.sha256): what it says now is what is read"
+    ) in capsys.readouterr().err.splitlines()

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
+WORKER_PREFIX = "tt-data-"  # a data loader worker's process name (15 bytes at most): tt-data-RANK-K
 
 
 def die_with_parent(sig: int = signal.SIGKILL, grandparent: int | None = None) -> None:
@@ -55,6 +57,29 @@ def process_state(pid: int) -> str | None:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return None
+
+
+def set_process_name(name: str) -> None:
+    """This process's name in ``/proc/PID/comm`` (``ps``, and the launcher's hang line), 15 bytes at most."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, ctypes.c_char_p(name.encode()[:15]), 0, 0, 0)
+
+
+def stopped_workers(pid: int) -> list[str]:
+    """``data loader worker tinytitan-data-1-0 (pid 4242)`` for each data loader worker of process ``pid``
+    that is stopped (state T: SIGSTOP): the rank then waits for it, and its own stack shows only the wait."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        name, rest = stat[stat.find("(") + 1 : stat.rfind(")")], stat.rsplit(")", 1)[1].split()
+        if rest[0] == "T" and rest[1] == str(pid) and name.startswith(WORKER_PREFIX):
+            found.append(f"data loader worker tinytitan-data-{name[len(WORKER_PREFIX) :]} (pid {entry})")
+    return sorted(found)
 
 
 class RankFailure(RuntimeError):

@@ -89,9 +89,9 @@ def _take(dl, n):
 
 
 def test_resume_on_fewer_and_more_readers_continues_every_lane(corpus):
-    """2 readers -> 1 -> 2 (lanes re-dealt each time): every lane sits where a single uninterrupted reader's lane
-    sits after the same tokens, so no document of any lane is repeated or skipped. 2 -> 1 -> 2 dp ranks through
-    DCP: test_distributed.py."""
+    """2 readers -> 1 -> 2 (lanes re-dealt each time), the 1-reader phase with another batch (4 -> 2 -> 4): every
+    lane sits where a single uninterrupted reader's lane sits after the same tokens, so no document of any lane is
+    repeated or skipped. 2 -> 1 -> 2 dp ranks through DCP: test_distributed.py."""
     kw = dict(batch=4, seq_len=48)
     reference = reference_cursors(corpus, 1200, seq_len=48)
     two = loader(corpus, workers=2, **kw)  # one rank, two reader processes
@@ -100,10 +100,10 @@ def test_resume_on_fewer_and_more_readers_continues_every_lane(corpus):
     two.close()
     assert assert_lanes_continue(reference, state) >= 4
 
-    one = loader(corpus, **kw)
+    one = loader(corpus, **{**kw, "batch": 2})  # another batch: the stream goes on from the same window
     one.load_state_dict(state)
     assert one.stats() == stats  # counters travel with their lanes
-    _take(one, 30)
+    _take(one, 60)
     state = one.state_dict()
     assert assert_lanes_continue(reference, state) >= 8
 
@@ -114,7 +114,7 @@ def test_resume_on_fewer_and_more_readers_continues_every_lane(corpus):
     two.close()
     assert assert_lanes_continue(reference, state) >= 12
     # counters carry over: the run's totals are the sum of every phase's windows
-    assert stats["tokens/slimpajama"] + stats["tokens/starcoderdata"] == (10 + 30 + 80) * 4 * 48
+    assert stats["tokens/slimpajama"] + stats["tokens/starcoderdata"] == (10 * 4 + 60 * 2 + 80 * 4) * 48
 
 
 def test_mixture_holds_over_a_resume_on_another_world_size(corpus):

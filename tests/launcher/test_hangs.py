@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +101,43 @@ def test_the_hang_line_names_rank_host_pid_step_phase_and_where_the_stack_is():
     assert stopped.describe().endswith("; rank 1 is stopped (SIGSTOP?), so no stack")
     many = HangReport([beat(r, 4, "data") for r in range(6)], 12, everyone=True, shown=[0])
     assert many.describe() == "every rank (6) made no progress for 12 s in step 4 (data); the stack of rank 0 is above"
+
+
+def _worker_asleep(name: str) -> None:
+    from tinytitan.processes import WORKER_PREFIX, set_process_name
+
+    set_process_name(WORKER_PREFIX + name.removeprefix("tinytitan-data-"))
+    time.sleep(60)
+
+
+def test_a_rank_waiting_for_its_stopped_loader_worker_is_named_with_the_worker():
+    """The rank behind sits in its loader's wait (its stack shows only that): the line names the stopped
+    worker, found as a child of the rank in state T by the name the loader gives it (tinytitan.data.workers)."""
+    import multiprocessing as mp
+    import signal
+
+    from tinytitan.processes import process_state, stopped_workers
+
+    worker = mp.get_context("fork").Process(target=_worker_asleep, args=("tinytitan-data-1-0",))
+    worker.start()
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{worker.pid}/comm").read_text().strip() != "tt-data-1-0" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert stopped_workers(os.getpid()) == []  # running
+        os.kill(worker.pid, signal.SIGSTOP)
+        while process_state(worker.pid) != "T" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        found = stopped_workers(os.getpid())
+        assert found == [f"data loader worker tinytitan-data-1-0 (pid {worker.pid})"]
+    finally:
+        worker.kill()
+        worker.join()
+    report = HangReport([beat(1, 4, "data", pid=77)], 12, shown=[1], stopped_workers=found)
+    assert report.describe() == (
+        f"rank 1 on host node-a (pid 77) made no progress for 12 s in step 4 (data); its stack is above; its data "
+        f"loader worker tinytitan-data-1-0 (pid {worker.pid}) is stopped (SIGSTOP?): the rank waits for it"
+    )
 
 
 def test_no_hang_is_declared_before_every_rank_is_past_its_first_step_or_on_old_heartbeats(tmp_path):

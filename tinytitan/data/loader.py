@@ -119,6 +119,7 @@ class MixtureDataLoader(BaseDataLoader):
         self._queues: list = []
         self._errors: list[str] = []
         self._loaded_lanes: Lanes | None = None
+        self.loaded_layout: Layout | None = None  # the layout of the state loaded, if any
         self.process_group = None  # gathered over in state_dict(); None: the default group
         require_lanes(plan.lanes, self.n_readers)
 
@@ -299,7 +300,7 @@ class MixtureDataLoader(BaseDataLoader):
                 logger.warning(line)
         if self.dp_rank == 0:
             note_seq_len_change(st.layout, self.seq_len)
-        old = st.layout
+        old = self.loaded_layout = st.layout  # the trainer rescales its token count to a new dp layout
         self.stage_tokens = self._stage_tokens(st.windows, st.stage_tokens)
         self.windows_base = st.windows
         self.batches_base = st.batches

@@ -298,15 +298,14 @@ def _stage_difference(old: StageRecord, new: StageRecord | None, windows: int) -
     return "; ".join(diffs) or None
 
 
-def check_stage_change(saved: LoaderState, now: list[StageRecord], step: int, allow: bool) -> list[str]:
-    """Refuses (one line) a resume that changes a stage the checkpoint's stream has already begun, unless
-    ``allow``; returns the log lines to print: stages changed before they began (allowed), or the allowed
-    change of a begun stage. ``step``: the checkpoint's optimizer step, for the messages."""
-    if not saved.stages and all(not s.name for s in now):  # a run without stages, then and now
-        line = weight_change(saved.weights, now[0].weights)
-        return [line] if line else []
+def stage_changes(saved: LoaderState, now: list[StageRecord]) -> tuple[list[str], list[str]]:
+    """(changes of stages the checkpoint's stream has begun, changes of stages it has not), each
+    ``data stage 'x': <what changed>``; both empty for a run without stages then and now."""
+    if not saved.stages and all(not s.name for s in now):
+        return [], []
     old = saved.stages or [StageRecord("", 0, None, dict(saved.weights))]  # the one mixture of a run without stages
-    begun, later = [], []
+    begun: list[str] = []
+    later: list[str] = []
     for i, stage in enumerate(old):
         new = now[i] if i < len(now) else None
         diff = _stage_difference(stage, new, saved.windows)
@@ -316,6 +315,17 @@ def check_stage_change(saved: LoaderState, now: list[StageRecord], step: int, al
         (begun if stage.first_window < saved.windows else later).append(f"{label}: {diff}")
     for new in now[len(old) :]:
         later.append(f"data stage {new.name!r} is new ({new.describe()})")
+    return begun, later
+
+
+def check_stage_change(saved: LoaderState, now: list[StageRecord], step: int, allow: bool) -> list[str]:
+    """Refuses (one line) a resume that changes a stage the checkpoint's stream has already begun, unless
+    ``allow``; returns the log lines to print: stages changed before they began (allowed), or the allowed
+    change of a begun stage. ``step``: the checkpoint's optimizer step, for the messages."""
+    if not saved.stages and all(not s.name for s in now):  # a run without stages, then and now
+        line = weight_change(saved.weights, now[0].weights)
+        return [line] if line else []
+    begun, later = stage_changes(saved, now)
     lines = []
     if begun:
         what = (

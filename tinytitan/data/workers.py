@@ -7,6 +7,7 @@ spawned worker starts in a fraction of a second.
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import queue
 import signal
@@ -20,7 +21,7 @@ from tinytitan.data.loader_state import Lanes
 from tinytitan.data.mixture import Reader, StagedSampler
 from tinytitan.data.plan import MixturePlan
 from tinytitan.errors import TinytitanError
-from tinytitan.processes import die_with_parent
+from tinytitan.processes import WORKER_PREFIX, die_with_parent, set_process_name
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class WorkerFailure:
 def worker_main(spec: WorkerSpec, out: queue.Queue) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     die_with_parent(signal.SIGKILL)  # a killed rank leaves no worker behind
+    set_process_name(WORKER_PREFIX + mp.current_process().name.removeprefix("tinytitan-data-"))
     if os.getppid() != spec.parent_pid:
         return  # the rank died before the request above: it cannot reach this worker any more
     try:

@@ -241,6 +241,10 @@ def export(
             )  # fmt: skip
             del reference
             write_card()
+        if fmt != "meta":  # what push compares the folder with (tinytitan.export.edits)
+            from tinytitan.export.edits import record_files
+
+            record_files(tmp, card.LOCAL_RECORD)
         replace_folder(tmp, out)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -266,6 +266,9 @@ def push(
     plan = plan_push(
         folder, repo_id, public=public, collection=collection, revision=revision, commit_message=commit_message
     )
+    from tinytitan.export.edits import check_unedited
+
+    check_unedited(plan.folder, log, static=verify)
     if not dry_run and token is None:
         from tinytitan.hf_token import hub_token
 

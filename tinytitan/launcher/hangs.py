@@ -147,6 +147,7 @@ class HangReport:
     shown: list[int] = field(default_factory=list)  # ranks whose stack this launcher printed
     stopped: list[int] = field(default_factory=list)  # SIGSTOPped (state T): no stack
     silent: list[int] = field(default_factory=list)  # asked, but wrote no stack in time
+    stopped_workers: list[str] = field(default_factory=list)  # of the ranks shown: loader workers in state T
     remote: list[Heartbeat] = field(default_factory=list)  # on other nodes: their launchers print them
 
     def describe(self) -> str:
@@ -162,6 +163,9 @@ class HangReport:
                          "(SIGSTOP?), so no stack")  # fmt: skip
         if self.silent:
             parts.append(f"{_ranks(self.silent)} wrote no stack within {STACK_WAIT_S:.0f} s")
+        if self.stopped_workers:
+            more = f" (and {len(self.stopped_workers) - 1} more)" if len(self.stopped_workers) > 1 else ""
+            parts.append(f"its {self.stopped_workers[0]}{more} is stopped (SIGSTOP?): the rank waits for it")
         hosts = sorted({b.host for b in self.remote})
         if hosts and not self.everyone:
             parts.append(f"the stack is in the log of host {', '.join(hosts)}")

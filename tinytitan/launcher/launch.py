@@ -220,7 +220,8 @@ def launch(
     cmd = torchrun_command(nproc, training_args(config_file, rank_overrides(job_config, overrides)), env, restarts)
     with RunLock(RunFolder.of(job_config)) if takes_lock(env) else contextlib.nullcontext():
         command = command or command_line(script_program(), overrides, env)
-        kept = KeptFiles(RunFolder.of(job_config).record, RunFolder.of(job_config).data_files)
+        run = RunFolder.of(job_config)
+        kept = KeptFiles(run.record, run.data_files, run.record_digest)
         record = write_run_record(job_config, world_size=world_size, gpus=gpus, command=command, env=env,
                                   start_step=start_step, files=files)  # fmt: skip
         if record is not None:

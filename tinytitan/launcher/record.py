@@ -151,8 +151,11 @@ def write_run_record(
     leave_out_unused(config)
     dump.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{RUN_FILE}.tmp")
-    tmp.write_text(to_toml(config, header=HEADER))
+    text = to_toml(config, header=HEADER)
+    tmp.write_text(text)
     os.replace(tmp, path)
+    run.state.mkdir(parents=True, exist_ok=True)
+    run.record_digest.write_text(hashlib.sha256(text.encode()).hexdigest() + "\n")
     return path
 
 

@@ -7,6 +7,8 @@ seed or lanes of the stream, and a stage the stream has already begun. Here the 
 the checkpoint's ``.metadata`` (shapes) and its loader state (one small JSON value, see
 ``tinytitan.data.loader_state``) and applies the same rules the ranks do
 (``check_fingerprint``, ``check_stage_change``), so the refusal is one line before any process.
+A run with ``[[data.stages]]`` may not change its global batch on resume (stages switch at windows
+of step x global batch, the learning rate at steps), nor a ``seq_len`` that moves a begun stage.
 
 To name the file that changed, each accepted launch keeps the listing of its data files
 (relative path, size, mtime) in ``RunFolder.data_files``; a resume whose source fingerprint
@@ -87,7 +89,7 @@ def _plan(job_config):
 
 def _check_data(job_config, world_size: int, saved, step: int, run: RunFolder) -> None:
     from tinytitan.data.config import data_config
-    from tinytitan.data.loader_state import check_fingerprint, check_stage_change
+    from tinytitan.data.loader_state import check_fingerprint, check_stage_change, stage_changes
     from tinytitan.data.stage_tokens import stage_records
     from tinytitan.data.stages import data_parallel_ranks, sequences_per_step, stage_spans
 
@@ -104,8 +106,37 @@ def _check_data(job_config, world_size: int, saved, step: int, run: RunFolder) -
         raise TinytitanError(f"cannot resume from step {step}: {e}") from None
     data, training = data_config(job_config), job_config.training
     windows_per_step = sequences_per_step(training, data_parallel_ranks(job_config.parallelism, world_size))
+    staged = bool(saved.stages or data.stages)
+    old = _saved_windows_per_step(saved, step)
+    if staged and old is not None and old != windows_per_step:
+        raise TinytitanError(
+            f"cannot resume from step {step} with a global batch of {windows_per_step} sequences: the checkpoint's "
+            f"data stream ran {old} a step, and [[data.stages]] switch at steps of that batch (the data would "
+            f"change stage at other steps than the learning rate); resume with --training.global_batch_size {old}, "
+            "or start a new run from this checkpoint with --checkpoint.initial_load_path"
+        )
     spans = stage_spans(data, training.steps, windows_per_step * training.seq_len)
-    check_stage_change(saved, stage_records(spans, windows_per_step), step, data.allow_stage_change)
+    records = stage_records(spans, windows_per_step)
+    begun = stage_changes(saved, records)[0]
+    if staged and begun and saved.layout.seq_len != training.seq_len and not data.allow_stage_change:
+        raise TinytitanError(
+            f"cannot resume from step {step} with training.seq_len {training.seq_len} (the checkpoint's: "
+            f"{saved.layout.seq_len}): stages end at a number of tokens, so this moves a stage already begun "
+            f"({begun[0]}); resume with --training.seq_len {saved.layout.seq_len}, or with "
+            "--data.allow_stage_change to continue with the moved stages from here"
+        )
+    check_stage_change(saved, records, step, data.allow_stage_change)
+
+
+def _saved_windows_per_step(saved, step: int) -> int | None:
+    """The global batch the checkpoint's stream ran: from its stages (a stage's end window over its last step),
+    else from its windows over the step (None when they do not divide: its stream was restarted on the way)."""
+    for stage in saved.stages:
+        if stage.last_step:
+            return stage.end_window // stage.last_step
+    if step and saved.windows and saved.windows % step == 0:
+        return saved.windows // step
+    return None
 
 
 # ---------------------------------------------------------------- the data files of the last accepted launch

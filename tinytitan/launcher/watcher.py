@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tinytitan.launcher.hangs import STACK_WAIT_S, HangReport, Progress, Watch, behind, capture_stack
+from tinytitan.processes import stopped_workers
 from tinytitan.run.faults import Heartbeat, RankNote
 
 
@@ -129,3 +130,5 @@ class HangWatcher:
                 continue
             report.shown.append(b.rank)
             self.write("".join(f"[rank{b.rank}]: {line}\n" for line in stack.splitlines()))
+        for b in beats:  # a rank waiting for its stopped data loader worker: its stack shows only the wait
+            report.stopped_workers += stopped_workers(b.pid)

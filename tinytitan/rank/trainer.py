@@ -93,6 +93,7 @@ class TinyTrainer(Trainer):
             self.checkpointer, "save", lambda save: self._in_phase("checkpoint", self.rollback.guarded_save(save))
         )
         wrap_method(self.checkpointer, "load", self.rollback.guarded_load)
+        wrap_method(self.checkpointer, "load", self._tokens_on_another_layout)
         if getattr(self, "validator", None) is not None:  # set only when [validation] is enabled
             wrap_method(self.validator, "validate", lambda validate: self._in_phase("validation", validate))
         if hasattr(self.dataloader, "stats"):
@@ -145,6 +146,22 @@ class TinyTrainer(Trainer):
                 self.ema.copy_from_model()
                 if loaded:
                     logger.warning("[ema] the checkpoint loaded holds no average: it starts at the loaded weights")
+            return loaded
+
+        return run
+
+    def _tokens_on_another_layout(self, load):
+        """torchtitan's train_state keeps one rank's ``ntokens_seen`` (every dp rank counts the same tokens, and
+        ``n_tokens_seen`` is their sum); a checkpoint of 2 dp ranks resumed on 1 would count half the run's tokens.
+        When the loader loaded a state of another dp layout, the count becomes this layout's share of the same
+        total."""
+
+        def run(*args, **kwargs):
+            loaded = load(*args, **kwargs)
+            old = getattr(self.dataloader, "loaded_layout", None)
+            now = getattr(self.dataloader, "dp_world_size", None)
+            if loaded and old is not None and now and old.dp_world_size != now:
+                self.ntokens_seen = self.ntokens_seen * old.dp_world_size // now
             return loaded
 
         return run

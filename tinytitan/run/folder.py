@@ -119,6 +119,11 @@ class RunFolder:
         return self.state / "data-files.json"
 
     @property
+    def record_digest(self) -> Path:
+        """The sha256 of the record as the launcher last wrote it (an edit of ``run.toml`` since is said)."""
+        return self.state / "record.sha256"
+
+    @property
     def holds(self) -> Path:
         return self.state / "holds"
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tinytitan.errors import TinytitanError
-from tinytitan.run.folder import RUN_FILE
+from tinytitan.run.folder import RUN_FILE, RunFolder
 from tinytitan.run.toml_text import flatten, short, to_toml
 
 
@@ -247,6 +247,23 @@ class TrainedRun:
         return to_toml(self.job, only_changed=True, skip=("run",))
 
 
+def edited_since_launch(record: Path) -> str | None:
+    """One line when ``record`` differs from what the launcher last wrote (``RunFolder.record_digest``)."""
+    import hashlib
+
+    try:
+        written = RunFolder.at(record.parent).record_digest.read_text().strip()
+        now = hashlib.sha256(record.read_bytes()).hexdigest()
+    except OSError:
+        return None  # a run launched before the digest was kept
+    if now == written:
+        return None
+    return (
+        f"{record} was edited since the launcher wrote it (its sha256 differs from the one kept in "
+        f"{RunFolder.at(record.parent).record_digest.name}): what it says now is what is read"
+    )
+
+
 def _warn(line: str) -> None:
     print(f"tinytitan: warning: {line}", file=sys.stderr, flush=True)
 
@@ -295,6 +312,8 @@ def read_trained_run(
             raise TinytitanError(f"{line}: restore this run's own record, or pass --config TOML, the training config")
         warn(f"{line}; using --config {config}")
         recorded = None
+    if recorded is not None and (edit := edited_since_launch(record)) is not None:
+        warn(edit)
     if config is None:
         return TrainedRun(recorded, record, recorded=True, run=recorded.run)
     job = absolute_paths(load_job_config(config))
