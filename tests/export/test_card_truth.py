@@ -103,3 +103,18 @@ def test_push_dry_run_lists_what_is_left_to_decide_and_push_states_the_choices(c
     decide = capsys.readouterr().out.split("still to decide before publishing:")[1]
     assert "license:" not in decide and "datasets:" not in decide and "visibility" not in decide
     assert "data licenses:" in decide  # only the user can say what the data's terms are
+
+
+def test_a_quoted_path_with_spaces_is_shortened_whole():
+    """A run folder or source with a space in its path: a TOML or JSON string, or a code span, is one path
+    (its last part kept), not cut at the space with the rest of the machine's path published."""
+    from tinytitan.export.published import scrub
+
+    text = (
+        'dump_folder = "/home/ann/my runs/dëbug"\nfiles = [\'/data/a b/SlimPajama-627B\', "/x/y z"]\n'
+        '"path": "/srv/my data/run/checkpoint/step-20"\nfrom `/tmp/a b/c` and /plain/dir here, "/" stays'
+    )
+    assert scrub(text) == (
+        'dump_folder = "…/dëbug"\nfiles = [\'…/SlimPajama-627B\', "…/y z"]\n'
+        '"path": "…/run/checkpoint/step-20"\nfrom `…/c` and …/dir here, "/" stays'
+    )

@@ -3,7 +3,8 @@
 * **Paths**: a published card or ``tinytitan.json`` names no path of the training machine. A path inside
   the installed package (``tinytitan/assets/...``) is the same everywhere and stays, relative; any other
   absolute path keeps only its last part (``…/SlimPajama-627B``; a checkpoint step folder its run:
-  ``…/debug/checkpoint/step-20``). ``scrub`` applies that to every absolute path in a text.
+  ``…/debug/checkpoint/step-20``). ``scrub`` applies that to every absolute path in a text (a quoted one
+  whole, spaces included).
 * **Datasets**: only those the user declared (``Source.declared_hub_id``: a source's ``hub_id``, or a
   ``path`` written ``hf://datasets/org/name``), the same of the run's parents, and ``push --dataset``. Never a guess from a
   folder's name.
@@ -38,9 +39,20 @@ def published_path(raw: str) -> str:
     return "…/" + "/".join(path.parts[-keep:])
 
 
+# A quoted absolute path (a TOML or JSON string, a Markdown code span): the whole string, spaces included.
+_QUOTED = re.compile(r'"(/[^\s/"][^"\n]*)"|\'(/[^\s/\'][^\'\n]*)\'|`(/[^\s/`][^`\n]*)`')
+
+
 def scrub(text: str) -> str:
-    """Every absolute path in ``text`` as ``published_path`` shows it."""
-    return _ABSOLUTE.sub(lambda m: published_path(m.group(1)), text)
+    """Every absolute path in ``text`` as ``published_path`` shows it: a quoted one whole (``"/data/my runs/x"``),
+    then an unquoted one up to the first space."""
+
+    def quoted(m: re.Match) -> str:
+        index = next(i for i in (1, 2, 3) if m.group(i) is not None)
+        quote = m.group(0)[0]
+        return f"{quote}{published_path(m.group(index))}{quote}"
+
+    return _ABSOLUTE.sub(lambda m: published_path(m.group(1)), _QUOTED.sub(quoted, text))
 
 
 def declared_datasets(trained, parent=None, extra=()) -> list[str]:
