@@ -2,13 +2,11 @@
 
 Loaded into the training processes with ``--experimental.custom_import tests.kill_loader_worker``.
 TINYTITAN_TEST_KILL_WORKER="RANK:STEP:MARKER" makes that rank SIGKILL its first loader worker when it
-fetches the batch of that step, once, as soon as the worker has prefetched the next batch (on a loaded
-machine it may not have yet): it creates the file MARKER first (a restart goes on).
+fetches the batch of that step, once: it creates the file MARKER first (a restart goes on).
 """
 
 import os
 import signal
-import time
 from pathlib import Path
 
 from torchtitan.train import Trainer
@@ -23,9 +21,6 @@ def _batches_with_a_killed_worker(self, data_iterable):
     for batch in _batches(self, data_iterable):
         if _MARKER and os.environ.get("RANK") == _RANK and self.step == int(_STEP) and not Path(_MARKER).exists():
             Path(_MARKER).touch()
-            deadline = time.monotonic() + 120  # the next batch prefetched first: the rank fails a step later,
-            while self.dataloader._queues[0].qsize() < 1 and time.monotonic() < deadline:  # whatever the load
-                time.sleep(0.05)
             os.kill(self.dataloader._procs[0].pid, signal.SIGKILL)
         yield batch
 

@@ -60,10 +60,15 @@ def steps_logged(dump: Path) -> int:
 
 
 def test_a_killed_rank_is_restarted_and_the_run_matches_an_uninterrupted_one(uninterrupted, tmp_path):
-    """The step-N checkpoint is written asynchronously (what gloo allows on CPU): the restart resumes from it."""
-    overrides = [*small_run_overrides(tmp_path, steps=2 * N, interval=N), "--checkpoint.async_mode", "async"]
-    proc = start(overrides, tmp_path / "log.txt", {"MAX_RESTARTS": "2"})
-    wait_until(proc, lambda: (tmp_path / "checkpoint" / f"step-{N}" / ".metadata").exists(), "the checkpoint")
+    """The step-N checkpoint is written asynchronously (what gloo allows on CPU): the restart resumes from it.
+    Rank 1 is held in step N+1's data fetch (tests.hang_in_data, once) until it is killed, so that on a loaded
+    machine the run cannot finish while the background save completes."""
+    marker = tmp_path / "held"
+    overrides = [*small_run_overrides(tmp_path, steps=2 * N, interval=N), "--checkpoint.async_mode", "async",
+                 "--experimental.custom_import", "tests.hang_in_data"]  # fmt: skip
+    proc = start(overrides, tmp_path / "log.txt", {"MAX_RESTARTS": "2", "TINYTITAN_TEST_HANG": f"1:{N + 1}:{marker}"})
+    wait_until(proc, lambda: (tmp_path / "checkpoint" / f"step-{N}" / ".metadata").exists() and marker.exists(),
+               "the checkpoint")  # fmt: skip
     victim = ranks(proc.pid)[1]
     os.kill(victim, signal.SIGKILL)
     assert proc.wait(timeout=300) == 0

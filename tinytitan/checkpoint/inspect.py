@@ -103,7 +103,7 @@ def _trained_plain(where: Path, step: int | None) -> dict | None:
     must answer: a record that is damaged, copied from another run, has stages, or holds a value of an
     unexpected type (the full reader names what is wrong)."""
     from tinytitan.config import read_toml
-    from tinytitan.run.record import Run, record_of
+    from tinytitan.run.record import Run, edited_since_launch, record_of, warn
     from tinytitan.run.record_check import copied_from, record_problem
 
     record = record_of(where)
@@ -131,6 +131,8 @@ def _trained_plain(where: Path, step: int | None) -> dict | None:
         precision = "float32"
     else:
         precision = f"{param} mixed precision (float32 master weights)"
+    if (edit := edited_since_launch(record)) is not None:
+        warn(edit)  # as the full reader does (tinytitan.run.record.read_trained_run), once: no fallback below
     return {
         "run_record": str(record),
         "trained_flavor": flavor,

@@ -264,7 +264,8 @@ def edited_since_launch(record: Path) -> str | None:
     )
 
 
-def _warn(line: str) -> None:
+def warn(line: str) -> None:
+    """``tinytitan: warning: LINE`` on stderr: how the readers of a record say what they noticed."""
     print(f"tinytitan: warning: {line}", file=sys.stderr, flush=True)
 
 
@@ -273,7 +274,7 @@ def read_trained_run(
     config: str | os.PathLike | None = None,
     *,
     required: str | None = None,
-    warn: Callable[[str], None] = _warn,
+    warn: Callable[[str], None] = warn,
 ) -> TrainedRun | None:
     """What the run of ``where`` (a checkpoint, or a run folder) trained: its run.toml, or ``config``.
 
