@@ -68,6 +68,8 @@ def test_the_quick_answer_is_the_full_answer(debug_run, steps, extra):
         ("--training.local_batch_size", "four"),  # a value of the wrong type
         ("--job.config_file", "x.toml"),
         ("stray",),
+        ("--model.hf_assets_path", "/nonexistent/tokenizer"),  # another setting: the full reader may refuse it
+        ("--data.lanes", "1"),
     ],
 )
 def test_what_the_quick_reader_cannot_vouch_for_goes_to_the_full_check(debug_run, extra):
@@ -75,6 +77,7 @@ def test_what_the_quick_reader_cannot_vouch_for_goes_to_the_full_check(debug_run
     assert finished_early(str(DEBUG_CONFIG), rerun(debug_run, 20), ENV) is not None
     assert finished_early(str(DEBUG_CONFIG), overrides, ENV) is None
     assert finished_early(str(DEBUG_CONFIG), rerun(debug_run, 20), {**ENV, "NGPU": "two"}) is None
+    assert finished_early(str(DEBUG_CONFIG), rerun(debug_run, 20), {**ENV, "NGPU": "64"}) is None  # not its 2
 
 
 def test_a_run_without_a_record_goes_to_the_full_check(debug_run, tmp_path):

@@ -9,15 +9,18 @@ overrides with the standard library, and the step reached from the checkpoint fo
 
 It answers only when it can vouch for the config as the full reader would take it: every key the file
 and the overrides name is a key the finished run's own record (``run.toml``, every key of the config as
-the ranks ran it) holds, every override value has that key's type, and the file's values of the five
-keys have theirs. Anything else (no record, a key the record lacks, an override it cannot parse, a bad
-``NGPU``) returns None and the launch goes on as before: the full reader checks everything and names
-what is wrong. ``TORCHTITAN_DEFAULTS`` are torchtitan's defaults of the five keys; tests/launcher/test_finished.py
-compares this reader with the full one, so they cannot drift.
+the ranks ran it) holds, with that key's type; every override's value is the record's (a path: the same
+absolute path), but for the five keys read here; and ``NGPU`` (x ``NNODES``), when set, is the process
+count of the run's last launch.
+Anything else (no record, a key the record lacks, an override it cannot parse or that changes a setting,
+another process count) returns None and the launch goes on as before: the full reader checks everything
+and names what is wrong. ``TORCHTITAN_DEFAULTS`` are torchtitan's defaults of the five keys;
+tests/launcher/test_finished.py compares this reader with the full one, so they cannot drift.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -150,4 +153,24 @@ def finished_early(config_file: str | None, overrides: Sequence[str], env: Mappi
     checked = parse_overrides(overrides, record)
     if checked is None or any(checked.get(k, v) != v for k, v in first.items()):
         return None
+    if any(k not in TORCHTITAN_DEFAULTS and not _same_value(v, record[k]) for k, v in checked.items()):
+        return None  # another setting than the run's (not one of the five read above): the full reader checks it
+    if ngpu and not _same_processes(ngpu, env.get("NNODES", ""), record.get("run.segments")):
+        return None
     return finished_line(step, steps, run.step(step))
+
+
+def _same_value(value: Any, recorded: Any) -> bool:
+    """An override's value is the run's: equal, or the same path (the record keeps paths absolute)."""
+    if value == recorded:
+        return True
+    return isinstance(value, str) and isinstance(recorded, str) and os.path.abspath(value) == recorded
+
+
+def _same_processes(ngpu: str, nnodes: str, segments: Any) -> bool:
+    """NGPU (x NNODES) is the process count of the run's last launch."""
+    if not isinstance(segments, list) or not segments or not isinstance(segments[-1], dict):
+        return False
+    if nnodes and not nnodes.isdigit():
+        return False
+    return int(ngpu) * int(nnodes or 1) == segments[-1].get("world_size")
