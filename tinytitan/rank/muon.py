@@ -83,45 +83,40 @@ def orthogonalize_all(updates: list[torch.Tensor], steps: int) -> list[torch.Ten
     issued before any wait, then the scatters, so the transfers overlap each other and the owners' work.
     Other layouts (a 2-D mesh, a replicated DTensor, a plain tensor) take ``orthogonalize``.
     """
-    results: list[torch.Tensor | None] = [None] * len(updates)
     split = [i for i, u in enumerate(updates) if _row_sharded(u) and u.device_mesh.size() > 1]
-    alone = set(range(len(updates))) - set(split)
-    for i, u in enumerate(updates):
-        if i in alone:
-            results[i] = orthogonalize(u, steps)
+    results: list[torch.Tensor | None] = [orthogonalize(u, steps) if i not in split else None
+                                          for i, u in enumerate(updates)]  # fmt: skip
     if not split:
         return results
     mesh = updates[split[0]].device_mesh
     group, world, me = mesh.get_group(), mesh.size(), mesh.get_local_rank()
-    gathers = []  # (owner, work, the owner's receive buffers)
+    gathers = []  # (owner, work, this rank's padded rows, the owner's receive buffers)
     for k, i in enumerate(split):
         u, owner = updates[i], k % world
         if u.device_mesh != mesh:
             raise TinytitanError("Muon: the hidden matrices are sharded over different meshes; set dp_shard alone")
-        chunk, local = -(-u.shape[0] // world), u.to_local()
-        send = local.new_zeros((chunk, u.shape[1]))
+        local = u.to_local()
+        send = local.new_zeros((-(-u.shape[0] // world), u.shape[1]))  # ceil(rows / W) rows
         send[: local.size(0)] = local
         receive = [torch.empty_like(send) for _ in range(world)] if me == owner else None
-        gathers.append((owner, dist.gather(send, receive, group=group, group_dst=owner, async_op=True), receive))
-    scatters = []  # (work, this rank's rows)
-    for k, i in enumerate(split):
-        u, (owner, work, receive) = updates[i], gathers[k]
+        gathers.append((owner, dist.gather(send, receive, group=group, group_dst=owner, async_op=True), send, receive))
+    scatters = []  # (work, this rank's padded rows of the result)
+    for i, (owner, work, send, receive) in zip(split, gathers, strict=True):
         work.wait()
-        chunk = -(-u.shape[0] // world)
+        rows = updates[i].shape[0]
         pieces = None
         if receive is not None:
-            whole = newton_schulz(torch.cat(receive)[: u.shape[0]], steps)
-            padded = whole.new_zeros((chunk * world, u.shape[1]))
-            padded[: u.shape[0]] = whole
+            whole = newton_schulz(torch.cat(receive)[:rows], steps)
+            padded = whole.new_zeros((send.size(0) * world, whole.size(1)))
+            padded[:rows] = whole
             pieces = list(padded.chunk(world))
-        mine = torch.empty((chunk, u.shape[1]), dtype=u.dtype, device=u.to_local().device)
+        mine = torch.empty_like(send)
         scatters.append((dist.scatter(mine, pieces, group=group, group_src=owner, async_op=True), mine))
-    for k, i in enumerate(split):
-        u, (work, mine) = updates[i], scatters[k]
+    for i, (work, mine) in zip(split, scatters, strict=True):
         work.wait()
-        rows = u.to_local().size(0)
-        results[i] = DTensor.from_local(mine[:rows], mesh, u.placements, run_check=False, shape=u.shape,
-                                        stride=u.stride())  # fmt: skip
+        u = updates[i]
+        results[i] = DTensor.from_local(mine[: u.to_local().size(0)], mesh, u.placements, run_check=False,
+                                        shape=u.shape, stride=u.stride())  # fmt: skip
     return results
 
 
